@@ -1,0 +1,79 @@
+//! The plugin engine: loading, sandboxing and calling WebAssembly plugin components that
+//! implement the contract in wit/. `engine` loads and caches, `instance` calls under limits,
+//! `host_api` is what plugins may import, `conformance` checks a component against the
+//! contract's invariants.
+
+pub mod bindings;
+pub mod cache;
+pub mod conformance;
+pub mod engine;
+pub mod host_api;
+pub mod instance;
+pub mod limits;
+
+pub use bindings::{
+    BatchOutput, Columns, DataType, Extra, ExtraValue, Planes, PluginInfo, Rejection, TagAccept,
+    TagDecision, TagInfo, CONTRACT_VERSION,
+};
+pub use cache::{CacheOutcome, Digest};
+pub use engine::{CpuLimitMode, EngineConfig, LoadTimings, LoadedPlugin, PluginEngine};
+pub use host_api::{HostBackends, PluginLabel};
+pub use instance::{BatchColumns, PluginInstance};
+pub use limits::PluginLimits;
+
+/// Why a plugin was refused at load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin engine: {0}")]
+    Engine(String),
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("plugin {path}: digest {actual} does not match the pinned {expected}")]
+    DigestMismatch {
+        path: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("plugin {origin} is not a valid WebAssembly component: {reason}")]
+    Invalid { origin: String, reason: String },
+    #[error("plugin {origin} does not export the Ferrule contract (ferrule:plugin/transform)")]
+    NoContract { origin: String },
+    #[error("plugin {origin} speaks contract {found}; this host speaks ferrule:plugin@{}", CONTRACT_VERSION)]
+    ContractVersion { origin: String, found: String },
+    #[error("plugin {origin} imports `{import}`, which this host does not provide")]
+    UnknownImport { origin: String, import: String },
+    #[error("plugin {origin} cannot be linked: {reason}")]
+    Link { origin: String, reason: String },
+    #[error("plugin {origin} failed to instantiate: {error}")]
+    Instantiate { origin: String, error: CallError },
+    #[error("plugin {origin}: describe failed: {error}")]
+    Describe { origin: String, error: CallError },
+    #[error("plugin {origin}: invalid self-description: {reason}")]
+    BadInfo { origin: String, reason: String },
+    #[error("plugin {plugin} refused its config: {reason}")]
+    Init { plugin: String, reason: String },
+    #[error("plugin {plugin}: init failed: {error}")]
+    InitCall { plugin: String, error: CallError },
+    #[error("plugin {plugin}: tag plane failed: {error}")]
+    TagPlane { plugin: String, error: CallError },
+}
+
+/// Why one call into a plugin failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    #[error("CPU budget exceeded ({0})")]
+    CpuLimit(String),
+    #[error("memory limit of {limit_mib} MiB exceeded")]
+    MemoryLimit { limit_mib: u64 },
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("malformed result: {0}")]
+    Malformed(String),
+    #[error("plugin returned an error: {0}")]
+    Plugin(String),
+    #[error("instance unusable after an earlier failure")]
+    Poisoned,
+}
