@@ -1,1 +1,12 @@
+//! Ferrule: a host for the edge and bridge layer of industrial IoT. Sources read the plant,
+//! a chain of sandboxed WebAssembly plugins normalises, converts, validates and enriches,
+//! sinks deliver. Data flows one way: `sources` → `pipeline` (plugin chain) → `sinks`.
+
+pub mod admin;
+pub mod config;
+pub mod model;
+pub mod pipeline;
 pub mod plugin;
+pub mod progress;
+pub mod sinks;
+pub mod sources;

@@ -1,1 +1,295 @@
-fn main() {}
+//! The `ferrule` command line: run and check a config, inspect and test plugins, and steer a
+//! running host through its admin endpoint.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use ferrule::admin::AdminClient;
+use ferrule::config::HostConfig;
+use ferrule::plugin::{conformance, EngineConfig, HostBackends, PluginEngine};
+
+#[derive(Parser)]
+#[command(
+    name = "ferrule",
+    version,
+    about = "Industrial IoT edge and bridge host with sandboxed Wasm plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline described by a config file until Ctrl-C (or the sources finish).
+    Run { config: PathBuf },
+    /// Check a config file: keys, values, plugin files, and each plugin's init with its config.
+    Check { config: PathBuf },
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Show the status of a running host.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        admin: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Print a component's self-description, contract version, digest and imports.
+    Inspect { file: PathBuf },
+    /// Run the conformance kit against a component.
+    Test {
+        file: PathBuf,
+        /// Plugin config as JSON (what `[stages.config]` would hold).
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+    /// Swap a stage of a running host to the component at FILE.
+    Swap {
+        stage: String,
+        file: PathBuf,
+        /// New plugin config as JSON (default: keep the running config).
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        admin: String,
+    },
+    /// Roll a stage of a running host back to its previous version.
+    Rollback {
+        stage: String,
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        admin: String,
+    },
+    /// Lift a stage's quarantine on a running host.
+    Release {
+        stage: String,
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        admin: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRULE_LOG")
+                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => run(config).await,
+        Command::Check { config } => check(config).await,
+        Command::Status { admin } => {
+            let status = AdminClient::new(&admin).status().await?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin { command } => plugin(command).await,
+    }
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<HostConfig> {
+    HostConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = load_config(&path)?;
+    let running = ferrule::pipeline::start(&config).await?;
+    let handle = running.handle.clone();
+    let admin = if config.admin.enabled {
+        let (addr, task) = ferrule::admin::serve(config.admin.listen, handle.clone())
+            .await
+            .with_context(|| format!("`admin.listen`: cannot bind {}", config.admin.listen))?;
+        tracing::info!(%addr, "admin endpoint listening");
+        Some(task)
+    } else {
+        None
+    };
+    let progress = (config.pipeline.progress_interval_s > 0).then(|| {
+        tokio::spawn(ferrule::progress::run(
+            handle.clone(),
+            Duration::from_secs(config.pipeline.progress_interval_s),
+        ))
+    });
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("stopping: draining the pipeline");
+            stopper.stop();
+        }
+    });
+    let result = running.wait().await;
+    if let Some(p) = progress {
+        p.abort();
+    }
+    if let Some(a) = admin {
+        a.abort();
+    }
+    let status = result?;
+    eprintln!(
+        "done: produced {:?}, written {:?}, dead-letters {}",
+        status.produced, status.written, status.dead_letters
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = match HostConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let engine = PluginEngine::new(config.engine.clone())?;
+    let mut failed = false;
+    for (i, s) in config.stages.iter().enumerate() {
+        let pin = s
+            .digest
+            .as_deref()
+            .map(ferrule::plugin::Digest::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        match engine.load_file(&s.plugin, pin.as_ref()) {
+            Err(e) => {
+                eprintln!("`stages[{i}].plugin`: {e}");
+                failed = true;
+            }
+            Ok(p) => match p.instantiate(
+                &s.name,
+                &s.config_json(),
+                &s.limits,
+                HostBackends::default(),
+            ) {
+                Err(e) => {
+                    eprintln!("`stages[{i}].config`: {e}");
+                    failed = true;
+                }
+                Ok(_) => println!(
+                    "stage {} ok: {}@{} ({}), quarantine {}",
+                    s.name,
+                    p.name(),
+                    p.version(),
+                    p.digest(),
+                    s.quarantine.as_str()
+                ),
+            },
+        }
+    }
+    if failed {
+        return Ok(ExitCode::from(2));
+    }
+    println!("{}: ok", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::Inspect { file } => {
+            let engine = PluginEngine::new(EngineConfig::default())?;
+            let p = engine.load_file(&file, None)?;
+            let info = p.info();
+            println!("plugin:      {}@{}", info.name, info.version);
+            println!("description: {}", info.description);
+            println!("contract:    ferrule:plugin@{}", p.contract_version());
+            println!("digest:      {}", p.digest());
+            println!("planes:      {:?}", info.planes);
+            println!("reads:       {:?}", info.reads);
+            println!("writes:      {:?}", info.writes);
+            for k in &info.config_keys {
+                println!(
+                    "config key:  {}{} - {}",
+                    k.name,
+                    if k.required { " (required)" } else { "" },
+                    k.description
+                );
+            }
+            for r in &info.reasons {
+                println!("reason:      {} {} - {}", r.code, r.name, r.description);
+            }
+            for i in p.imports() {
+                println!("import:      {i}");
+            }
+            let t = p.timings();
+            println!(
+                "load:        {:?} ({:?}), link {:?}",
+                t.compile_or_load, t.cache, t.link
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Test { file, config } => {
+            serde_json::from_str::<serde_json::Value>(&config)
+                .context("--config is not valid JSON")?;
+            let engine = PluginEngine::new(EngineConfig::default())?;
+            let report =
+                tokio::task::spawn_blocking(move || conformance::run(&engine, &file, &config))
+                    .await?;
+            println!("{report}");
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        PluginCommand::Swap {
+            stage,
+            file,
+            admin,
+            config,
+        } => {
+            let file =
+                std::fs::canonicalize(&file).with_context(|| format!("{}", file.display()))?;
+            let config = config
+                .map(|c| serde_json::from_str(&c).context("--config is not valid JSON"))
+                .transpose()?;
+            let r = AdminClient::new(&admin).swap(&stage, file, config).await?;
+            println!(
+                "stage {}: {} -> {} (stall {} µs, {} tags re-decided)",
+                r.stage, r.from, r.to, r.stall_us, r.retagged
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Rollback { stage, admin } => {
+            let r = AdminClient::new(&admin).rollback(&stage).await?;
+            println!(
+                "stage {}: rolled back {} -> {} (stall {} µs)",
+                r.stage, r.from, r.to, r.stall_us
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Release { stage, admin } => {
+            AdminClient::new(&admin).release(&stage).await?;
+            println!("stage {stage}: released");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

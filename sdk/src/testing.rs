@@ -143,12 +143,18 @@ impl<P: Plugin> Harness<P> {
 pub fn check_output(info: &PluginInfo, n: usize, out: &BatchOutput) -> Result<(), String> {
     if let Some(v) = &out.values {
         if v.len() != n {
-            return Err(format!("values column has {} entries for {n} samples", v.len()));
+            return Err(format!(
+                "values column has {} entries for {n} samples",
+                v.len()
+            ));
         }
     }
     if let Some(q) = &out.quality {
         if q.len() != n {
-            return Err(format!("quality column has {} entries for {n} samples", q.len()));
+            return Err(format!(
+                "quality column has {} entries for {n} samples",
+                q.len()
+            ));
         }
     }
     let mut seen = vec![false; n];
@@ -161,7 +167,10 @@ pub fn check_output(info: &PluginInfo, n: usize, out: &BatchOutput) -> Result<()
             return Err(format!("sample {i} rejected twice"));
         }
         if !info.reasons.iter().any(|x| x.code == r.reason) {
-            return Err(format!("rejection uses undeclared reason code {}", r.reason));
+            return Err(format!(
+                "rejection uses undeclared reason code {}",
+                r.reason
+            ));
         }
     }
     Ok(())

@@ -434,13 +434,15 @@ impl Batch {
             .zip(&self.quality)
             .zip(&self.timestamps)
             .enumerate()
-            .map(|(index, (((&tag, &value), &quality), &timestamp_ns))| Sample {
-                index,
-                tag,
-                value,
-                quality,
-                timestamp_ns,
-            })
+            .map(
+                |(index, (((&tag, &value), &quality), &timestamp_ns))| Sample {
+                    index,
+                    tag,
+                    value,
+                    quality,
+                    timestamp_ns,
+                },
+            )
     }
 
     /// Samples in order with writable value and quality; `SampleMut::reject` refuses one.

@@ -4,13 +4,14 @@
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit",
+    additional_derives: [PartialEq],
 });
 
 pub use exports::ferrule::plugin::transform::BatchOutput;
 pub use ferrule::plugin::host::Level;
 pub use ferrule::plugin::types::{
-    Columns, ConfigKey, DataType, Extra, ExtraValue, Limits, Planes, PluginInfo, Reason,
-    Rejection, TagAccept, TagDecision, TagInfo,
+    Columns, ConfigKey, DataType, Extra, ExtraValue, Limits, Planes, PluginInfo, Reason, Rejection,
+    TagAccept, TagDecision, TagInfo,
 };
 
 /// The contract version this host speaks (the WIT package version).

@@ -81,7 +81,12 @@ impl ArtifactCache {
         digest: &Digest,
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
-        if let Some(c) = self.memory.lock().unwrap_or_else(|e| e.into_inner()).get(digest) {
+        if let Some(c) = self
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+        {
             return Ok((c.clone(), CacheOutcome::Memory));
         }
         if let Some(path) = self.artifact_path(digest) {
@@ -132,7 +137,10 @@ impl ArtifactCache {
 
     /// Drops the in-memory copies (the disk cache stays); for measuring cold loads.
     pub fn forget_memory(&self) {
-        self.memory.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 

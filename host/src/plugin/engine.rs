@@ -184,13 +184,14 @@ impl PluginEngine {
         let compile_or_load = started.elapsed();
         let linked = Instant::now();
         let contract = check_contract(&inner.engine, &component, &origin)?;
-        let instance_pre = inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link {
-                origin: origin.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        let instance_pre =
+            inner
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::Link {
+                    origin: origin.clone(),
+                    reason: format!("{e:#}"),
+                })?;
         let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::Link {
             origin: origin.clone(),
             reason: format!("{e:#}"),
@@ -217,12 +218,10 @@ impl PluginEngine {
             &PluginLimits::default(),
             HostBackends::default(),
         )?;
-        let info = scratch
-            .describe()
-            .map_err(|error| LoadError::Describe {
-                origin: origin.clone(),
-                error,
-            })?;
+        let info = scratch.describe().map_err(|error| LoadError::Describe {
+            origin: origin.clone(),
+            error,
+        })?;
         check_info(&info).map_err(|reason| LoadError::BadInfo {
             origin: origin.clone(),
             reason,
@@ -244,7 +243,11 @@ impl PluginEngine {
 }
 
 /// Finds the `transform` export and checks its contract version; names what it found.
-fn check_contract(engine: &Engine, component: &Component, origin: &str) -> Result<String, LoadError> {
+fn check_contract(
+    engine: &Engine,
+    component: &Component,
+    origin: &str,
+) -> Result<String, LoadError> {
     let ty = component.component_type();
     let prefix = format!("{CONTRACT_PACKAGE}/transform@");
     let mut found = Vec::new();

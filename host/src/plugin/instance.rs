@@ -58,7 +58,9 @@ fn empty_wasi() -> WasiCtx {
     let mut b = WasiCtx::builder();
     b.wall_clock(FrozenClock)
         .monotonic_clock(FrozenClock)
-        .secure_random(wasmtime_wasi::Deterministic::new(vec![0x5a, 0x17, 0xc3, 0x8e]))
+        .secure_random(wasmtime_wasi::Deterministic::new(vec![
+            0x5a, 0x17, 0xc3, 0x8e,
+        ]))
         .insecure_random(wasmtime_wasi::Deterministic::new(vec![0x2b, 0x91]))
         .insecure_random_seed(0x0f3a_11d2)
         .allow_tcp(false)
@@ -213,10 +215,26 @@ impl PluginInstance {
         let info = self.info.as_ref().ok_or(CallError::Poisoned)?;
         let reads = info.reads;
         let pick = |c: Columns| reads.contains(c);
-        let values: &[f64] = if pick(Columns::VALUES) { cols.values } else { &[] };
-        let quality: &[u32] = if pick(Columns::QUALITY) { cols.quality } else { &[] };
-        let timestamps: &[u64] = if pick(Columns::TIMESTAMPS) { cols.timestamps } else { &[] };
-        let extras: &[Extra] = if pick(Columns::EXTRAS) { cols.extras } else { &[] };
+        let values: &[f64] = if pick(Columns::VALUES) {
+            cols.values
+        } else {
+            &[]
+        };
+        let quality: &[u32] = if pick(Columns::QUALITY) {
+            cols.quality
+        } else {
+            &[]
+        };
+        let timestamps: &[u64] = if pick(Columns::TIMESTAMPS) {
+            cols.timestamps
+        } else {
+            &[]
+        };
+        let extras: &[Extra] = if pick(Columns::EXTRAS) {
+            cols.extras
+        } else {
+            &[]
+        };
         let tag_ids = cols.tag_ids;
         let result = self.call(|b, s| {
             b.ferrule_plugin_transform()
@@ -224,7 +242,9 @@ impl PluginInstance {
         })?;
         let output = result.map_err(|message| CallError::Plugin(truncate(message, 1024)))?;
         let info = self.info.as_ref().expect("checked above");
-        if let Err(reason) = check_output(info, tag_ids.len(), &output, self.limits.max_output_bytes) {
+        if let Err(reason) =
+            check_output(info, tag_ids.len(), &output, self.limits.max_output_bytes)
+        {
             // The plugin broke the contract; do not trust its state any more.
             self.poisoned = true;
             return Err(CallError::Malformed(reason));
@@ -288,7 +308,10 @@ fn decision_bytes(d: &TagDecision) -> usize {
         TagDecision::Accept(a) => {
             a.path.as_ref().map_or(0, |p| p.len())
                 + a.unit.as_ref().map_or(0, |u| u.len())
-                + a.enrichment.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                + a.enrichment
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
                 + 32
         }
     }
@@ -335,7 +358,10 @@ pub fn check_output(
             return Err("returned a values column it did not declare in `writes`".into());
         }
         if v.len() != n {
-            return Err(format!("values column has {} entries for {n} samples", v.len()));
+            return Err(format!(
+                "values column has {} entries for {n} samples",
+                v.len()
+            ));
         }
         bytes += v.len() * 8;
     }
@@ -344,7 +370,10 @@ pub fn check_output(
             return Err("returned a quality column it did not declare in `writes`".into());
         }
         if q.len() != n {
-            return Err(format!("quality column has {} entries for {n} samples", q.len()));
+            return Err(format!(
+                "quality column has {} entries for {n} samples",
+                q.len()
+            ));
         }
         bytes += q.len() * 4;
     }
@@ -361,12 +390,17 @@ pub fn check_output(
             return Err(format!("sample {i} rejected twice"));
         }
         if !info.reasons.iter().any(|x| x.code == r.reason) {
-            return Err(format!("rejection uses undeclared reason code {}", r.reason));
+            return Err(format!(
+                "rejection uses undeclared reason code {}",
+                r.reason
+            ));
         }
         bytes += 16 + r.detail.as_ref().map_or(0, |d| d.len());
     }
     if bytes as u64 > max_bytes {
-        return Err(format!("result of {bytes} bytes is over the {max_bytes} byte limit"));
+        return Err(format!(
+            "result of {bytes} bytes is over the {max_bytes} byte limit"
+        ));
     }
     Ok(())
 }

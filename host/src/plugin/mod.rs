@@ -41,7 +41,10 @@ pub enum LoadError {
     Invalid { origin: String, reason: String },
     #[error("plugin {origin} does not export the Ferrule contract (ferrule:plugin/transform)")]
     NoContract { origin: String },
-    #[error("plugin {origin} speaks contract {found}; this host speaks ferrule:plugin@{}", CONTRACT_VERSION)]
+    #[error(
+        "plugin {origin} speaks contract {found}; this host speaks ferrule:plugin@{}",
+        CONTRACT_VERSION
+    )]
     ContractVersion { origin: String, found: String },
     #[error("plugin {origin} imports `{import}`, which this host does not provide")]
     UnknownImport { origin: String, import: String },

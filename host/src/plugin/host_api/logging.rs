@@ -23,7 +23,13 @@ pub trait LogSink: Send + Sync {
 pub struct TracingLogSink;
 
 impl LogSink for TracingLogSink {
-    fn log(&self, label: &PluginLabel, level: LogLevel, message: &str, fields: &[(String, String)]) {
+    fn log(
+        &self,
+        label: &PluginLabel,
+        level: LogLevel,
+        message: &str,
+        fields: &[(String, String)],
+    ) {
         let fields = if fields.is_empty() {
             String::new()
         } else {
@@ -35,11 +41,21 @@ impl LogSink for TracingLogSink {
         };
         let (stage, plugin, version) = (&label.stage, &label.plugin, &label.version);
         match level {
-            LogLevel::Trace => tracing::trace!(target: "ferrule::plugin", %stage, %plugin, %version, %fields, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "ferrule::plugin", %stage, %plugin, %version, %fields, "{message}"),
-            LogLevel::Info => tracing::info!(target: "ferrule::plugin", %stage, %plugin, %version, %fields, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "ferrule::plugin", %stage, %plugin, %version, %fields, "{message}"),
-            LogLevel::Error => tracing::error!(target: "ferrule::plugin", %stage, %plugin, %version, %fields, "{message}"),
+            LogLevel::Trace => {
+                tracing::trace!(target: "ferrule::plugin", %stage, %plugin, %version, %fields, "{message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "ferrule::plugin", %stage, %plugin, %version, %fields, "{message}")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "ferrule::plugin", %stage, %plugin, %version, %fields, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "ferrule::plugin", %stage, %plugin, %version, %fields, "{message}")
+            }
+            LogLevel::Error => {
+                tracing::error!(target: "ferrule::plugin", %stage, %plugin, %version, %fields, "{message}")
+            }
         }
     }
 }
@@ -74,7 +90,10 @@ impl RateLimitedLog {
         } else {
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
-                tracing::warn!(dropped = self.dropped, "plugin log lines dropped by the rate limit");
+                tracing::warn!(
+                    dropped = self.dropped,
+                    "plugin log lines dropped by the rate limit"
+                );
             }
             false
         }

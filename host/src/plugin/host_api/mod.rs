@@ -133,7 +133,10 @@ mod tests {
         let counters = Arc::new(PluginCounters::default());
         let reference = StaticReferenceData::from_rows(
             "assets",
-            vec![("plant/s/a/l/d".into(), vec![("asset_id".into(), "A-1".into())])],
+            vec![(
+                "plant/s/a/l/d".into(),
+                vec![("asset_id".into(), "A-1".into())],
+            )],
         );
         let backends = HostBackends {
             log,

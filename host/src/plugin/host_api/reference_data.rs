@@ -69,7 +69,10 @@ impl StaticReferenceData {
             .map(|h| h.trim().to_string())
             .collect();
         if header.len() < 2 {
-            return Err(parse_err(1, "need a key column and at least one value column".into()));
+            return Err(parse_err(
+                1,
+                "need a key column and at least one value column".into(),
+            ));
         }
         let rows = self.tables.entry(table.to_string()).or_default();
         let mut count = 0;

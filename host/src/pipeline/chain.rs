@@ -1,0 +1,780 @@
+//! The chain worker: one thread that takes batches from the sources, runs them through the
+//! stages in order, sends what passes to every sink and what is refused to the dead-letter,
+//! and installs new plugin instances between batches (hot swap, rollback, recycle). It owns
+//! every plugin instance; nothing else calls into a plugin while the pipeline runs.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::dead_letter::{DeadLetter, Refusal, TagNames};
+use super::stage::{decide, PrepareKind, Prepared, StageHandle, StageState};
+use super::QuarantinePolicy;
+use crate::model::{DataType, SampleBatch, TagRegistry};
+use crate::plugin::{
+    BatchColumns, CallError, LoadedPlugin, Planes, PluginInstance, TagDecision, TagInfo,
+};
+
+/// A tag as the sinks see it, after every stage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedTag {
+    pub id: u32,
+    pub source: String,
+    pub vendor_path: String,
+    pub path: String,
+    pub unit: String,
+    pub data_type: DataType,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// Resolved tags by id; None for tags a stage rejected.
+pub type TagTable = Vec<Option<Arc<ResolvedTag>>>;
+
+/// Samples that passed the chain, with the tag table they were processed under.
+#[derive(Clone, Debug)]
+pub struct OutputBatch {
+    pub samples: SampleBatch,
+    pub tags: Arc<TagTable>,
+}
+
+/// What happened at an install.
+#[derive(Clone, Debug)]
+pub struct InstallReport {
+    pub stage: String,
+    pub from: String,
+    pub to: String,
+    /// Time the chain spent installing (it processed no batch meanwhile).
+    pub stall: Duration,
+    /// Tags whose decision changed and were passed again through later stages.
+    pub retagged: usize,
+}
+
+pub enum Control {
+    Install {
+        stage: usize,
+        prepared: Box<Prepared>,
+        reply: Option<oneshot::Sender<Result<InstallReport, String>>>,
+    },
+    /// Lift a quarantine and try the plugin again (a fresh instance).
+    Release {
+        stage: usize,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Stop: dead-letter anything held, drain the queue, flush.
+    Shutdown,
+}
+
+struct StageRuntime {
+    handle: Arc<StageHandle>,
+    loaded: LoadedPlugin,
+    instance: PluginInstance,
+    decisions: Vec<Option<TagDecision>>,
+    any_tag_rejected: bool,
+    sample_plane: bool,
+    consecutive_failures: u32,
+    quarantined: Option<String>,
+    recycle_pending: bool,
+}
+
+impl StageRuntime {
+    fn adopt(&mut self, p: Prepared) {
+        self.sample_plane = p.loaded.info().planes.contains(Planes::SAMPLE);
+        self.loaded = p.loaded;
+        self.instance = p.instance;
+        self.decisions = p.decisions;
+        self.any_tag_rejected = self
+            .decisions
+            .iter()
+            .any(|d| matches!(d, Some(TagDecision::Reject(_))));
+    }
+    fn label(&self) -> String {
+        format!("{}@{}", self.loaded.name(), self.loaded.version())
+    }
+}
+
+/// Outcome of running a batch from some stage on.
+enum Flow {
+    Done,
+    Held(SampleBatch, usize),
+    Stop(String),
+}
+
+pub struct Chain {
+    stages: Vec<StageRuntime>,
+    registry: Arc<TagRegistry>,
+    known_tags: usize,
+    table: Arc<TagTable>,
+    outputs: Vec<mpsc::Sender<Arc<OutputBatch>>>,
+    dead_letters: mpsc::Sender<Vec<DeadLetter>>,
+    control_tx: mpsc::Sender<Control>,
+    held: Option<(SampleBatch, usize)>,
+}
+
+/// A stage's first instance, made by the pipeline at start.
+pub struct InitialStage {
+    pub handle: Arc<StageHandle>,
+    pub prepared: Prepared,
+}
+
+impl Chain {
+    pub fn new(
+        stages: Vec<InitialStage>,
+        registry: Arc<TagRegistry>,
+        outputs: Vec<mpsc::Sender<Arc<OutputBatch>>>,
+        dead_letters: mpsc::Sender<Vec<DeadLetter>>,
+        control_tx: mpsc::Sender<Control>,
+    ) -> Self {
+        let stages = stages
+            .into_iter()
+            .map(|s| {
+                let mut rt = StageRuntime {
+                    handle: s.handle,
+                    loaded: s.prepared.loaded.clone(),
+                    instance: s.prepared.instance,
+                    decisions: Vec::new(),
+                    any_tag_rejected: false,
+                    sample_plane: false,
+                    consecutive_failures: 0,
+                    quarantined: None,
+                    recycle_pending: false,
+                };
+                rt.sample_plane = rt.loaded.info().planes.contains(Planes::SAMPLE);
+                rt
+            })
+            .collect();
+        Chain {
+            stages,
+            registry,
+            known_tags: 0,
+            table: Arc::new(Vec::new()),
+            outputs,
+            dead_letters,
+            control_tx,
+            held: None,
+        }
+    }
+
+    /// Runs until the sources are done (their senders dropped) or `Control::Shutdown`.
+    pub fn run(
+        mut self,
+        rt: tokio::runtime::Handle,
+        mut input: mpsc::Receiver<SampleBatch>,
+        mut control: mpsc::Receiver<Control>,
+    ) -> Result<(), String> {
+        enum Next {
+            Control(Option<Control>),
+            Batch(Option<SampleBatch>),
+        }
+        let mut shutting_down = false;
+        loop {
+            if let Some((batch, k)) = self.held.take() {
+                if shutting_down {
+                    self.dead_letter_all(&batch, k, "held-at-shutdown", None)?;
+                    continue;
+                }
+                let msg = rt.block_on(control.recv());
+                match msg {
+                    Some(Control::Shutdown) | None => {
+                        shutting_down = true;
+                        self.held = Some((batch, k));
+                    }
+                    Some(c) => {
+                        let resumable = self.handle_control(c);
+                        if resumable {
+                            self.flow(batch, k)?;
+                        } else {
+                            self.held = Some((batch, k));
+                        }
+                    }
+                }
+                continue;
+            }
+            let next = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    c = control.recv(), if !shutting_down => Next::Control(c),
+                    b = input.recv() => Next::Batch(b),
+                }
+            });
+            match next {
+                Next::Control(Some(Control::Shutdown)) | Next::Control(None) => {
+                    shutting_down = true;
+                }
+                Next::Control(Some(c)) => {
+                    self.handle_control(c);
+                }
+                Next::Batch(Some(batch)) => {
+                    self.extend_tags();
+                    if shutting_down
+                        && self.stages.iter().any(|s| {
+                            s.quarantined.is_some() && s.handle.policy == QuarantinePolicy::Hold
+                        })
+                    {
+                        self.dead_letter_all(&batch, 0, "held-at-shutdown", None)?;
+                        continue;
+                    }
+                    self.flow(batch, 0)?;
+                }
+                Next::Batch(None) => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn flow(&mut self, batch: SampleBatch, from: usize) -> Result<(), String> {
+        match self.run_from(batch, from)? {
+            Flow::Done => Ok(()),
+            Flow::Held(b, k) => {
+                self.held = Some((b, k));
+                Ok(())
+            }
+            Flow::Stop(reason) => Err(reason),
+        }
+    }
+
+    /// Returns whether a held batch may be retried now.
+    fn handle_control(&mut self, c: Control) -> bool {
+        match c {
+            Control::Install {
+                stage,
+                prepared,
+                reply,
+            } => {
+                let result = self.install(stage, *prepared);
+                if let Err(e) = &result {
+                    tracing::warn!(stage = %self.stages[stage].handle.name, "install refused: {e}");
+                }
+                let ok = result.is_ok();
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+                ok
+            }
+            Control::Release { stage, reply } => {
+                let result = self.release(stage);
+                let ok = result.is_ok();
+                let _ = reply.send(result);
+                ok
+            }
+            Control::Shutdown => false,
+        }
+    }
+
+    fn release(&mut self, k: usize) -> Result<(), String> {
+        let st = &mut self.stages[k];
+        if st.instance.is_poisoned() {
+            let p = st.handle.fresh_instance().map_err(|e| e.to_string())?;
+            st.adopt(p);
+        }
+        st.consecutive_failures = 0;
+        st.quarantined = None;
+        st.handle.set_state(StageState::Running);
+        tracing::info!(stage = %st.handle.name, plugin = %st.label(), "stage released from quarantine");
+        Ok(())
+    }
+
+    fn install(&mut self, k: usize, mut p: Prepared) -> Result<InstallReport, String> {
+        let started = Instant::now();
+        let known = self.known_tags;
+        let st = &mut self.stages[k];
+        if p.generation != st.handle.generation() {
+            // Upstream decisions changed while this instance was prepared: decide again.
+            p.decisions = st
+                .handle
+                .with_inputs(|inputs| decide(&mut p.instance, &inputs[..known.min(inputs.len())]))
+                .map_err(|e| format!("tag plane of the new version failed: {e}"))?;
+        } else if p.decisions.len() < known {
+            let from = p.decisions.len();
+            let tail = st
+                .handle
+                .with_inputs(|inputs| decide(&mut p.instance, &inputs[from..known]))
+                .map_err(|e| format!("tag plane of the new version failed: {e}"))?;
+            p.decisions.extend(tail);
+        }
+        p.decisions.truncate(known);
+        p.decisions.resize(known, None);
+        let changed: Vec<u32> = (0..known)
+            .filter(|&i| p.decisions[i] != st.decisions.get(i).cloned().flatten())
+            .map(|i| i as u32)
+            .collect();
+        let from = st.label();
+        let kind = p.kind;
+        let loaded = p.loaded.clone();
+        let config_json = p.config_json.clone();
+        st.adopt(p);
+        st.consecutive_failures = 0;
+        st.quarantined = None;
+        st.recycle_pending = false;
+        st.handle.set_state(StageState::Running);
+        st.handle.installed(kind, &loaded, &config_json);
+        let to = st.label();
+        let stage_name = st.handle.name.clone();
+        match kind {
+            PrepareKind::Recycle => st.handle.stats.recycles.fetch_add(1, Ordering::Relaxed),
+            _ => st.handle.stats.swaps.fetch_add(1, Ordering::Relaxed),
+        };
+        if !changed.is_empty() {
+            self.propagate(k, &changed);
+        }
+        let stall = started.elapsed();
+        self.stages[k].handle.record_stall(stall);
+        tracing::info!(stage = %stage_name, %from, %to, ?kind, stall_us = stall.as_micros() as u64, retagged = changed.len(), "plugin installed");
+        Ok(InstallReport {
+            stage: stage_name,
+            from,
+            to,
+            stall,
+            retagged: changed.len(),
+        })
+    }
+
+    /// Stage `k`'s decisions changed for `ids`: pass those tags through the later stages again.
+    fn propagate(&mut self, k: usize, ids: &[u32]) {
+        let mut current: Vec<(u32, Option<TagInfo>)> = {
+            let st = &self.stages[k];
+            st.handle.with_inputs(|inputs| {
+                ids.iter()
+                    .map(|&id| {
+                        let input = inputs.get(id as usize).cloned().flatten();
+                        let d = st.decisions.get(id as usize).cloned().flatten();
+                        (id, next_input(input.as_ref(), d.as_ref()))
+                    })
+                    .collect()
+            })
+        };
+        for j in k + 1..self.stages.len() {
+            self.stages[j].handle.set_inputs(current.clone());
+            let present: Vec<Option<TagInfo>> = current.iter().map(|(_, t)| t.clone()).collect();
+            let decisions = self.decide_or_reject(j, &present);
+            let st = &mut self.stages[j];
+            for ((id, input), d) in current.iter_mut().zip(decisions) {
+                st.decisions[*id as usize] = d.clone();
+                *input = next_input(input.as_ref(), d.as_ref());
+            }
+            st.any_tag_rejected = st
+                .decisions
+                .iter()
+                .any(|d| matches!(d, Some(TagDecision::Reject(_))));
+        }
+        let table = Arc::make_mut(&mut self.table);
+        for (id, info) in current {
+            table[id as usize] = info.map(|t| Arc::new(resolved(&t)));
+        }
+    }
+
+    /// Tag plane for tags the sources registered since the last batch.
+    fn extend_tags(&mut self) {
+        if self.registry.len() <= self.known_tags {
+            return;
+        }
+        let base = self.known_tags;
+        let new = self.registry.since(base);
+        let mut inputs: Vec<Option<TagInfo>> = new
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Some(TagInfo {
+                    id: (base + i) as u32,
+                    path: d.vendor_path.clone(),
+                    vendor_path: d.vendor_path.clone(),
+                    unit: d.unit.clone(),
+                    data_type: d.data_type,
+                    source: d.source.clone(),
+                    metadata: d.metadata.clone(),
+                })
+            })
+            .collect();
+        for k in 0..self.stages.len() {
+            self.stages[k].handle.set_inputs(
+                inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| ((base + i) as u32, t.clone()))
+                    .collect(),
+            );
+            let decisions = self.decide_or_reject(k, &inputs);
+            let st = &mut self.stages[k];
+            st.decisions.resize(base, None);
+            for (input, d) in inputs.iter_mut().zip(decisions) {
+                *input = next_input(input.as_ref(), d.as_ref());
+                st.decisions.push(d);
+            }
+            st.any_tag_rejected = st
+                .decisions
+                .iter()
+                .any(|d| matches!(d, Some(TagDecision::Reject(_))));
+        }
+        let table = Arc::make_mut(&mut self.table);
+        table.extend(
+            inputs
+                .into_iter()
+                .map(|t| t.map(|t| Arc::new(resolved(&t)))),
+        );
+        self.known_tags = base + new.len();
+    }
+
+    /// Stage `k`'s decisions for `inputs`; a failing tag plane gets one fresh instance, then
+    /// its tags are rejected with the failure as the reason (their samples dead-lettered).
+    fn decide_or_reject(
+        &mut self,
+        k: usize,
+        inputs: &[Option<TagInfo>],
+    ) -> Vec<Option<TagDecision>> {
+        let st = &mut self.stages[k];
+        match decide(&mut st.instance, inputs) {
+            Ok(d) => return d,
+            Err(e) => {
+                st.handle.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(stage = %st.handle.name, plugin = %st.label(), "tag plane failed: {e}");
+            }
+        }
+        if let Ok(p) = st.handle.fresh_instance() {
+            st.adopt(p);
+            if let Ok(d) = decide(&mut st.instance, inputs) {
+                return d;
+            }
+        }
+        let reason = format!("tag plane of {} failed", st.label());
+        tracing::error!(stage = %st.handle.name, "{reason}; rejecting {} tags", inputs.len());
+        inputs
+            .iter()
+            .map(|t| t.as_ref().map(|_| TagDecision::Reject(reason.clone())))
+            .collect()
+    }
+
+    fn run_from(&mut self, mut batch: SampleBatch, from: usize) -> Result<Flow, String> {
+        for k in from..self.stages.len() {
+            if batch.is_empty() {
+                return Ok(Flow::Done);
+            }
+            let n = batch.len() as u64;
+            {
+                let stats = &self.stages[k].handle.stats;
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats.samples_in.fetch_add(n, Ordering::Relaxed);
+            }
+            if self.stages[k].any_tag_rejected {
+                self.drop_rejected_tags(k, &mut batch)?;
+                if batch.is_empty() {
+                    return Ok(Flow::Done);
+                }
+            }
+            if let Some(reason) = self.stages[k].quarantined.clone() {
+                match self.stages[k].handle.policy {
+                    QuarantinePolicy::Hold => return Ok(Flow::Held(batch, k)),
+                    QuarantinePolicy::PassThrough => {
+                        self.count_out(k, batch.len());
+                        continue;
+                    }
+                    QuarantinePolicy::DeadLetter => {
+                        self.dead_letter_all(&batch, k, "stage-quarantined", Some(reason))?;
+                        return Ok(Flow::Done);
+                    }
+                }
+            }
+            if !self.stages[k].sample_plane {
+                self.count_out(k, batch.len());
+                continue;
+            }
+            match self.call_stage(k, &mut batch)? {
+                Flow::Done => {}
+                other => return Ok(other),
+            }
+            self.count_out(k, batch.len());
+            self.maybe_recycle(k);
+        }
+        if !batch.is_empty() {
+            let out = Arc::new(OutputBatch {
+                samples: batch,
+                tags: self.table.clone(),
+            });
+            for sink in &self.outputs {
+                if sink.blocking_send(out.clone()).is_err() {
+                    return Ok(Flow::Stop(
+                        "a sink stopped; the pipeline cannot deliver".into(),
+                    ));
+                }
+            }
+        }
+        Ok(Flow::Done)
+    }
+
+    fn count_out(&self, k: usize, n: usize) {
+        self.stages[k]
+            .handle
+            .stats
+            .samples_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Calls stage `k` on the batch, retrying on a fresh instance until the failure limit;
+    /// then applies the quarantine policy. `Flow::Done` means the batch went through.
+    fn call_stage(&mut self, k: usize, batch: &mut SampleBatch) -> Result<Flow, String> {
+        loop {
+            let st = &mut self.stages[k];
+            let cols = BatchColumns {
+                tag_ids: &batch.tag_ids,
+                values: &batch.values,
+                quality: &batch.quality,
+                timestamps: &batch.timestamps,
+                extras: &batch.extras,
+            };
+            let error = match st.instance.on_batch(cols) {
+                Ok(out) => {
+                    st.consecutive_failures = 0;
+                    if let Some(v) = out.values {
+                        batch.values = v;
+                    }
+                    if let Some(q) = out.quality {
+                        batch.quality = q;
+                    }
+                    if !out.rejected.is_empty() {
+                        self.split_rejections(k, batch, out.rejected)?;
+                    }
+                    return Ok(Flow::Done);
+                }
+                Err(e) => e,
+            };
+            st.consecutive_failures += 1;
+            st.handle.stats.failures.fetch_add(1, Ordering::Relaxed);
+            let limit = st.handle.limits.failures_before_quarantine;
+            tracing::warn!(
+                stage = %st.handle.name,
+                plugin = %st.label(),
+                failures = st.consecutive_failures,
+                limit,
+                "batch of {} samples failed: {error}",
+                batch.len()
+            );
+            if st.instance.is_poisoned() || matches!(error, CallError::MemoryLimit { .. }) {
+                match st.handle.fresh_instance() {
+                    Ok(p) => st.adopt(p),
+                    Err(e) => {
+                        tracing::error!(stage = %st.handle.name, "cannot make a fresh instance: {e}");
+                        st.consecutive_failures = limit;
+                    }
+                }
+            }
+            if st.consecutive_failures >= limit {
+                let reason = format!("{}: {error}", st.label());
+                st.quarantined = Some(reason.clone());
+                st.handle.stats.quarantines.fetch_add(1, Ordering::Relaxed);
+                let policy = st.handle.policy;
+                st.handle.set_state(StageState::Quarantined {
+                    reason: reason.clone(),
+                    policy: policy.as_str().into(),
+                });
+                tracing::error!(
+                    stage = %st.handle.name,
+                    policy = policy.as_str(),
+                    "stage quarantined after {limit} consecutive failures: {reason}"
+                );
+                return match policy {
+                    QuarantinePolicy::Hold => Ok(Flow::Held(std::mem::take(batch), k)),
+                    QuarantinePolicy::PassThrough => Ok(Flow::Done),
+                    QuarantinePolicy::DeadLetter => {
+                        let b = std::mem::take(batch);
+                        self.dead_letter_all(&b, k, "stage-quarantined", Some(reason))?;
+                        Ok(Flow::Done)
+                    }
+                };
+            }
+        }
+    }
+
+    fn maybe_recycle(&mut self, k: usize) {
+        let st = &mut self.stages[k];
+        if st.recycle_pending || !st.instance.needs_recycle() {
+            return;
+        }
+        st.recycle_pending = true;
+        tracing::info!(
+            stage = %st.handle.name,
+            plugin = %st.label(),
+            memory_mib = st.instance.memory_bytes() >> 20,
+            recycle_at_mib = st.handle.limits.recycle_at_mib,
+            "instance passed its memory high-water mark; preparing a fresh one"
+        );
+        let handle = st.handle.clone();
+        let control = self.control_tx.clone();
+        std::thread::spawn(move || match handle.fresh_instance() {
+            Ok(p) => {
+                let _ = control.blocking_send(Control::Install {
+                    stage: k,
+                    prepared: Box::new(p),
+                    reply: None,
+                });
+            }
+            Err(e) => tracing::error!(stage = %handle.name, "recycle failed: {e}"),
+        });
+    }
+
+    fn drop_rejected_tags(&mut self, k: usize, batch: &mut SampleBatch) -> Result<(), String> {
+        let st = &self.stages[k];
+        let mark: Vec<bool> = batch
+            .tag_ids
+            .iter()
+            .map(|&t| {
+                matches!(
+                    st.decisions.get(t as usize),
+                    Some(Some(TagDecision::Reject(_)))
+                )
+            })
+            .collect();
+        if !mark.contains(&true) {
+            return Ok(());
+        }
+        let refused = batch.split_off_marked(&mark);
+        let letters = st.handle.with_inputs(|inputs| {
+            (0..refused.len())
+                .map(|i| {
+                    let tag = refused.tag_ids[i] as usize;
+                    let detail = match &st.decisions[tag] {
+                        Some(TagDecision::Reject(r)) => Some(r.clone()),
+                        _ => None,
+                    };
+                    let refusal = Refusal {
+                        stage: &st.handle.name,
+                        plugin: st.loaded.name(),
+                        plugin_version: st.loaded.version(),
+                        reason: "tag-rejected",
+                        reason_code: None,
+                    };
+                    DeadLetter::from_sample(&refusal, names(inputs, tag), &refused, i, detail)
+                })
+                .collect::<Vec<_>>()
+        });
+        self.send_dead_letters(k, letters)
+    }
+
+    fn split_rejections(
+        &mut self,
+        k: usize,
+        batch: &mut SampleBatch,
+        rejected: Vec<crate::plugin::Rejection>,
+    ) -> Result<(), String> {
+        let mut mark = vec![false; batch.len()];
+        let mut details: Vec<Option<(u16, Option<String>)>> = vec![None; batch.len()];
+        for r in rejected {
+            mark[r.index as usize] = true;
+            details[r.index as usize] = Some((r.reason, r.detail));
+        }
+        let refused = batch.split_off_marked(&mark);
+        let details: Vec<(u16, Option<String>)> = details.into_iter().flatten().collect();
+        let st = &self.stages[k];
+        let info = st.loaded.info();
+        let letters = st.handle.with_inputs(|inputs| {
+            details
+                .into_iter()
+                .enumerate()
+                .map(|(i, (code, detail))| {
+                    let name = info
+                        .reasons
+                        .iter()
+                        .find(|r| r.code == code)
+                        .map(|r| r.name.as_str())
+                        .unwrap_or("rejected");
+                    let refusal = Refusal {
+                        stage: &st.handle.name,
+                        plugin: &info.name,
+                        plugin_version: &info.version,
+                        reason: name,
+                        reason_code: Some(code),
+                    };
+                    let tag = refused.tag_ids[i] as usize;
+                    DeadLetter::from_sample(&refusal, names(inputs, tag), &refused, i, detail)
+                })
+                .collect::<Vec<_>>()
+        });
+        self.send_dead_letters(k, letters)
+    }
+
+    fn dead_letter_all(
+        &mut self,
+        batch: &SampleBatch,
+        k: usize,
+        reason: &str,
+        detail: Option<String>,
+    ) -> Result<(), String> {
+        let k = k.min(self.stages.len().saturating_sub(1));
+        let Some(st) = self.stages.get(k) else {
+            return Ok(());
+        };
+        let detail = detail.or_else(|| st.quarantined.clone());
+        let letters = st.handle.with_inputs(|inputs| {
+            (0..batch.len())
+                .map(|i| {
+                    let refusal = Refusal {
+                        stage: &st.handle.name,
+                        plugin: st.loaded.name(),
+                        plugin_version: st.loaded.version(),
+                        reason,
+                        reason_code: None,
+                    };
+                    let tag = batch.tag_ids[i] as usize;
+                    DeadLetter::from_sample(&refusal, names(inputs, tag), batch, i, detail.clone())
+                })
+                .collect::<Vec<_>>()
+        });
+        self.send_dead_letters(k, letters)
+    }
+
+    fn send_dead_letters(&self, k: usize, letters: Vec<DeadLetter>) -> Result<(), String> {
+        self.stages[k]
+            .handle
+            .stats
+            .rejected
+            .fetch_add(letters.len() as u64, Ordering::Relaxed);
+        self.dead_letters
+            .blocking_send(letters)
+            .map_err(|_| "the dead-letter sink stopped; refusing to drop samples".to_string())
+    }
+}
+
+fn names(inputs: &[Option<TagInfo>], tag: usize) -> TagNames<'_> {
+    match inputs.get(tag).and_then(|t| t.as_ref()) {
+        Some(t) => TagNames {
+            source: &t.source,
+            vendor_path: &t.vendor_path,
+            path: &t.path,
+        },
+        None => TagNames {
+            source: "",
+            vendor_path: "",
+            path: "",
+        },
+    }
+}
+
+/// The tag as the next stage sees it, after `decision`.
+fn next_input(input: Option<&TagInfo>, decision: Option<&TagDecision>) -> Option<TagInfo> {
+    match (input, decision) {
+        (Some(t), Some(TagDecision::Accept(a))) => {
+            let mut t = t.clone();
+            if let Some(p) = &a.path {
+                t.path = p.clone();
+            }
+            if let Some(u) = &a.unit {
+                t.unit = u.clone();
+            }
+            t.metadata.extend(a.enrichment.iter().cloned());
+            Some(t)
+        }
+        (Some(t), None) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+fn resolved(t: &TagInfo) -> ResolvedTag {
+    ResolvedTag {
+        id: t.id,
+        source: t.source.clone(),
+        vendor_path: t.vendor_path.clone(),
+        path: t.path.clone(),
+        unit: t.unit.clone(),
+        data_type: t.data_type,
+        metadata: t.metadata.clone(),
+    }
+}

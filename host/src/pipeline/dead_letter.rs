@@ -1,0 +1,80 @@
+//! Dead-letters: a sample the pipeline could not deliver, with who refused it and why.
+
+use serde::Serialize;
+
+use crate::model::{ExtraValue, SampleBatch};
+
+/// One refused sample.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// Stage that refused it (or `pipeline` for the host itself).
+    pub stage: String,
+    pub plugin: String,
+    pub plugin_version: String,
+    /// Stable reason name (a plugin's declared reason, or one of the host's:
+    /// `tag-rejected`, `stage-quarantined`, `held-at-shutdown`).
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub tag_id: u32,
+    pub source: String,
+    pub vendor_path: String,
+    /// Path the tag had when it reached the refusing stage.
+    pub path: String,
+    pub value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra: Option<String>,
+    pub quality: u32,
+    pub timestamp_ns: u64,
+}
+
+/// Who refused and why, for a group of samples.
+pub struct Refusal<'a> {
+    pub stage: &'a str,
+    pub plugin: &'a str,
+    pub plugin_version: &'a str,
+    pub reason: &'a str,
+    pub reason_code: Option<u16>,
+}
+
+/// Tag identity as the refusing stage saw it.
+pub struct TagNames<'a> {
+    pub source: &'a str,
+    pub vendor_path: &'a str,
+    pub path: &'a str,
+}
+
+impl DeadLetter {
+    /// A dead-letter for sample `i` of `batch`.
+    pub fn from_sample(
+        refusal: &Refusal<'_>,
+        names: TagNames<'_>,
+        batch: &SampleBatch,
+        i: usize,
+        detail: Option<String>,
+    ) -> DeadLetter {
+        let value = batch.values[i];
+        DeadLetter {
+            stage: refusal.stage.to_string(),
+            plugin: refusal.plugin.to_string(),
+            plugin_version: refusal.plugin_version.to_string(),
+            reason: refusal.reason.to_string(),
+            reason_code: refusal.reason_code,
+            detail,
+            tag_id: batch.tag_ids[i],
+            source: names.source.to_string(),
+            vendor_path: names.vendor_path.to_string(),
+            path: names.path.to_string(),
+            value: value.is_finite().then_some(value),
+            extra: batch.extra(i).map(|e| match e {
+                ExtraValue::Text(s) => s.clone(),
+                ExtraValue::Signed(v) => v.to_string(),
+                ExtraValue::Unsigned(v) => v.to_string(),
+            }),
+            quality: batch.quality[i],
+            timestamp_ns: batch.timestamps[i],
+        }
+    }
+}

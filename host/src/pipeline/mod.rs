@@ -1,0 +1,510 @@
+//! The running pipeline: sources → chain of plugin stages → sinks, with the dead-letter
+//! beside it. `start` wires it from a `HostConfig` (bounded queues everywhere), and
+//! `PipelineHandle` is how the admin API, the plugin file watcher and tests steer it:
+//! swap, roll back, release, status, stop.
+
+mod chain;
+mod config;
+mod dead_letter;
+mod stage;
+
+pub use chain::{InstallReport, OutputBatch, ResolvedTag, TagTable};
+pub use config::{PipelineConfig, QuarantinePolicy, StageConfig};
+pub use dead_letter::DeadLetter;
+pub use stage::{PrepareKind, StageHandle, StageState, StageStats};
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::HostConfig;
+use crate::model::TagRegistry;
+use crate::plugin::host_api::{PluginCounters, StaticReferenceData};
+use crate::plugin::{Digest, HostBackends, PluginEngine};
+use chain::{Chain, Control, InitialStage};
+use stage::StageSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("`{key}`: {message}")]
+    Start { key: String, message: String },
+    #[error("no stage named `{0}`")]
+    NoStage(String),
+    #[error("stage `{stage}`: {message}")]
+    Refused { stage: String, message: String },
+    #[error("the pipeline is not running")]
+    Stopped,
+}
+
+/// Counters outside the stages.
+#[derive(Default, Debug)]
+pub struct PipelineStats {
+    pub produced: BTreeMap<String, Arc<AtomicU64>>,
+    pub written: BTreeMap<String, Arc<AtomicU64>>,
+    pub dead_letters: Arc<AtomicU64>,
+}
+
+struct HandleInner {
+    stages: Vec<Arc<StageHandle>>,
+    control: mpsc::Sender<Control>,
+    stats: PipelineStats,
+    registry: Arc<TagRegistry>,
+    counters: Arc<PluginCounters>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Steers a running pipeline; cheap to clone.
+#[derive(Clone)]
+pub struct PipelineHandle {
+    inner: Arc<HandleInner>,
+}
+
+/// Status of a stage, as the admin API reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageStatus {
+    pub name: String,
+    pub plugin: String,
+    pub version: String,
+    pub digest: String,
+    pub path: String,
+    pub previous: Option<String>,
+    pub quarantine_policy: &'static str,
+    #[serde(flatten)]
+    pub state: StageState,
+    pub samples_in: u64,
+    pub samples_out: u64,
+    pub rejected: u64,
+    pub batches: u64,
+    pub failures: u64,
+    pub swaps: u64,
+    pub recycles: u64,
+    pub quarantines: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PipelineStatus {
+    pub tags: usize,
+    pub produced: BTreeMap<String, u64>,
+    pub written: BTreeMap<String, u64>,
+    pub dead_letters: u64,
+    pub stages: Vec<StageStatus>,
+    pub plugin_counters: Vec<(String, String, u64)>,
+}
+
+impl PipelineHandle {
+    pub fn stages(&self) -> &[Arc<StageHandle>] {
+        &self.inner.stages
+    }
+
+    pub fn stats(&self) -> &PipelineStats {
+        &self.inner.stats
+    }
+
+    pub fn registry(&self) -> &Arc<TagRegistry> {
+        &self.inner.registry
+    }
+
+    fn stage(&self, name: &str) -> Result<(usize, Arc<StageHandle>), PipelineError> {
+        self.inner
+            .stages
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)
+            .map(|(i, s)| (i, s.clone()))
+            .ok_or_else(|| PipelineError::NoStage(name.into()))
+    }
+
+    /// Loads the component at `path` for stage `name`, prepares it off the hot path and
+    /// installs it between batches. On any error the running version stays.
+    /// `config_json` replaces the stage's plugin config (none keeps the running one).
+    pub async fn swap(
+        &self,
+        name: &str,
+        path: &Path,
+        config_json: Option<String>,
+    ) -> Result<InstallReport, PipelineError> {
+        let (k, stage) = self.stage(name)?;
+        let _guard = stage.change_lock.lock().await;
+        let refused = |message: String| PipelineError::Refused {
+            stage: name.into(),
+            message,
+        };
+        let path = path.to_path_buf();
+        let s = stage.clone();
+        let config = config_json.unwrap_or_else(|| stage.current_config());
+        let prepared = tokio::task::spawn_blocking(move || {
+            let loaded = s.engine().load_file(&path, s.pin.as_ref())?;
+            s.prepare(PrepareKind::Swap, loaded, config)
+        })
+        .await
+        .map_err(|e| refused(e.to_string()))?
+        .map_err(|e| refused(e.to_string()))?;
+        self.install(k, prepared).await.map_err(refused)
+    }
+
+    /// Reinstalls the previous version of stage `name`.
+    pub async fn rollback(&self, name: &str) -> Result<InstallReport, PipelineError> {
+        let (k, stage) = self.stage(name)?;
+        let _guard = stage.change_lock.lock().await;
+        let refused = |message: String| PipelineError::Refused {
+            stage: name.into(),
+            message,
+        };
+        let (previous, config) = stage
+            .previous_with_config()
+            .ok_or_else(|| refused("no previous version to roll back to".into()))?;
+        let s = stage.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || s.prepare(PrepareKind::Rollback, previous, config))
+                .await
+                .map_err(|e| refused(e.to_string()))?
+                .map_err(|e| refused(e.to_string()))?;
+        self.install(k, prepared).await.map_err(refused)
+    }
+
+    /// Lifts stage `name`'s quarantine: the plugin is tried again (held batches first).
+    pub async fn release(&self, name: &str) -> Result<(), PipelineError> {
+        let (k, _) = self.stage(name)?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .control
+            .send(Control::Release {
+                stage: k,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| PipelineError::Stopped)?;
+        rx.await
+            .map_err(|_| PipelineError::Stopped)?
+            .map_err(|message| PipelineError::Refused {
+                stage: name.into(),
+                message,
+            })
+    }
+
+    async fn install(&self, k: usize, prepared: stage::Prepared) -> Result<InstallReport, String> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .control
+            .send(Control::Install {
+                stage: k,
+                prepared: Box::new(prepared),
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| "the pipeline is not running".to_string())?;
+        rx.await.map_err(|_| "the pipeline stopped".to_string())?
+    }
+
+    pub fn status(&self) -> PipelineStatus {
+        let load = |m: &BTreeMap<String, Arc<AtomicU64>>| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+                .collect()
+        };
+        PipelineStatus {
+            tags: self.inner.registry.len(),
+            produced: load(&self.inner.stats.produced),
+            written: load(&self.inner.stats.written),
+            dead_letters: self.inner.stats.dead_letters.load(Ordering::Relaxed),
+            stages: self.inner.stages.iter().map(|s| stage_status(s)).collect(),
+            plugin_counters: self.inner.counters.snapshot(),
+        }
+    }
+
+    /// Asks the sources to stop; the chain then drains and the sinks flush.
+    pub fn stop(&self) {
+        let _ = self.inner.shutdown.send(true);
+        let control = self.inner.control.clone();
+        tokio::spawn(async move {
+            let _ = control.send(Control::Shutdown).await;
+        });
+    }
+}
+
+fn stage_status(s: &StageHandle) -> StageStatus {
+    let current = s.current();
+    let st = &s.stats;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    StageStatus {
+        name: s.name.clone(),
+        plugin: current.name().into(),
+        version: current.version().into(),
+        digest: current.digest().to_string(),
+        path: current.origin().into(),
+        previous: s
+            .previous()
+            .map(|p| format!("{}@{}", p.name(), p.version())),
+        quarantine_policy: s.policy.as_str(),
+        state: s.state(),
+        samples_in: get(&st.samples_in),
+        samples_out: get(&st.samples_out),
+        rejected: get(&st.rejected),
+        batches: get(&st.batches),
+        failures: get(&st.failures),
+        swaps: get(&st.swaps),
+        recycles: get(&st.recycles),
+        quarantines: get(&st.quarantines),
+    }
+}
+
+/// A started pipeline.
+pub struct RunningPipeline {
+    pub handle: PipelineHandle,
+    chain: std::thread::JoinHandle<Result<(), String>>,
+    sources: Vec<tokio::task::JoinHandle<Result<(), crate::sources::SourceError>>>,
+    sinks: Vec<tokio::task::JoinHandle<()>>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the pipeline described by `config` (already validated). Must run inside a
+/// multi-threaded tokio runtime.
+pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError> {
+    let start_err = |key: String, message: String| PipelineError::Start { key, message };
+    let engine = PluginEngine::new(config.engine.clone())
+        .map_err(|e| start_err("engine".into(), e.to_string()))?;
+    let mut reference = StaticReferenceData::default();
+    for (table, t) in &config.reference_data {
+        let rows = reference
+            .load_csv(table, &t.path)
+            .map_err(|e| start_err(format!("reference_data.{table}.path"), e.to_string()))?;
+        tracing::info!(table, rows, "reference data loaded");
+    }
+    let counters = Arc::new(PluginCounters::default());
+    let backends = HostBackends {
+        counters: counters.clone(),
+        reference: Arc::new(reference),
+        ..HostBackends::default()
+    };
+
+    let mut stages = Vec::new();
+    for (i, s) in config.stages.iter().enumerate() {
+        let key = format!("stages[{i}].plugin");
+        let pin = match &s.digest {
+            Some(d) => {
+                Some(Digest::parse(d).map_err(|m| start_err(format!("stages[{i}].digest"), m))?)
+            }
+            None => None,
+        };
+        let e = engine.clone();
+        let path = s.plugin.clone();
+        let pin2 = pin.clone();
+        let loaded = tokio::task::spawn_blocking(move || e.load_file(&path, pin2.as_ref()))
+            .await
+            .map_err(|e| start_err(key.clone(), e.to_string()))?
+            .map_err(|e| start_err(key.clone(), e.to_string()))?;
+        let handle = Arc::new(StageHandle::new(
+            StageSpec {
+                name: s.name.clone(),
+                policy: s.quarantine,
+                limits: s.limits.clone(),
+                config_json: s.config_json(),
+                plugin_path: s.plugin.clone(),
+                pin,
+            },
+            engine.clone(),
+            backends.clone(),
+            loaded.clone(),
+        ));
+        let h = handle.clone();
+        let config_json = s.config_json();
+        let prepared =
+            tokio::task::spawn_blocking(move || h.prepare(PrepareKind::Swap, loaded, config_json))
+                .await
+                .map_err(|e| start_err(key.clone(), e.to_string()))?
+                .map_err(|e| start_err(format!("stages[{i}].config"), e.to_string()))?;
+        tracing::info!(
+            stage = %s.name,
+            plugin = %prepared.loaded.name(),
+            version = %prepared.loaded.version(),
+            digest = %prepared.loaded.digest(),
+            quarantine = s.quarantine.as_str(),
+            "stage ready"
+        );
+        stages.push(InitialStage { handle, prepared });
+    }
+
+    let queue = config.pipeline.queue_batches;
+    let registry = Arc::new(TagRegistry::default());
+    let (input_tx, input_rx) = mpsc::channel(queue);
+    let (control_tx, control_rx) = mpsc::channel(64);
+    let (dl_tx, dl_rx) = mpsc::channel(queue * 4);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut stats = PipelineStats::default();
+
+    let mut sink_tasks = Vec::new();
+    let mut outputs = Vec::new();
+    for (name, s) in &config.sinks {
+        let sink = s
+            .build(name)
+            .map_err(|e| start_err(format!("sinks.{name}"), e.to_string()))?;
+        let (tx, rx) = mpsc::channel(queue);
+        outputs.push(tx);
+        let written = Arc::new(AtomicU64::new(0));
+        stats.written.insert(name.clone(), written.clone());
+        sink_tasks.push(tokio::spawn(crate::sinks::run_sink(
+            name.clone(),
+            sink,
+            rx,
+            written,
+        )));
+    }
+    let dead_letter = config
+        .dead_letter
+        .as_ref()
+        .expect("resolved at load")
+        .build()
+        .map_err(|e| start_err("dead_letter".into(), e.to_string()))?;
+    sink_tasks.push(tokio::spawn(crate::sinks::run_dead_letter_sink(
+        dead_letter,
+        dl_rx,
+        stats.dead_letters.clone(),
+    )));
+
+    let stage_handles: Vec<Arc<StageHandle>> = stages.iter().map(|s| s.handle.clone()).collect();
+    let chain = Chain::new(stages, registry.clone(), outputs, dl_tx, control_tx.clone());
+    let rt = tokio::runtime::Handle::current();
+    let chain = std::thread::Builder::new()
+        .name("ferrule-chain".into())
+        .spawn(move || chain.run(rt, input_rx, control_rx))
+        .map_err(|e| start_err("pipeline".into(), e.to_string()))?;
+
+    let mut sources = Vec::new();
+    for (name, s) in &config.sources {
+        let produced = Arc::new(AtomicU64::new(0));
+        stats.produced.insert(name.clone(), produced.clone());
+        let ctx = crate::sources::SourceContext {
+            name: name.clone(),
+            registry: registry.clone(),
+            out: input_tx.clone(),
+            shutdown: shutdown_rx.clone(),
+            produced,
+        };
+        sources.push(tokio::spawn(s.clone().run(ctx)));
+    }
+    drop(input_tx);
+
+    let handle = PipelineHandle {
+        inner: Arc::new(HandleInner {
+            stages: stage_handles,
+            control: control_tx,
+            stats,
+            registry,
+            counters,
+            shutdown: shutdown_tx,
+        }),
+    };
+    let watcher = config.pipeline.watch_plugins.then(|| {
+        tokio::spawn(watch_plugin_files(
+            handle.clone(),
+            Duration::from_millis(config.pipeline.watch_interval_ms),
+        ))
+    });
+    Ok(RunningPipeline {
+        handle,
+        chain,
+        sources,
+        sinks: sink_tasks,
+        watcher,
+    })
+}
+
+impl RunningPipeline {
+    /// Waits until the sources are done (or stopped), the chain drained and sinks flushed.
+    pub async fn wait(self) -> Result<PipelineStatus, PipelineError> {
+        let mut first_error = None;
+        for s in self.sources {
+            match s.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!("{e}");
+                    first_error.get_or_insert(e.to_string());
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        // Sources are done: let the chain see the end of its input.
+        let _ = self.handle.inner.control.send(Control::Shutdown).await;
+        let chain = self.chain;
+        let chain_result = tokio::task::spawn_blocking(move || chain.join())
+            .await
+            .map_err(|e| PipelineError::Start {
+                key: "pipeline".into(),
+                message: e.to_string(),
+            })?;
+        match chain_result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert("the chain thread panicked".into());
+            }
+        }
+        if let Some(w) = self.watcher {
+            w.abort();
+        }
+        for s in self.sinks {
+            let _ = s.await;
+        }
+        let status = self.handle.status();
+        match first_error {
+            None => Ok(status),
+            Some(message) => Err(PipelineError::Start {
+                key: "pipeline".into(),
+                message,
+            }),
+        }
+    }
+}
+
+/// Swaps a stage's plugin when its file changes (a new digest); the pin, if any, applies.
+async fn watch_plugin_files(handle: PipelineHandle, every: Duration) {
+    let mut seen: Vec<(PathBuf, Option<(SystemTime, u64)>)> = handle
+        .stages()
+        .iter()
+        .map(|s| (s.plugin_path.clone(), file_stamp(&s.plugin_path)))
+        .collect();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        for (i, stage) in handle.stages().iter().enumerate() {
+            let stamp = file_stamp(&stage.plugin_path);
+            if stamp.is_none() || stamp == seen[i].1 {
+                continue;
+            }
+            seen[i].1 = stamp;
+            let Ok(bytes) = std::fs::read(&stage.plugin_path) else {
+                continue;
+            };
+            if Digest::of(&bytes) == *stage.current().digest() {
+                continue;
+            }
+            tracing::info!(stage = %stage.name, path = %stage.plugin_path.display(), "plugin file changed; swapping");
+            match handle
+                .swap(&stage.name, &stage.plugin_path.clone(), None)
+                .await
+            {
+                Ok(r) => {
+                    tracing::info!(stage = %r.stage, from = %r.from, to = %r.to, "swapped from file change")
+                }
+                Err(e) => tracing::error!(
+                    "plugin file change not applied, the running version stays: {e}"
+                ),
+            }
+        }
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}

@@ -1,0 +1,281 @@
+//! One stage of the chain. `StageHandle` is the shared, thread-safe face of a stage (its
+//! plugin versions, status, counters, the tag-plane inputs) used by the admin API and the
+//! file watcher; `prepare` builds a new instance off the hot path (compile, init, tag plane
+//! for every known tag) for the chain to install between batches.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::config::QuarantinePolicy;
+use crate::plugin::{
+    Digest, HostBackends, LoadError, LoadedPlugin, PluginEngine, PluginInstance, PluginLimits,
+    TagDecision, TagInfo,
+};
+
+/// Tags passed to one `on-tags` call.
+pub const TAG_CHUNK: usize = 1024;
+
+/// Counters of one stage (samples, not batches, unless named so).
+#[derive(Default, Debug)]
+pub struct StageStats {
+    pub batches: AtomicU64,
+    pub samples_in: AtomicU64,
+    pub samples_out: AtomicU64,
+    pub rejected: AtomicU64,
+    pub failures: AtomicU64,
+    pub swaps: AtomicU64,
+    pub recycles: AtomicU64,
+    pub quarantines: AtomicU64,
+}
+
+/// Where a stage stands.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum StageState {
+    Running,
+    Quarantined { reason: String, policy: String },
+}
+
+/// How a new instance came to be prepared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrepareKind {
+    Swap,
+    Rollback,
+    Recycle,
+}
+
+/// A new instance, initialised and with tag decisions for the tags known when it was made.
+pub struct Prepared {
+    pub kind: PrepareKind,
+    pub loaded: LoadedPlugin,
+    /// The plugin config the instance was initialised with.
+    pub config_json: String,
+    pub instance: PluginInstance,
+    pub decisions: Vec<Option<TagDecision>>,
+    /// Inputs generation the decisions were made from.
+    pub generation: u64,
+}
+
+/// The shared face of a stage.
+pub struct StageHandle {
+    pub name: String,
+    pub policy: QuarantinePolicy,
+    pub limits: PluginLimits,
+    pub plugin_path: PathBuf,
+    pub pin: Option<Digest>,
+    engine: PluginEngine,
+    backends: HostBackends,
+    /// The running version and the config it was initialised with.
+    current: Mutex<(LoadedPlugin, String)>,
+    /// The version it replaced, for rollback.
+    previous: Mutex<Option<(LoadedPlugin, String)>>,
+    /// Tag-plane input of this stage, by tag id (None: an earlier stage rejected the tag).
+    inputs: RwLock<Vec<Option<TagInfo>>>,
+    /// Bumped whenever an existing input changes (not on appends).
+    generation: AtomicU64,
+    state: Mutex<StageState>,
+    pub stats: StageStats,
+    swap_stalls: Mutex<Vec<Duration>>,
+    /// Serialises swaps, rollbacks and recycles of this stage.
+    pub(super) change_lock: tokio::sync::Mutex<()>,
+}
+
+/// Settings a `StageHandle` is made from.
+pub struct StageSpec {
+    pub name: String,
+    pub policy: QuarantinePolicy,
+    pub limits: PluginLimits,
+    pub config_json: String,
+    pub plugin_path: PathBuf,
+    pub pin: Option<Digest>,
+}
+
+impl StageHandle {
+    pub fn new(
+        spec: StageSpec,
+        engine: PluginEngine,
+        backends: HostBackends,
+        loaded: LoadedPlugin,
+    ) -> Self {
+        StageHandle {
+            name: spec.name,
+            policy: spec.policy,
+            limits: spec.limits,
+            plugin_path: spec.plugin_path,
+            pin: spec.pin,
+            engine,
+            backends,
+            current: Mutex::new((loaded, spec.config_json)),
+            previous: Mutex::new(None),
+            inputs: RwLock::new(Vec::new()),
+            generation: AtomicU64::new(0),
+            state: Mutex::new(StageState::Running),
+            stats: StageStats::default(),
+            swap_stalls: Mutex::new(Vec::new()),
+            change_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn engine(&self) -> &PluginEngine {
+        &self.engine
+    }
+
+    pub fn current(&self) -> LoadedPlugin {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// The plugin config (JSON) the running version was initialised with.
+    pub fn current_config(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    pub fn previous(&self) -> Option<LoadedPlugin> {
+        self.previous_with_config().map(|p| p.0)
+    }
+
+    pub fn previous_with_config(&self) -> Option<(LoadedPlugin, String)> {
+        self.previous
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn state(&self) -> StageState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn set_state(&self, state: StageState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Records that `installed` replaced the current version (`kind` says how).
+    /// After a rollback the version rolled back from becomes the previous one, so a second
+    /// rollback undoes the first.
+    pub(super) fn installed(&self, kind: PrepareKind, installed: &LoadedPlugin, config_json: &str) {
+        if kind == PrepareKind::Recycle {
+            return;
+        }
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut previous = self.previous.lock().unwrap_or_else(|e| e.into_inner());
+        let new = (installed.clone(), config_json.to_string());
+        *previous = Some(std::mem::replace(&mut *current, new));
+    }
+
+    /// A fresh, initialised instance of `loaded` with its tag decisions for every known tag.
+    /// Runs off the hot path; the chain installs it between batches.
+    pub fn prepare(
+        &self,
+        kind: PrepareKind,
+        loaded: LoadedPlugin,
+        config_json: String,
+    ) -> Result<Prepared, LoadError> {
+        let mut instance = loaded.instantiate(
+            &self.name,
+            &config_json,
+            &self.limits,
+            self.backends.clone(),
+        )?;
+        let (inputs, generation) = {
+            let inputs = self.inputs.read().unwrap_or_else(|e| e.into_inner());
+            (inputs.clone(), self.generation.load(Ordering::Acquire))
+        };
+        let decisions = decide(&mut instance, &inputs).map_err(|error| LoadError::TagPlane {
+            plugin: format!("{}@{}", loaded.name(), loaded.version()),
+            error,
+        })?;
+        Ok(Prepared {
+            kind,
+            loaded,
+            config_json,
+            instance,
+            decisions,
+            generation,
+        })
+    }
+
+    /// A fresh instance of the current version (after a trap), with decisions.
+    pub(super) fn fresh_instance(&self) -> Result<Prepared, LoadError> {
+        let (loaded, config) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.prepare(PrepareKind::Recycle, loaded, config)
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` over the inputs (read-only).
+    pub(super) fn with_inputs<R>(&self, f: impl FnOnce(&[Option<TagInfo>]) -> R) -> R {
+        f(&self.inputs.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Sets inputs for tag ids; appends extend, changes of existing ids bump the generation.
+    pub(super) fn set_inputs(&self, updates: Vec<(u32, Option<TagInfo>)>) {
+        let mut inputs = self.inputs.write().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
+        for (id, info) in updates {
+            let id = id as usize;
+            if id >= inputs.len() {
+                inputs.resize(id + 1, None);
+            } else {
+                changed = true;
+            }
+            inputs[id] = info;
+        }
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub(super) fn record_stall(&self, stall: Duration) {
+        let mut stalls = self.swap_stalls.lock().unwrap_or_else(|e| e.into_inner());
+        if stalls.len() >= 10_000 {
+            stalls.remove(0);
+        }
+        stalls.push(stall);
+    }
+
+    /// Stalls of the swaps so far (time the chain waited at each install).
+    pub fn swap_stalls(&self) -> Vec<Duration> {
+        self.swap_stalls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Tag decisions of `instance` for every input, in chunks; None where the input is None.
+pub(super) fn decide(
+    instance: &mut PluginInstance,
+    inputs: &[Option<TagInfo>],
+) -> Result<Vec<Option<TagDecision>>, crate::plugin::CallError> {
+    let mut decisions: Vec<Option<TagDecision>> = vec![None; inputs.len()];
+    let present: Vec<(usize, &TagInfo)> = inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
+        .collect();
+    for chunk in present.chunks(TAG_CHUNK) {
+        let tags: Vec<TagInfo> = chunk.iter().map(|(_, t)| (*t).clone()).collect();
+        let answers = instance.on_tags(&tags)?;
+        for ((i, _), d) in chunk.iter().zip(answers) {
+            decisions[*i] = Some(d);
+        }
+    }
+    Ok(decisions)
+}

@@ -1,0 +1,461 @@
+//! The running pipeline end to end with the real plugin components: every sample accounted
+//! for in the sink or the dead-letter, backpressure, hot swap under load, a refused swap,
+//! rollback, each quarantine policy, and instance recycling at the memory high-water mark.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ferrule::config::HostConfig;
+use ferrule::pipeline::{self, StageState};
+use ferrule::sources::simulator::{describe_tag, sample, SimulatorConfig};
+use ferrule_tests::{plugin, read_jsonl, reference_stages_toml, repo_root};
+use serde_json::Value;
+
+const START_NS: u64 = 1_700_000_000_000_000_000;
+
+struct Plant {
+    tags: u32,
+    scans: u64,
+    batch: usize,
+    interval_ms: u64,
+}
+
+fn config(dir: &Path, plant: &Plant, stages: &str, sink_extra: &str) -> HostConfig {
+    let text = format!(
+        r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+queue_batches = 2
+
+[admin]
+enabled = false
+
+[reference_data.assets]
+path = "{assets}"
+
+[sources.plant]
+type = "simulator"
+tags = {tags}
+scans = {scans}
+interval_ms = {interval}
+batch_size = {batch}
+start_ns = {START_NS}
+
+{stages}
+
+[sinks.samples]
+type = "file"
+path = "samples.jsonl"
+{sink_extra}
+
+[dead_letter]
+type = "file"
+path = "dead-letter.jsonl"
+"#,
+        assets = repo_root().join("examples/assets.csv").display(),
+        tags = plant.tags,
+        scans = plant.scans,
+        interval = plant.interval_ms,
+        batch = plant.batch,
+    );
+    HostConfig::from_text(&text, dir).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn stage(name: &str, file: &str, config: &str, extra: &str) -> String {
+    format!(
+        "[[stages]]\nname = \"{name}\"\nplugin = \"{}\"\nconfig = {config}\n{extra}\n",
+        plugin(file).display()
+    )
+}
+
+/// Reads sink and dead-letter back; asserts every simulated sample appears exactly once
+/// across both, keyed by (vendor path, source time). Returns (samples, dead-letters).
+fn account(dir: &Path, plant: &Plant) -> (Vec<Value>, Vec<Value>) {
+    let samples = read_jsonl(&dir.join("samples.jsonl"));
+    let dead = read_jsonl(&dir.join("dead-letter.jsonl"));
+    let mut seen: HashMap<(String, u64), u32> = HashMap::new();
+    for v in samples.iter().chain(&dead) {
+        let key = (
+            v["vendor_path"].as_str().unwrap().to_string(),
+            v.get("ts_ns")
+                .or(v.get("timestamp_ns"))
+                .unwrap()
+                .as_u64()
+                .unwrap(),
+        );
+        *seen.entry(key).or_default() += 1;
+    }
+    let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(dupes.is_empty(), "samples delivered twice: {dupes:?}");
+    let expected = plant.tags as usize * plant.scans as usize;
+    assert_eq!(
+        seen.len(),
+        expected,
+        "{} in the sink + {} dead-lettered, expected {expected}",
+        samples.len(),
+        dead.len()
+    );
+    (samples, dead)
+}
+
+fn sim(plant: &Plant) -> SimulatorConfig {
+    SimulatorConfig {
+        tags: plant.tags,
+        ..SimulatorConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_chain_accounts_for_every_sample_with_the_right_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 600,
+        scans: 5,
+        batch: 256,
+        interval_ms: 0,
+    };
+    let cfg = config(dir.path(), &plant, &reference_stages_toml(), "");
+    let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
+    assert_eq!(status.produced["plant"], 3000);
+    let (samples, dead) = account(dir.path(), &plant);
+
+    // What the simulator produced, to check each reason.
+    let sim = sim(&plant);
+    let calm = SimulatorConfig {
+        spike_every: 0,
+        ..sim.clone()
+    };
+    let mut expected_reason: HashMap<String, &str> = HashMap::new();
+    for i in 0..plant.tags {
+        for s in 0..plant.scans {
+            let (v, _) = sample(&sim, i, s);
+            let key = format!(
+                "{}@{}",
+                describe_tag(&sim, "plant", i).vendor_path,
+                START_NS + s * 1_000_000
+            );
+            if v.is_nan() {
+                expected_reason.insert(key, "not-a-number");
+            } else if v != sample(&calm, i, s).0 {
+                expected_reason.insert(key, "above-high-limit");
+            }
+        }
+    }
+    assert!(expected_reason.values().any(|r| *r == "not-a-number"));
+    assert!(expected_reason.values().any(|r| *r == "above-high-limit"));
+    for d in &dead {
+        let key = format!(
+            "{}@{}",
+            d["vendor_path"].as_str().unwrap(),
+            d["timestamp_ns"]
+        );
+        let want = expected_reason
+            .get(&key)
+            .unwrap_or_else(|| panic!("unexpected dead-letter {d}"));
+        assert_eq!(d["reason"], *want, "{d}");
+        assert_eq!(d["stage"], "validate", "{d}");
+        assert_eq!(d["plugin"], "validator", "{d}");
+        assert!(d["plugin_version"].as_str().is_some_and(|v| !v.is_empty()));
+    }
+    assert_eq!(dead.len(), expected_reason.len());
+
+    let topic = regex_like_topic;
+    for s in &samples {
+        let path = s["path"].as_str().unwrap();
+        assert!(topic(path), "path off the topic spec: {path}");
+    }
+    let pressure: Vec<&Value> = samples
+        .iter()
+        .filter(|s| s["path"].as_str().unwrap().ends_with("/pressure"))
+        .collect();
+    assert!(!pressure.is_empty());
+    for p in &pressure {
+        assert_eq!(p["unit"], "kPa", "{p}");
+        let v = p["value"].as_f64().unwrap();
+        assert!(
+            (300.0..=900.0).contains(&v),
+            "pressure {v} kPa out of the simulated band: {p}"
+        );
+    }
+    let enriched = samples
+        .iter()
+        .filter(|s| s["meta"]["asset_id"].is_string())
+        .count();
+    assert!(
+        enriched > 0,
+        "no sample carries the asset registry's asset_id"
+    );
+}
+
+/// `plant/<site>/<area>/<line>/<device>/<metric>`, lowercase, no wildcards.
+fn regex_like_topic(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    parts.len() == 6
+        && parts[0] == "plant"
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_slows_the_source_and_queues_stay_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 256,
+        scans: 1_000_000,
+        batch: 64,
+        interval_ms: 0,
+    };
+    let stages = stage("pass", "fixture_hostile", "{}", "");
+    let cfg = config(dir.path(), &plant, &stages, "delay_ms = 20");
+    let running = pipeline::start(&cfg).await.unwrap();
+    let h = running.handle.clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let produced = h.stats().produced["plant"].load(Ordering::Relaxed);
+    let written = h.stats().written["samples"].load(Ordering::Relaxed);
+    // Source queue (2) + the batch in the chain + sink queue (2) + the batch in the sink +
+    // the batch the source is building.
+    let bound = 7 * plant.batch as u64;
+    assert!(written > 0, "nothing written");
+    assert!(
+        produced <= written + bound,
+        "source ran ahead of a slow sink: produced {produced}, written {written}"
+    );
+    // 1.5 s at 20 ms a batch is at most ~75 batches: the source was held back.
+    assert!(produced < 100 * plant.batch as u64, "produced {produced}");
+    h.stop();
+    let status = running.wait().await.unwrap();
+    let produced = status.produced["plant"];
+    assert_eq!(
+        status.written["samples"], produced,
+        "stop must drain, not drop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swaps_under_load_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 1000,
+        scans: 300,
+        batch: 500,
+        interval_ms: 0,
+    };
+    let cfg = config(dir.path(), &plant, &reference_stages_toml(), "");
+    // A second file of the same plugin, as an operator would drop in a new version.
+    let copy = dir.path().join("validator-copy.wasm");
+    std::fs::copy(plugin("validator"), &copy).unwrap();
+    let running = pipeline::start(&cfg).await.unwrap();
+    let h = running.handle.clone();
+    let swaps = 30;
+    for n in 0..swaps {
+        let file = if n % 2 == 0 {
+            copy.clone()
+        } else {
+            plugin("validator")
+        };
+        let report = h.swap("validate", &file, None).await.unwrap();
+        assert_eq!(report.stage, "validate");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = running.wait().await.unwrap();
+    assert_eq!(status.produced["plant"], 300_000);
+    let validate = status.stages.iter().find(|s| s.name == "validate").unwrap();
+    assert_eq!(validate.swaps, swaps);
+    assert!(validate.samples_in > 0, "{:#?}", status.stages);
+    let stalls = h.stages()[2].swap_stalls();
+    assert_eq!(stalls.len(), swaps as usize);
+    account(dir.path(), &plant);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_whose_init_fails_leaves_the_old_version_running_and_rollback_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 300,
+        scans: 200,
+        batch: 100,
+        interval_ms: 2,
+    };
+    let cfg = config(dir.path(), &plant, &reference_stages_toml(), "");
+    let running = pipeline::start(&cfg).await.unwrap();
+    let h = running.handle.clone();
+    // The normalizer refuses the unit converter's config: init fails, the old one stays.
+    let err = h
+        .swap("units", &plugin("tag_normalizer"), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused its config"), "{err}");
+    let units = h
+        .status()
+        .stages
+        .into_iter()
+        .find(|s| s.name == "units")
+        .unwrap();
+    assert_eq!(units.plugin, "unit-converter");
+    assert_eq!(units.state, StageState::Running);
+    assert!(units.previous.is_none());
+
+    // A swap with a new config to another plugin, then rollback, then rollback again.
+    h.swap(
+        "units",
+        &plugin("fixture_hostile"),
+        Some(r#"{"mode":"ok"}"#.into()),
+    )
+    .await
+    .unwrap();
+    let units = h
+        .status()
+        .stages
+        .into_iter()
+        .find(|s| s.name == "units")
+        .unwrap();
+    assert_eq!(units.plugin, "hostile");
+    assert_eq!(
+        units
+            .previous
+            .as_deref()
+            .map(|p| p.starts_with("unit-converter@")),
+        Some(true)
+    );
+    let r = h.rollback("units").await.unwrap();
+    assert!(r.to.starts_with("unit-converter@"), "{r:?}");
+    let r = h.rollback("units").await.unwrap();
+    assert!(r.to.starts_with("hostile@"), "{r:?}");
+    h.rollback("units").await.unwrap();
+    let err = h.rollback("nope").await.unwrap_err();
+    assert!(err.to_string().contains("no stage named `nope`"), "{err}");
+    running.wait().await.unwrap();
+    account(dir.path(), &plant);
+}
+
+async fn run_with_trapping_stage(
+    policy: &str,
+) -> (tempfile::TempDir, Plant, ferrule::pipeline::PipelineStatus) {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 100,
+        scans: 20,
+        batch: 50,
+        interval_ms: 0,
+    };
+    let stages = stage(
+        "flaky",
+        "fixture_hostile",
+        r#"{ mode = "trap" }"#,
+        &format!("quarantine = \"{policy}\""),
+    );
+    let cfg = config(dir.path(), &plant, &stages, "");
+    let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
+    (dir, plant, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_pass_through_delivers_unchanged() {
+    let (dir, plant, status) = run_with_trapping_stage("pass-through").await;
+    let flaky = &status.stages[0];
+    assert_eq!(
+        flaky.failures, 3,
+        "quarantined after failures_before_quarantine (3) failures"
+    );
+    assert!(
+        matches!(&flaky.state, StageState::Quarantined { policy, reason } if policy == "pass-through" && reason.contains("trapped"))
+    );
+    let (samples, dead) = account(dir.path(), &plant);
+    assert_eq!(samples.len(), 2000);
+    assert!(dead.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_dead_letter_sends_everything_with_the_reason() {
+    let (dir, plant, status) = run_with_trapping_stage("dead-letter").await;
+    assert!(
+        matches!(&status.stages[0].state, StageState::Quarantined { policy, .. } if policy == "dead-letter")
+    );
+    let (samples, dead) = account(dir.path(), &plant);
+    assert!(samples.is_empty());
+    assert!(dead
+        .iter()
+        .all(|d| d["reason"] == "stage-quarantined"
+            && d["detail"].as_str().unwrap().contains("trapped")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_hold_waits_then_a_fixed_version_takes_the_held_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 100,
+        scans: 40,
+        batch: 50,
+        interval_ms: 0,
+    };
+    let stages = stage("flaky", "fixture_hostile", r#"{ mode = "trap" }"#, "");
+    let cfg = config(dir.path(), &plant, &stages, "");
+    let running = pipeline::start(&cfg).await.unwrap();
+    let h = running.handle.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(h.stages()[0].state(), StageState::Quarantined { .. }) {
+        assert!(Instant::now() < deadline, "never quarantined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.stats().written["samples"].load(Ordering::Relaxed),
+        0,
+        "hold must not deliver"
+    );
+    let produced = h.stats().produced["plant"].load(Ordering::Relaxed);
+    assert!(
+        produced < 4000,
+        "the source must be held back, produced {produced}"
+    );
+    match h.stages()[0].state() {
+        StageState::Quarantined { policy, .. } => assert_eq!(policy, "hold"),
+        s => panic!("{s:?}"),
+    }
+    // The operator ships a fixed config/version: the held batch goes first, nothing lost.
+    h.swap(
+        "flaky",
+        &plugin("fixture_hostile"),
+        Some(r#"{"mode":"ok"}"#.into()),
+    )
+    .await
+    .unwrap();
+    let status = running.wait().await.unwrap();
+    assert_eq!(status.stages[0].state, StageState::Running);
+    let (samples, dead) = account(dir.path(), &plant);
+    assert_eq!(samples.len(), 4000);
+    assert!(dead.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaking_instance_is_recycled_at_its_high_water_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 100,
+        scans: 60,
+        batch: 100,
+        interval_ms: 5,
+    };
+    let stages = stage(
+        "leaky",
+        "fixture_hostile",
+        r#"{ mode = "leak", leak_bytes = 1048576 }"#,
+        "[stages.limits]\nmemory_mib = 64\nrecycle_at_mib = 8",
+    );
+    let cfg = config(dir.path(), &plant, &stages, "");
+    let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
+    let leaky = &status.stages[0];
+    assert!(leaky.recycles >= 2, "recycles: {}", leaky.recycles);
+    assert_eq!(
+        leaky.failures, 0,
+        "recycled before the memory limit was hit"
+    );
+    let (samples, _) = account(dir.path(), &plant);
+    assert_eq!(samples.len(), 6000);
+}
