@@ -94,11 +94,12 @@ fn conformance_kit_fails_a_broken_plugin_naming_the_invariant() {
     );
     assert!(!report.passed());
     let failure = report.first_failure().unwrap();
+    // The fixture rejects sample n+5, so even the empty batch names a sample that is not there.
     assert!(
-        failure.contains("every sample passed or rejected"),
+        failure.starts_with("sample plane: empty batch handled"),
         "{failure}"
     );
-    assert!(failure.contains("rejection names sample"), "{failure}");
+    assert!(failure.contains("1 rejections for 0 samples"), "{failure}");
 
     let report = conformance::run(
         &engine,
@@ -152,7 +153,8 @@ fn unit_converter_component_converts_and_rejects_unknown_units() {
 fn hostile_plugins_are_stopped_with_clear_errors_while_others_keep_working() {
     let engine = engine();
     let limits = PluginLimits {
-        cpu_ms_per_call: 50,
+        // Generous, so the memory bomb meets the memory cap first even on a busy machine.
+        cpu_ms_per_call: 1000,
         memory_mib: 32,
         recycle_at_mib: 16,
         ..PluginLimits::default()

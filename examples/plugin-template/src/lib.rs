@@ -86,7 +86,7 @@ impl Plugin for Deadband {
     /// if any, stays).
     fn init(config: Config) -> Result<Self, String> {
         let config: DeadbandConfig = config.parse()?;
-        if !(config.deadband >= 0.0) {
+        if config.deadband.is_nan() || config.deadband < 0.0 {
             return Err(format!("deadband must be >= 0, got {}", config.deadband));
         }
         Ok(Deadband {
@@ -151,11 +151,11 @@ impl Plugin for Deadband {
             let forward = match (state.deadband, state.last) {
                 (None, _) | (_, None) => true,
                 (Some(deadband), Some((last_value, last_quality, last_ts))) => {
+                    let change = (value - last_value).abs();
                     quality != last_quality
-                        || value.is_nan()
-                        // `!(x < d)` rather than `x >= d`: true for NaN, so a NaN last
-                        // value never blocks a real one.
-                        || !((value - last_value).abs() < deadband)
+                        // NaN now or before: always forward, so consumers see it come and go.
+                        || change.is_nan()
+                        || change >= deadband
                         || heartbeat_ns.is_some_and(|hb| ts.saturating_sub(last_ts) >= hb)
                 }
             };
@@ -327,5 +327,25 @@ mod tests {
         assert_eq!(info.reasons[0].code, SUPPRESSED);
         assert_eq!(info.reasons[0].name, "suppressed-by-deadband");
         assert_eq!(info.writes, Columns::NONE);
+    }
+
+    /// The stage config of the README's host-config example, as the host passes it.
+    fn readme_stage_config() -> serde_json::Value {
+        let readme = include_str!("../README.md");
+        let block = readme
+            .split("```toml")
+            .filter_map(|rest| rest.split("```").next())
+            .find(|block| block.contains("[[stages]]"))
+            .expect("README has a [[stages]] example");
+        let doc: serde_json::Value = toml::from_str(block).expect("README TOML parses");
+        doc["stages"][0]["config"].clone()
+    }
+
+    #[test]
+    fn readme_example_config_is_accepted() {
+        let config = readme_stage_config();
+        assert_eq!(config, json!({ "deadband": 0.5, "heartbeat_ms": 60000 }));
+        let mut h = harness(config);
+        assert_eq!(suppressed(&mut h, &[(0, 1.0, S), (0, 1.2, 2 * S)]), vec![1]);
     }
 }

@@ -25,7 +25,13 @@ fn exact_line(text: &str, target: &str) -> Option<usize> {
             continue;
         }
         if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
-            let name = resolve(name.trim(), &array_counts);
+            let name = name.trim();
+            let name = match name.rsplit_once('.') {
+                Some((parent, last)) => {
+                    format!("{}.{}", resolve(parent, &array_counts), last.trim())
+                }
+                None => name.to_string(),
+            };
             let count = array_counts.entry(name.clone()).or_insert(0);
             table = format!("{name}[{count}]");
             *count += 1;

@@ -142,7 +142,7 @@ impl HostConfig {
                 }]
             })?;
         let mut config: HostConfig = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
             let message = e.message().trim().to_string();
             // toml names the field in its message; the span points at the table or value.
             vec![ConfigError {

@@ -35,8 +35,10 @@
 //! * such runs at the start or the end of the value are dropped (`Temp (°C)` → `temp-c`).
 //!
 //! A value that maps to nothing (e.g. `°`) leaves its segment empty, and the tag is rejected.
-//! Literal text of a template is not rewritten: it must already be in `[a-z0-9_-]` (checked
-//! when the plugin starts), and `exact` targets must already be valid paths.
+//! Literal text of a template is only lowercased: any other character outside `[a-z0-9_-]`
+//! makes the config invalid. `exact` targets are not rewritten at all: they must already be
+//! valid paths. Both are checked when the plugin starts, as is the shape of every template
+//! (six segments, the first `plant`, every placeholder resolvable).
 
 use std::collections::BTreeMap;
 
@@ -743,5 +745,37 @@ mod tests {
         assert!(validate_path("plant/site1//line3/press4/pressure").is_err());
         assert!(validate_path("factory/site1/area2/line3/press4/pressure").is_err());
         assert!(validate_path("plant/site1/area2/line3/press4/Pressure").is_err());
+    }
+
+    /// The `config` table of the README's example, as the host passes it (TOML → JSON).
+    fn readme_config() -> serde_json::Value {
+        let readme = include_str!("../README.md");
+        let block = readme
+            .split("```toml")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README has a toml block");
+        let doc: serde_json::Value = toml::from_str(block).expect("README TOML parses");
+        doc["stages"][0]["config"].clone()
+    }
+
+    #[test]
+    fn readme_example_works() {
+        let mut h = harness(readme_config());
+        assert_eq!(
+            path_of(&h.on_tag(&TagInfo::new(1, "Site1.Area2.Line3.Press4.Pressure"))),
+            "plant/site1/area2/line3/press4/pressure"
+        );
+        let plc = TagInfo::new(2, "PLC7:DB1.W2")
+            .meta("area", "Area 2")
+            .meta("line", "Line3");
+        assert_eq!(
+            path_of(&h.on_tag(&plc)),
+            "plant/site1/area_2/line3/plc7/db1-w2"
+        );
+        assert_eq!(
+            path_of(&h.on_tag(&TagInfo::new(3, "PLC3:DB10.W4"))),
+            "plant/site1/area2/line3/press4/pressure"
+        );
     }
 }

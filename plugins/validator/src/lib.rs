@@ -842,4 +842,29 @@ mod tests {
             ]
         );
     }
+
+    /// The `config` table of the README's example, as the host passes it (TOML → JSON).
+    fn readme_config() -> serde_json::Value {
+        let readme = include_str!("../README.md");
+        let block = readme
+            .split("```toml")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README has a toml block");
+        let doc: serde_json::Value = toml::from_str(block).expect("README TOML parses");
+        doc["stages"][0]["config"].clone()
+    }
+
+    #[test]
+    fn readme_example_works() {
+        let mut h = harness(readme_config());
+        let d = h.on_tag(&TagInfo::new(0, "p").path("plant/site1/a/l/press4/pressure"));
+        assert_eq!(d.accepted().unwrap().limits.unwrap().high, Some(25000.0));
+        // The lab rule comes first and sets no limits.
+        let d = h.on_tag(&TagInfo::new(1, "t").path("plant/site1/lab/l/oven/temperature"));
+        assert_eq!(d, TagDecision::keep());
+        let out = run(&mut h, &[good(0, 30000.0, S)]);
+        assert!(out.rejected.is_empty());
+        assert_eq!(out.quality.unwrap(), vec![Quality::UNCERTAIN_EU_EXCEEDED.0]);
+    }
 }

@@ -1,0 +1,294 @@
+//! The four reference plugins as one chain over 30 k distinct tags: samples/s through the
+//! Wasm chain (CPU limit on: epoch, and fuel) and through the same plugin logic compiled
+//! natively and called directly, in one run, with the ratio; plus start-up figures
+//! (component compile, load from the artifact cache, instantiate + init).
+//!
+//! The normalizer and the enricher act on the tag plane only, so per batch the host calls
+//! the unit converter and the validator — on both sides of the comparison.
+//!
+//! Run: `scripts/build-plugins && cargo bench -p ferrule --bench plugin_chain`
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferrule::config::HostConfig;
+use ferrule::plugin::{
+    BatchColumns, CpuLimitMode, EngineConfig, HostBackends, PluginEngine, PluginInstance,
+    PluginLimits, TagDecision, TagInfo,
+};
+use ferrule::sources::simulator::{describe_tag, sample, SimulatorConfig};
+use ferrule_sdk::testing::Harness;
+use ferrule_sdk::Batch;
+
+const TAGS: u32 = 30_000;
+const SCANS: u64 = 8;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Columns {
+    tag_ids: Vec<u32>,
+    values: Vec<f64>,
+    quality: Vec<u32>,
+    timestamps: Vec<u64>,
+}
+
+/// `SCANS` scans of every tag, cut into batches of `size`.
+fn batches(sim: &SimulatorConfig, size: usize) -> Vec<Columns> {
+    let mut all = Vec::new();
+    let mut cur = Columns {
+        tag_ids: vec![],
+        values: vec![],
+        quality: vec![],
+        timestamps: vec![],
+    };
+    for scan in 0..SCANS {
+        for i in 0..TAGS {
+            let (v, q) = sample(sim, i, scan);
+            cur.tag_ids.push(i);
+            cur.values.push(v);
+            cur.quality.push(q.0);
+            cur.timestamps
+                .push(1_700_000_000_000_000_000 + scan * 1_000_000_000);
+            if cur.tag_ids.len() == size {
+                all.push(std::mem::replace(
+                    &mut cur,
+                    Columns {
+                        tag_ids: vec![],
+                        values: vec![],
+                        quality: vec![],
+                        timestamps: vec![],
+                    },
+                ));
+            }
+        }
+    }
+    if !cur.tag_ids.is_empty() {
+        all.push(cur);
+    }
+    all
+}
+
+fn next(t: &TagInfo, d: &TagDecision) -> Option<TagInfo> {
+    match d {
+        TagDecision::Reject(_) => None,
+        TagDecision::Accept(a) => {
+            let mut t = t.clone();
+            if let Some(p) = &a.path {
+                t.path = p.clone();
+            }
+            if let Some(u) = &a.unit {
+                t.unit = u.clone();
+            }
+            t.metadata.extend(a.enrichment.iter().cloned());
+            Some(t)
+        }
+    }
+}
+
+fn sdk_tag(t: &TagInfo) -> ferrule_sdk::TagInfo {
+    ferrule_sdk::TagInfo::new(t.id, t.vendor_path.clone())
+        .path(t.path.clone())
+        .unit(t.unit.clone())
+}
+
+fn main() {
+    let config =
+        HostConfig::load(&repo().join("examples/plant.toml")).expect("examples/plant.toml");
+    let stage_cfg: Vec<(PathBuf, String)> = config
+        .stages
+        .iter()
+        .map(|s| (s.plugin.clone(), s.config_json()))
+        .collect();
+    let sim = SimulatorConfig {
+        tags: TAGS,
+        ..SimulatorConfig::default()
+    };
+    let inputs0: Vec<TagInfo> = (0..TAGS)
+        .map(|i| {
+            let d = describe_tag(&sim, "plant", i);
+            TagInfo {
+                id: i,
+                path: d.vendor_path.clone(),
+                vendor_path: d.vendor_path,
+                unit: d.unit,
+                data_type: d.data_type,
+                source: d.source,
+                metadata: d.metadata,
+            }
+        })
+        .collect();
+
+    // Start-up figures.
+    let cache = tempfile::tempdir().unwrap();
+    let cold = PluginEngine::new(EngineConfig {
+        cache_dir: Some(cache.path().into()),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let warm = PluginEngine::new(EngineConfig {
+        cache_dir: Some(cache.path().into()),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    println!("start-up (per component):");
+    for (path, cfg) in &stage_cfg {
+        let c = cold.load_file(path, None).unwrap();
+        let w = warm.load_file(path, None).unwrap();
+        let t0 = Instant::now();
+        let inst = w
+            .instantiate(
+                "bench",
+                cfg,
+                &PluginLimits::default(),
+                HostBackends::default(),
+            )
+            .unwrap();
+        let total = t0.elapsed();
+        println!(
+            "  {:<16} compile {:>8.1?}  load from cache {:>8.1?}  instantiate {:>8.1?}  init {:>8.1?}  (total {:?})",
+            c.name(),
+            c.timings().compile_or_load,
+            w.timings().compile_or_load,
+            inst.timings().instantiate,
+            inst.timings().init,
+            total
+        );
+    }
+
+    for mode in [CpuLimitMode::Epoch, CpuLimitMode::Fuel] {
+        let engine = PluginEngine::new(EngineConfig {
+            cpu_limit: mode,
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut wasm: Vec<PluginInstance> = stage_cfg
+            .iter()
+            .map(|(p, c)| {
+                engine
+                    .load_file(p, None)
+                    .unwrap()
+                    .instantiate(
+                        "bench",
+                        c,
+                        &PluginLimits::default(),
+                        HostBackends::default(),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        // Tag plane through the chain; remember each stage's inputs for the native side.
+        let mut inputs: Vec<Option<TagInfo>> = inputs0.iter().cloned().map(Some).collect();
+        let mut stage_inputs = Vec::new();
+        let t0 = Instant::now();
+        for inst in wasm.iter_mut() {
+            stage_inputs.push(inputs.clone());
+            let present: Vec<TagInfo> = inputs.iter().flatten().cloned().collect();
+            let mut decisions = Vec::new();
+            for chunk in present.chunks(1024) {
+                decisions.extend(inst.on_tags(chunk).unwrap());
+            }
+            let mut it = decisions.iter();
+            for slot in inputs.iter_mut() {
+                if let Some(t) = slot.as_ref() {
+                    *slot = next(t, it.next().unwrap());
+                }
+            }
+        }
+        let accepted = inputs.iter().flatten().count();
+        if mode == CpuLimitMode::Epoch {
+            println!(
+                "tag plane, 4 stages x {TAGS} tags: {:?} ({accepted} tags accepted by all)",
+                t0.elapsed()
+            );
+        }
+
+        // Native: the same plugin crates, called directly.
+        let json = |i: usize| serde_json::from_str::<serde_json::Value>(&stage_cfg[i].1).unwrap();
+        let mut units = Harness::<unit_converter::UnitConverter>::new(json(1)).unwrap();
+        let mut validator = Harness::<validator::Validator>::new(json(2)).unwrap();
+        for t in stage_inputs[1].iter().flatten() {
+            units.on_tag(&sdk_tag(t));
+        }
+        for t in stage_inputs[2].iter().flatten() {
+            validator.on_tag(&sdk_tag(t));
+        }
+
+        println!("sample plane, units + validate ({mode:?} CPU limit):");
+        println!(
+            "  {:>6}  {:>14}  {:>14}  {:>8}",
+            "batch", "wasm M/s", "native M/s", "ratio"
+        );
+        for size in [1usize, 64, 1024, 8192] {
+            let data = batches(&sim, size);
+            let total: usize = data.iter().map(|b| b.tag_ids.len()).sum();
+            let limit = if size == 1 { 200_000 } else { usize::MAX };
+            let measure = |f: &mut dyn FnMut(&Columns)| -> f64 {
+                let mut n = 0usize;
+                let t = Instant::now();
+                'outer: while t.elapsed() < Duration::from_millis(1500) {
+                    for b in &data {
+                        f(b);
+                        n += b.tag_ids.len();
+                        if n >= limit.max(total) {
+                            break 'outer;
+                        }
+                    }
+                }
+                n as f64 / t.elapsed().as_secs_f64() / 1e6
+            };
+            let wasm_rate = measure(&mut |b: &Columns| {
+                let mut values = b.values.clone();
+                let mut quality = b.quality.clone();
+                for k in [1usize, 2] {
+                    let out = wasm[k]
+                        .on_batch(BatchColumns {
+                            tag_ids: &b.tag_ids,
+                            values: &values,
+                            quality: &quality,
+                            timestamps: &b.timestamps,
+                            extras: &[],
+                        })
+                        .unwrap();
+                    if let Some(v) = out.values {
+                        values = v;
+                    }
+                    if let Some(q) = out.quality {
+                        quality = q;
+                    }
+                }
+                std::hint::black_box(&values);
+            });
+            let native_rate = measure(&mut |b: &Columns| {
+                let out = units
+                    .on_batch(Batch::new(
+                        b.tag_ids.clone(),
+                        b.values.clone(),
+                        b.quality.clone(),
+                        b.timestamps.clone(),
+                        vec![],
+                    ))
+                    .unwrap();
+                let values = out.values.unwrap_or_else(|| b.values.clone());
+                let out = validator
+                    .on_batch(Batch::new(
+                        b.tag_ids.clone(),
+                        values,
+                        b.quality.clone(),
+                        b.timestamps.clone(),
+                        vec![],
+                    ))
+                    .unwrap();
+                std::hint::black_box(&out);
+            });
+            println!(
+                "  {size:>6}  {wasm_rate:>14.2}  {native_rate:>14.2}  {:>8.2}",
+                native_rate / wasm_rate
+            );
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The `ferrule` binary: `check` names the offending key and line; `plugin inspect` and
+//! `plugin test` work on a built component (from dist/plugins, written by scripts/build-plugins).
+
+use std::path::Path;
+use std::process::Command;
+
+fn ferrule(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrule"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn dist(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dist/plugins")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/build-plugins",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+#[test]
+fn check_names_the_offending_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[sources.plant]\ntype = \"simulator\"\nbatch_size = 0\n\n[[stages]]\nname = \"v\"\nplugin = \"nope.wasm\"\n\n[sinks.out]\ntype = \"file\"\npath = \"o.jsonl\"\n",
+    )
+    .unwrap();
+    let (code, text) = ferrule(&["check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("`sources.plant.batch_size` (line 3)"),
+        "{text}"
+    );
+    assert!(text.contains("`stages[0].plugin` (line 7)"), "{text}");
+
+    std::fs::write(
+        &cfg,
+        "[sinks.out]\ntype = \"file\"\npath = \"o.jsonl\"\nrotate = true\n",
+    )
+    .unwrap();
+    let (code, text) = ferrule(&["check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("rotate"), "{text}");
+
+    std::fs::write(&cfg, "[sources.plant]\ntype = \"simulator\"\n[sinks.out]\ntype = \"file\"\npath = \"${NO_SUCH_VAR_FERRULE}\"\n").unwrap();
+    let (code, text) = ferrule(&["check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("line 5") && text.contains("NO_SUCH_VAR_FERRULE"),
+        "{text}"
+    );
+
+    // A plugin whose init refuses the stage config: named as stages[i].config.
+    std::fs::write(
+        &cfg,
+        format!("[sources.plant]\ntype = \"simulator\"\n[[stages]]\nname = \"u\"\nplugin = \"{}\"\n[stages.config]\nbogus = 1\n[sinks.out]\ntype = \"file\"\npath = \"o.jsonl\"\n", dist("unit_converter")),
+    )
+    .unwrap();
+    let (code, text) = ferrule(&["check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("`stages[0].config`") && text.contains("bogus"),
+        "{text}"
+    );
+}
+
+#[test]
+fn plugin_inspect_and_test() {
+    let (code, text) = ferrule(&["plugin", "inspect", &dist("validator")]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("plugin:      validator@"), "{text}");
+    assert!(text.contains("contract:    ferrule:plugin@0.1.0"), "{text}");
+    assert!(
+        text.contains("reason:") && text.contains("above-high-limit"),
+        "{text}"
+    );
+
+    let (code, text) = ferrule(&["plugin", "test", &dist("validator")]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("0 failed"), "{text}");
+
+    let (code, text) = ferrule(&[
+        "plugin",
+        "test",
+        &dist("fixture_hostile"),
+        "--config",
+        r#"{"mode":"trap"}"#,
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("FAIL") && text.contains("trapped"), "{text}");
+}
