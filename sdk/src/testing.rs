@@ -50,10 +50,13 @@ thread_local! {
     pub(crate) static NATIVE_HOST: RefCell<NativeHost> = RefCell::new(NativeHost::default());
 }
 
+/// One reference-data row: table, key, key/values.
+type Row = (String, String, Vec<(String, String)>);
+
 /// Reference data for the stand-in host: `(table, key) → key/values`.
 #[derive(Clone, Debug, Default)]
 pub struct ReferenceData {
-    rows: Vec<(String, String, Vec<(String, String)>)>,
+    rows: Vec<Row>,
 }
 
 impl ReferenceData {
@@ -74,9 +77,18 @@ impl ReferenceData {
 }
 
 /// Runs one plugin natively the way the host runs its component.
+/// One harness per test thread: a new one resets the thread's stand-in host.
 pub struct Harness<P: Plugin> {
     plugin: P,
     info: PluginInfo,
+}
+
+impl<P: Plugin> std::fmt::Debug for Harness<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("plugin", &self.info.name)
+            .finish()
+    }
 }
 
 impl<P: Plugin> Harness<P> {
