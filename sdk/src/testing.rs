@@ -187,3 +187,17 @@ pub fn check_output(info: &PluginInfo, n: usize, out: &BatchOutput) -> Result<()
     }
     Ok(())
 }
+
+/// The plugin config of the first `[[stages]]` example in a README's TOML blocks, as the
+/// host passes it to `init` (TOML → JSON). Lets a plugin test that its documented example works:
+/// `readme_stage_config(include_str!("../README.md"))`.
+pub fn readme_stage_config(readme: &str) -> serde_json::Value {
+    let block = readme
+        .split("```toml")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .find(|block| block.contains("[[stages]]"))
+        .expect("README has a ```toml block with a [[stages]] example");
+    let doc: serde_json::Value = toml::from_str(block).expect("README TOML parses");
+    doc["stages"][0]["config"].clone()
+}

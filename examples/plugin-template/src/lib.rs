@@ -329,21 +329,9 @@ mod tests {
         assert_eq!(info.writes, Columns::NONE);
     }
 
-    /// The stage config of the README's host-config example, as the host passes it.
-    fn readme_stage_config() -> serde_json::Value {
-        let readme = include_str!("../README.md");
-        let block = readme
-            .split("```toml")
-            .filter_map(|rest| rest.split("```").next())
-            .find(|block| block.contains("[[stages]]"))
-            .expect("README has a [[stages]] example");
-        let doc: serde_json::Value = toml::from_str(block).expect("README TOML parses");
-        doc["stages"][0]["config"].clone()
-    }
-
     #[test]
     fn readme_example_config_is_accepted() {
-        let config = readme_stage_config();
+        let config = ferrule_sdk::testing::readme_stage_config(include_str!("../README.md"));
         assert_eq!(config, json!({ "deadband": 0.5, "heartbeat_ms": 60000 }));
         let mut h = harness(config);
         assert_eq!(suppressed(&mut h, &[(0, 1.0, S), (0, 1.2, 2 * S)]), vec![1]);

@@ -747,21 +747,11 @@ mod tests {
         assert!(validate_path("plant/site1/area2/line3/press4/Pressure").is_err());
     }
 
-    /// The `config` table of the README's example, as the host passes it (TOML → JSON).
-    fn readme_config() -> serde_json::Value {
-        let readme = include_str!("../README.md");
-        let block = readme
-            .split("```toml")
-            .nth(1)
-            .and_then(|rest| rest.split("```").next())
-            .expect("README has a toml block");
-        let doc: serde_json::Value = toml::from_str(block).expect("README TOML parses");
-        doc["stages"][0]["config"].clone()
-    }
-
     #[test]
     fn readme_example_works() {
-        let mut h = harness(readme_config());
+        let mut h = harness(ferrule_sdk::testing::readme_stage_config(include_str!(
+            "../README.md"
+        )));
         assert_eq!(
             path_of(&h.on_tag(&TagInfo::new(1, "Site1.Area2.Line3.Press4.Pressure"))),
             "plant/site1/area2/line3/press4/pressure"
