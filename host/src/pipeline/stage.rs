@@ -3,6 +3,7 @@
 //! file watcher; `prepare` builds a new instance off the hot path (compile, init, tag plane
 //! for every known tag) for the chain to install between batches.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -79,7 +80,7 @@ pub struct StageHandle {
     generation: AtomicU64,
     state: Mutex<StageState>,
     pub stats: StageStats,
-    swap_stalls: Mutex<Vec<Duration>>,
+    swap_stalls: Mutex<VecDeque<Duration>>,
     /// Serialises swaps, rollbacks and recycles of this stage.
     pub(super) change_lock: tokio::sync::Mutex<()>,
 }
@@ -115,7 +116,7 @@ impl StageHandle {
             generation: AtomicU64::new(0),
             state: Mutex::new(StageState::Running),
             stats: StageStats::default(),
-            swap_stalls: Mutex::new(Vec::new()),
+            swap_stalls: Mutex::new(VecDeque::new()),
             change_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -245,17 +246,15 @@ impl StageHandle {
     pub(super) fn record_stall(&self, stall: Duration) {
         let mut stalls = self.swap_stalls.lock().unwrap_or_else(|e| e.into_inner());
         if stalls.len() >= 10_000 {
-            stalls.remove(0);
+            stalls.pop_front();
         }
-        stalls.push(stall);
+        stalls.push_back(stall);
     }
 
     /// Stalls of the swaps so far (time the chain waited at each install).
     pub fn swap_stalls(&self) -> Vec<Duration> {
-        self.swap_stalls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let stalls = self.swap_stalls.lock().unwrap_or_else(|e| e.into_inner());
+        stalls.iter().copied().collect()
     }
 }
 

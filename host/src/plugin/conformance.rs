@@ -117,7 +117,7 @@ impl Rng {
     }
 }
 
-struct Columns {
+struct ArbitraryBatch {
     tag_ids: Vec<u32>,
     values: Vec<f64>,
     quality: Vec<u32>,
@@ -125,7 +125,7 @@ struct Columns {
     extras: Vec<Extra>,
 }
 
-fn arbitrary_batch(rng: &mut Rng, tags: &[u32], n: usize) -> Columns {
+fn arbitrary_batch(rng: &mut Rng, tags: &[u32], n: usize) -> ArbitraryBatch {
     let specials = [
         f64::NAN,
         f64::INFINITY,
@@ -144,7 +144,7 @@ fn arbitrary_batch(rng: &mut Rng, tags: &[u32], n: usize) -> Columns {
         0x4094_0000,
         0xC000_0000,
     ];
-    let mut c = Columns {
+    let mut c = ArbitraryBatch {
         tag_ids: Vec::with_capacity(n),
         values: Vec::with_capacity(n),
         quality: Vec::with_capacity(n),

@@ -113,19 +113,17 @@ impl PluginInstance {
         };
         let mut store = Store::new(&engine.inner().engine, state);
         store.limiter(|s| &mut s.limiter);
-        let mut this_limits = limits.clone();
         // Instantiation runs start functions and data segments: give it the same budget.
-        arm(&engine, &mut store, &this_limits);
+        arm(&engine, &mut store, limits);
         let bindings = pre
             .instantiate(&mut store)
-            .map_err(|e| classify(e, &mut store, &this_limits))?;
-        this_limits.clone_from(limits);
+            .map_err(|e| classify(e, &mut store, limits))?;
         Ok(PluginInstance {
             engine,
             store,
             bindings,
             info,
-            limits: this_limits,
+            limits: limits.clone(),
             poisoned: false,
             timings: InstanceTimings::default(),
         })

@@ -44,29 +44,32 @@ impl StaticReferenceData {
 
     /// Adds table `table` from a CSV file with a header line; the first column is the key,
     /// the other columns become the row's key/values (empty cells are left out).
+    /// Lines starting with `#` are comments.
     pub fn load_csv(&mut self, table: &str, path: &Path) -> Result<usize, ReferenceDataError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ReferenceDataError::Read {
+        let parse_err = |line: u64, message: String| ReferenceDataError::Parse {
             table: table.into(),
             path: path.display().to_string(),
-            source,
-        })?;
-        let parse_err = |line: usize, message: String| ReferenceDataError::Parse {
-            table: table.into(),
-            path: path.display().to_string(),
-            line,
+            line: line as usize,
             message,
         };
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'));
-        let (_, header) = lines
-            .next()
-            .ok_or_else(|| parse_err(1, "no header line".into()))?;
-        let header: Vec<String> = split_csv_line(header)
-            .map_err(|m| parse_err(1, m))?
-            .into_iter()
-            .map(|h| h.trim().to_string())
+        let csv_err = |e: csv::Error| match e.kind() {
+            csv::ErrorKind::Io(_) => ReferenceDataError::Read {
+                table: table.into(),
+                path: path.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            },
+            _ => parse_err(e.position().map_or(0, |p| p.line()), e.to_string()),
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .comment(Some(b'#'))
+            .trim(csv::Trim::All)
+            .from_path(path)
+            .map_err(csv_err)?;
+        let header: Vec<String> = reader
+            .headers()
+            .map_err(csv_err)?
+            .iter()
+            .map(String::from)
             .collect();
         if header.len() < 2 {
             return Err(parse_err(
@@ -76,51 +79,19 @@ impl StaticReferenceData {
         }
         let rows = self.tables.entry(table.to_string()).or_default();
         let mut count = 0;
-        for (i, line) in lines {
-            let cells = split_csv_line(line).map_err(|m| parse_err(i + 1, m))?;
-            if cells.len() != header.len() {
-                return Err(parse_err(
-                    i + 1,
-                    format!("{} cells, header has {}", cells.len(), header.len()),
-                ));
-            }
-            let key = cells[0].trim().to_string();
+        for record in reader.records() {
+            let record = record.map_err(csv_err)?;
             let row = header[1..]
                 .iter()
-                .zip(&cells[1..])
+                .zip(record.iter().skip(1))
                 .filter(|(_, v)| !v.is_empty())
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect();
-            rows.insert(key, row);
+            rows.insert(record[0].to_string(), row);
             count += 1;
         }
         Ok(count)
     }
-}
-
-/// Splits one CSV line: commas separate, double quotes quote, `""` is a quote.
-fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
-    let mut cells = Vec::new();
-    let mut cell = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', false) if cell.is_empty() => quoted = true,
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                cell.push('"');
-            }
-            ('"', true) => quoted = false,
-            (',', false) => cells.push(std::mem::take(&mut cell)),
-            (c, _) => cell.push(c),
-        }
-    }
-    if quoted {
-        return Err("unterminated quote".into());
-    }
-    cells.push(cell);
-    Ok(cells)
 }
 
 impl ReferenceData for StaticReferenceData {

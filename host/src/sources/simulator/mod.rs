@@ -132,9 +132,10 @@ pub async fn run(c: SimulatorConfig, mut ctx: SourceContext) -> Result<(), Sourc
             }
         }
         let ts = start_ns + scan * step_ns;
-        for chunk in (0..c.tags).collect::<Vec<_>>().chunks(c.batch_size) {
-            let mut batch = SampleBatch::with_capacity(chunk.len());
-            for &i in chunk {
+        for first in (0..c.tags).step_by(c.batch_size) {
+            let last = (first as u64 + c.batch_size as u64).min(c.tags as u64) as u32;
+            let mut batch = SampleBatch::with_capacity((last - first) as usize);
+            for i in first..last {
                 let (value, quality) = sample(&c, i, scan);
                 batch.push(ids[i as usize], value, quality, ts);
             }
