@@ -12,6 +12,9 @@ use ferrule::plugin::{
 };
 use ferrule_tests::{plugin, repo_root};
 
+/// Whether a call error is the one a hostile mode must produce.
+type ErrorCheck = fn(&CallError) -> bool;
+
 fn engine() -> PluginEngine {
     PluginEngine::new(EngineConfig::default()).unwrap()
 }
@@ -168,7 +171,7 @@ fn hostile_plugins_are_stopped_with_clear_errors_while_others_keep_working() {
     assert!(matches!(err, LoadError::Init { .. }), "{err}");
     assert!(err.to_string().contains("refused its config"), "{err}");
 
-    let cases: &[(&str, fn(&CallError) -> bool)] = &[
+    let cases: &[(&str, ErrorCheck)] = &[
         ("trap", |e| matches!(e, CallError::Trap(_))),
         ("infinite-loop", |e| matches!(e, CallError::CpuLimit(_))),
         ("memory-bomb", |e| {

@@ -2,7 +2,7 @@
 //! and the same code builds as a wasm32-wasip2 component for the host and natively for
 //! `cargo test` (with [`testing::Harness`] standing in for the host).
 //!
-//! ```ignore
+//! ```
 //! use ferrule_sdk::prelude::*;
 //!
 //! pub struct Doubler;

@@ -309,12 +309,7 @@ mod tests {
 
     #[test]
     fn config_is_checked() {
-        // `Harness` is not `Debug`, so `unwrap_err` is out: take the error with `.err()`.
-        let err = |config| {
-            Harness::<Deadband>::new(config)
-                .err()
-                .expect("config refused")
-        };
+        let err = |config| Harness::<Deadband>::new(config).expect_err("config refused");
         assert!(err(json!({})).contains("missing field `deadband`"));
         assert!(err(json!({ "deadband": -1.0 })).contains(">= 0"));
         assert!(err(json!({ "deadband": 1.0, "dead_band": 2 })).contains("unknown field"));

@@ -154,7 +154,7 @@ fn arbitrary_batch(rng: &mut Rng, tags: &[u32], n: usize) -> ArbitraryBatch {
     for i in 0..n {
         let r = rng.next();
         c.tag_ids.push(tags[(r % tags.len() as u64) as usize]);
-        c.values.push(if r % 11 == 0 {
+        c.values.push(if r.is_multiple_of(11) {
             specials[(r >> 8) as usize % specials.len()]
         } else {
             ((r >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2e4
@@ -164,7 +164,7 @@ fn arbitrary_batch(rng: &mut Rng, tags: &[u32], n: usize) -> ArbitraryBatch {
         // Mostly increasing time, sometimes repeated or going back.
         c.timestamps
             .push(1_700_000_000_000_000_000 + i as u64 * 1_000_000 - (r % 7) * 3_000_000);
-        if r % 17 == 0 {
+        if r.is_multiple_of(17) {
             c.extras.push(Extra {
                 index: i as u32,
                 value: match r % 3 {

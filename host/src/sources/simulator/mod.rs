@@ -74,7 +74,7 @@ pub fn sample(c: &SimulatorConfig, i: u32, scan: u64) -> (f64, Quality) {
         // The device reports in its second unit; keep the physical value the same.
         value = to_second_unit(metric, value);
     }
-    let hit = |every: u64, salt: u64| every > 0 && (n.wrapping_add(salt)) % every == 0;
+    let hit = |every: u64, salt: u64| every > 0 && n.wrapping_add(salt).is_multiple_of(every);
     if hit(c.spike_every, 0) {
         value *= 100.0;
     }
