@@ -22,6 +22,13 @@ struct Plant {
     interval_ms: u64,
 }
 
+impl Plant {
+    /// Samples the simulator produces over all its scans.
+    fn total(&self) -> usize {
+        self.tags as usize * self.scans as usize
+    }
+}
+
 fn config(dir: &Path, plant: &Plant, stages: &str, sink_extra: &str) -> HostConfig {
     let text = format!(
         r#"
@@ -73,7 +80,7 @@ fn stage(name: &str, file: &str, config: &str, extra: &str) -> String {
 
 /// Reads sink and dead-letter back; asserts every simulated sample appears exactly once
 /// across both, keyed by (vendor path, source time). Returns (samples, dead-letters).
-fn account(dir: &Path, plant: &Plant) -> (Vec<Value>, Vec<Value>) {
+fn account(dir: &Path, expected: usize) -> (Vec<Value>, Vec<Value>) {
     let samples = read_jsonl(&dir.join("samples.jsonl"));
     let dead = read_jsonl(&dir.join("dead-letter.jsonl"));
     let mut seen: HashMap<(String, u64), u32> = HashMap::new();
@@ -90,7 +97,6 @@ fn account(dir: &Path, plant: &Plant) -> (Vec<Value>, Vec<Value>) {
     }
     let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(dupes.is_empty(), "samples delivered twice: {dupes:?}");
-    let expected = plant.tags as usize * plant.scans as usize;
     assert_eq!(
         seen.len(),
         expected,
@@ -120,7 +126,7 @@ async fn default_chain_accounts_for_every_sample_with_the_right_reasons() {
     let cfg = config(dir.path(), &plant, &reference_stages_toml(), "");
     let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
     assert_eq!(status.produced["plant"], 3000);
-    let (samples, dead) = account(dir.path(), &plant);
+    let (samples, dead) = account(dir.path(), plant.total());
 
     // What the simulator produced, to check each reason.
     let sim = sim(&plant);
@@ -242,9 +248,10 @@ async fn hot_swaps_under_load_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant {
         tags: 1000,
-        scans: 300,
+        // Unbounded, paced (100 k samples/s): the run lasts as long as the swaps do.
+        scans: u64::MAX,
         batch: 500,
-        interval_ms: 0,
+        interval_ms: 10,
     };
     let cfg = config(dir.path(), &plant, &reference_stages_toml(), "");
     // A second file of the same plugin, as an operator would drop in a new version.
@@ -263,14 +270,19 @@ async fn hot_swaps_under_load_lose_and_duplicate_nothing() {
         assert_eq!(report.stage, "validate");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    h.stop();
     let status = running.wait().await.unwrap();
-    assert_eq!(status.produced["plant"], 300_000);
+    let produced = status.produced["plant"];
+    assert!(
+        produced >= 30 * 1000,
+        "too little traffic during the swaps: {produced}"
+    );
     let validate = status.stages.iter().find(|s| s.name == "validate").unwrap();
     assert_eq!(validate.swaps, swaps);
     assert!(validate.samples_in > 0, "{:#?}", status.stages);
     let stalls = h.stages()[2].swap_stalls();
     assert_eq!(stalls.len(), swaps as usize);
-    account(dir.path(), &plant);
+    account(dir.path(), produced as usize);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +290,7 @@ async fn a_swap_whose_init_fails_leaves_the_old_version_running_and_rollback_wor
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant {
         tags: 300,
-        scans: 200,
+        scans: u64::MAX,
         batch: 100,
         interval_ms: 2,
     };
@@ -330,8 +342,9 @@ async fn a_swap_whose_init_fails_leaves_the_old_version_running_and_rollback_wor
     h.rollback("units").await.unwrap();
     let err = h.rollback("nope").await.unwrap_err();
     assert!(err.to_string().contains("no stage named `nope`"), "{err}");
-    running.wait().await.unwrap();
-    account(dir.path(), &plant);
+    h.stop();
+    let status = running.wait().await.unwrap();
+    account(dir.path(), status.produced["plant"] as usize);
 }
 
 async fn run_with_trapping_stage(
@@ -366,7 +379,7 @@ async fn quarantine_pass_through_delivers_unchanged() {
     assert!(
         matches!(&flaky.state, StageState::Quarantined { policy, reason } if policy == "pass-through" && reason.contains("trapped"))
     );
-    let (samples, dead) = account(dir.path(), &plant);
+    let (samples, dead) = account(dir.path(), plant.total());
     assert_eq!(samples.len(), 2000);
     assert!(dead.is_empty());
 }
@@ -377,7 +390,7 @@ async fn quarantine_dead_letter_sends_everything_with_the_reason() {
     assert!(
         matches!(&status.stages[0].state, StageState::Quarantined { policy, .. } if policy == "dead-letter")
     );
-    let (samples, dead) = account(dir.path(), &plant);
+    let (samples, dead) = account(dir.path(), plant.total());
     assert!(samples.is_empty());
     assert!(dead
         .iter()
@@ -428,7 +441,7 @@ async fn quarantine_hold_waits_then_a_fixed_version_takes_the_held_batches() {
     .unwrap();
     let status = running.wait().await.unwrap();
     assert_eq!(status.stages[0].state, StageState::Running);
-    let (samples, dead) = account(dir.path(), &plant);
+    let (samples, dead) = account(dir.path(), plant.total());
     assert_eq!(samples.len(), 4000);
     assert!(dead.is_empty());
 }
@@ -456,6 +469,6 @@ async fn a_leaking_instance_is_recycled_at_its_high_water_mark() {
         leaky.failures, 0,
         "recycled before the memory limit was hit"
     );
-    let (samples, _) = account(dir.path(), &plant);
+    let (samples, _) = account(dir.path(), plant.total());
     assert_eq!(samples.len(), 6000);
 }

@@ -189,7 +189,7 @@ fn main() {
             stage_inputs.push(inputs.clone());
             let present: Vec<TagInfo> = inputs.iter().flatten().cloned().collect();
             let mut decisions = Vec::new();
-            for chunk in present.chunks(1024) {
+            for chunk in present.chunks(256) {
                 decisions.extend(inst.on_tags(chunk).unwrap());
             }
             let mut it = decisions.iter();
@@ -230,7 +230,7 @@ fn main() {
             let measure = |f: &mut dyn FnMut(&Columns)| -> f64 {
                 let mut n = 0usize;
                 let t = Instant::now();
-                'outer: while t.elapsed() < Duration::from_millis(1500) {
+                'outer: while t.elapsed() < Duration::from_millis(300) {
                     for b in &data {
                         f(b);
                         n += b.tag_ids.len();
@@ -241,7 +241,7 @@ fn main() {
                 }
                 n as f64 / t.elapsed().as_secs_f64() / 1e6
             };
-            let wasm_rate = measure(&mut |b: &Columns| {
+            let mut run_wasm = |b: &Columns| {
                 let mut values = b.values.clone();
                 let mut quality = b.quality.clone();
                 for k in [1usize, 2] {
@@ -262,8 +262,8 @@ fn main() {
                     }
                 }
                 std::hint::black_box(&values);
-            });
-            let native_rate = measure(&mut |b: &Columns| {
+            };
+            let mut run_native = |b: &Columns| {
                 let out = units
                     .on_batch(Batch::new(
                         b.tag_ids.clone(),
@@ -284,7 +284,13 @@ fn main() {
                     ))
                     .unwrap();
                 std::hint::black_box(&out);
-            });
+            };
+            // Best of 5 interleaved rounds of ~0.3 s each: the machine is shared and noisy.
+            let (mut wasm_rate, mut native_rate) = (0.0f64, 0.0f64);
+            for _ in 0..5 {
+                wasm_rate = wasm_rate.max(measure(&mut run_wasm));
+                native_rate = native_rate.max(measure(&mut run_native));
+            }
             println!(
                 "  {size:>6}  {wasm_rate:>14.2}  {native_rate:>14.2}  {:>8.2}",
                 native_rate / wasm_rate

@@ -146,7 +146,12 @@ impl TagDecision {
 /// Sample quality: an OPC UA style status code. Bits 31..30 carry the severity
 /// (00 good, 01 uncertain, 10 bad); the rest is the source's own code, kept as it came.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(transparent)]
 pub struct Quality(pub u32);
+
+// SAFETY: `Quality` is a transparent `u32`: no padding, every bit pattern valid.
+unsafe impl bytemuck::Zeroable for Quality {}
+unsafe impl bytemuck::Pod for Quality {}
 
 impl Quality {
     pub const GOOD: Quality = Quality(0);
@@ -370,7 +375,8 @@ impl Batch {
         if values.len() != n {
             values.resize(n, f64::NAN);
         }
-        let mut quality: Vec<Quality> = quality.into_iter().map(Quality).collect();
+        // Same layout: reuse the column's allocation instead of copying it.
+        let mut quality: Vec<Quality> = bytemuck::cast_vec(quality);
         if quality.len() != n {
             quality.resize(n, Quality::GOOD);
         }
@@ -495,7 +501,7 @@ impl Batch {
             values: writes.contains(Columns::VALUES).then_some(self.values),
             quality: writes
                 .contains(Columns::QUALITY)
-                .then(|| self.quality.into_iter().map(|q| q.0).collect()),
+                .then(|| bytemuck::cast_vec(self.quality)),
             rejected: self.rejected.into_inner(),
         }
     }

@@ -79,18 +79,47 @@ struct StageRuntime {
 }
 
 impl StageRuntime {
-    fn adopt(&mut self, p: Prepared) {
+    /// Takes over a prepared instance; returns the replaced instance and decisions, whose
+    /// teardown (unmapping linear memory, freeing 30 k decisions) the caller can move off the
+    /// hot path.
+    fn adopt(&mut self, p: Prepared) -> Retired {
         self.sample_plane = p.loaded.info().planes.contains(Planes::SAMPLE);
         self.loaded = p.loaded;
-        self.instance = p.instance;
-        self.decisions = p.decisions;
+        let old_instance = std::mem::replace(&mut self.instance, p.instance);
+        let old_decisions = std::mem::replace(&mut self.decisions, p.decisions);
         self.any_tag_rejected = self
             .decisions
             .iter()
             .any(|d| matches!(d, Some(TagDecision::Reject(_))));
+        Box::new((old_instance, old_decisions))
     }
+
     fn label(&self) -> String {
         format!("{}@{}", self.loaded.name(), self.loaded.version())
+    }
+}
+
+/// What an install replaced, to be dropped away from the chain thread.
+type Retired = Box<dyn Send>;
+
+/// Drops retired instances on a thread of its own, so an install stalls the chain only for
+/// the pointer swap.
+struct Reaper(std::sync::mpsc::Sender<Retired>);
+
+impl Reaper {
+    fn start() -> Reaper {
+        let (tx, rx) = std::sync::mpsc::channel::<Retired>();
+        let spawned = std::thread::Builder::new()
+            .name("ferrule-reaper".into())
+            .spawn(move || rx.into_iter().for_each(drop));
+        if let Err(e) = spawned {
+            tracing::warn!("no reaper thread ({e}); retired instances drop on the chain thread");
+        }
+        Reaper(tx)
+    }
+    fn retire(&self, retired: Retired) {
+        // If the reaper is gone the value comes back in the error and drops here.
+        let _ = self.0.send(retired);
     }
 }
 
@@ -110,6 +139,7 @@ pub struct Chain {
     dead_letters: mpsc::Sender<Vec<DeadLetter>>,
     control_tx: mpsc::Sender<Control>,
     held: Option<(SampleBatch, usize)>,
+    reaper: Reaper,
 }
 
 /// A stage's first instance, made by the pipeline at start.
@@ -153,6 +183,7 @@ impl Chain {
             dead_letters,
             control_tx,
             held: None,
+            reaper: Reaper::start(),
         }
     }
 
@@ -266,7 +297,7 @@ impl Chain {
         let st = &mut self.stages[k];
         if st.instance.is_poisoned() {
             let p = st.handle.fresh_instance().map_err(|e| e.to_string())?;
-            st.adopt(p);
+            self.reaper.retire(st.adopt(p));
         }
         st.consecutive_failures = 0;
         st.quarantined = None;
@@ -296,14 +327,14 @@ impl Chain {
         p.decisions.truncate(known);
         p.decisions.resize(known, None);
         let changed: Vec<u32> = (0..known)
-            .filter(|&i| p.decisions[i] != st.decisions.get(i).cloned().flatten())
+            .filter(|&i| p.decisions[i].as_ref() != st.decisions.get(i).and_then(|d| d.as_ref()))
             .map(|i| i as u32)
             .collect();
         let from = st.label();
         let kind = p.kind;
         let loaded = p.loaded.clone();
         let config_json = p.config_json.clone();
-        st.adopt(p);
+        self.reaper.retire(st.adopt(p));
         st.consecutive_failures = 0;
         st.quarantined = None;
         st.recycle_pending = false;
@@ -431,7 +462,7 @@ impl Chain {
             }
         }
         if let Ok(p) = st.handle.fresh_instance() {
-            st.adopt(p);
+            self.reaper.retire(st.adopt(p));
             if let Ok(d) = decide(&mut st.instance, inputs) {
                 return d;
             }
@@ -550,7 +581,7 @@ impl Chain {
             );
             if st.instance.is_poisoned() || matches!(error, CallError::MemoryLimit { .. }) {
                 match st.handle.fresh_instance() {
-                    Ok(p) => st.adopt(p),
+                    Ok(p) => self.reaper.retire(st.adopt(p)),
                     Err(e) => {
                         tracing::error!(stage = %st.handle.name, "cannot make a fresh instance: {e}");
                         st.consecutive_failures = limit;

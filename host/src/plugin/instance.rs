@@ -378,7 +378,11 @@ pub fn check_output(
     if out.rejected.len() > n {
         return Err(format!("{} rejections for {n} samples", out.rejected.len()));
     }
-    let mut seen = vec![false; n];
+    let mut seen = if out.rejected.is_empty() {
+        Vec::new()
+    } else {
+        vec![false; n]
+    };
     for r in &out.rejected {
         let i = r.index as usize;
         if i >= n {

@@ -1,8 +1,8 @@
 //! The file sink: JSON lines, one per sample, appended and flushed per batch.
 //!
-//! A sample line: `{"path":"plant/site1/area1/line1/press1/pressure","value":612.3,
-//! "unit":"kPa","quality":"good","status":0,"ts_ns":1764070000000000000,
-//! "vendor_path":"Site1.Area1.Line1.Press1.Pressure","meta":{"asset_id":"P-1"}}`.
+//! A sample line: `{"path":"plant/site1/area1/line1/press1/pressure","unit":"kPa",
+//! "vendor_path":"Site1.Area1.Line1.Press1.Pressure","meta":{"asset_id":"P-1"},
+//! "value":612.3,"quality":"good","status":0,"ts_ns":1764070000000000000}`.
 //! `value` is null for NaN/infinite values; `text`/`int` carry side-channel values.
 
 mod config;
@@ -11,6 +11,7 @@ pub use config::FileSinkConfig;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +19,7 @@ use serde::Serialize;
 
 use super::{DeadLetterSink, Sink, SinkError};
 use crate::model::{ExtraValue, Quality};
-use crate::pipeline::{DeadLetter, OutputBatch};
+use crate::pipeline::{DeadLetter, OutputBatch, ResolvedTag};
 
 pub struct FileSink {
     name: String,
@@ -26,25 +27,14 @@ pub struct FileSink {
     out: BufWriter<File>,
     include_metadata: bool,
     delay: Duration,
+    /// Per tag id, the JSON of its constant fields (path, unit, vendor path, metadata),
+    /// rendered once per tag table rather than once per sample.
+    prefixes: Vec<Option<Box<[u8]>>>,
+    /// Address of the tag table the prefixes were rendered from.
+    prefixes_of: usize,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    path: &'a str,
-    value: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    text: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    int: Option<String>,
-    unit: &'a str,
-    quality: &'static str,
-    status: u32,
-    ts_ns: u64,
-    vendor_path: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    meta: Option<Meta<'a>>,
-}
-
+/// Metadata as a JSON object, keys in order.
 struct Meta<'a>(&'a [(String, String)]);
 
 impl Serialize for Meta<'_> {
@@ -79,6 +69,8 @@ impl FileSink {
             out: BufWriter::with_capacity(1 << 20, file),
             include_metadata: c.include_metadata,
             delay: Duration::from_millis(c.delay_ms),
+            prefixes: Vec::new(),
+            prefixes_of: 0,
         })
     }
 
@@ -88,6 +80,26 @@ impl FileSink {
             message: format!("{}: {e}", self.path),
         }
     }
+
+    /// `{"path":…,"unit":…,"vendor_path":…,["meta":{…},]` for `tag`.
+    fn render_prefix(tag: &ResolvedTag, include_metadata: bool) -> Box<[u8]> {
+        let mut b = Vec::with_capacity(128);
+        let json = |b: &mut Vec<u8>, s: &str| {
+            serde_json::to_writer(&mut *b, s).expect("writing JSON to memory")
+        };
+        b.extend_from_slice(b"{\"path\":");
+        json(&mut b, &tag.path);
+        b.extend_from_slice(b",\"unit\":");
+        json(&mut b, &tag.unit);
+        b.extend_from_slice(b",\"vendor_path\":");
+        json(&mut b, &tag.vendor_path);
+        if include_metadata && !tag.metadata.is_empty() {
+            b.extend_from_slice(b",\"meta\":");
+            serde_json::to_writer(&mut b, &Meta(&tag.metadata)).expect("writing JSON to memory");
+        }
+        b.push(b',');
+        b.into_boxed_slice()
+    }
 }
 
 #[async_trait]
@@ -96,39 +108,69 @@ impl Sink for FileSink {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
+        let table = Arc::as_ptr(&batch.tags) as usize;
+        if table != self.prefixes_of {
+            self.prefixes.clear();
+            self.prefixes_of = table;
+        }
+        if self.prefixes.len() < batch.tags.len() {
+            self.prefixes.resize(batch.tags.len(), None);
+        }
         let s = &batch.samples;
         let mut extras = s.extras.iter().peekable();
+        let json_err = |e: serde_json::Error| SinkError::Io {
+            sink: self.name.clone(),
+            message: format!("{}: {e}", self.path),
+        };
         for i in 0..s.len() {
-            let Some(Some(tag)) = batch.tags.get(s.tag_ids[i] as usize) else {
-                return Err(self.io(format!("tag id {} unknown to the tag table", s.tag_ids[i])));
+            let id = s.tag_ids[i] as usize;
+            let prefix = match self.prefixes.get_mut(id) {
+                Some(Some(p)) => p,
+                Some(slot) => match batch.tags.get(id) {
+                    Some(Some(tag)) => slot.insert(Self::render_prefix(tag, self.include_metadata)),
+                    _ => return Err(self.io(format!("tag id {id} unknown to the tag table"))),
+                },
+                None => return Err(self.io(format!("tag id {id} unknown to the tag table"))),
             };
-            let mut text = None;
-            let mut int = None;
+            let out = &mut self.out;
+            let io = |e: std::io::Error| SinkError::Io {
+                sink: self.name.clone(),
+                message: format!("{}: {e}", self.path),
+            };
+            out.write_all(prefix).map_err(io)?;
+            out.write_all(b"\"value\":").map_err(io)?;
+            let value = s.values[i];
+            if value.is_finite() {
+                serde_json::to_writer(&mut *out, &value).map_err(json_err)?;
+            } else {
+                out.write_all(b"null").map_err(io)?;
+            }
             while let Some(e) = extras.next_if(|e| e.index as usize <= i) {
                 if e.index as usize == i {
                     match &e.value {
-                        ExtraValue::Text(t) => text = Some(t.as_str()),
-                        ExtraValue::Signed(v) => int = Some(v.to_string()),
-                        ExtraValue::Unsigned(v) => int = Some(v.to_string()),
+                        ExtraValue::Text(t) => {
+                            out.write_all(b",\"text\":").map_err(io)?;
+                            serde_json::to_writer(&mut *out, t).map_err(json_err)?;
+                        }
+                        ExtraValue::Signed(v) => {
+                            out.write_all(b",\"int\":").map_err(io)?;
+                            serde_json::to_writer(&mut *out, &v.to_string()).map_err(json_err)?;
+                        }
+                        ExtraValue::Unsigned(v) => {
+                            out.write_all(b",\"int\":").map_err(io)?;
+                            serde_json::to_writer(&mut *out, &v.to_string()).map_err(json_err)?;
+                        }
                     }
                 }
             }
-            let value = s.values[i];
-            let line = Line {
-                path: &tag.path,
-                value: value.is_finite().then_some(value),
-                text,
-                int,
-                unit: &tag.unit,
-                quality: Quality(s.quality[i]).level(),
-                status: s.quality[i],
-                ts_ns: s.timestamps[i],
-                vendor_path: &tag.vendor_path,
-                meta: (self.include_metadata && !tag.metadata.is_empty())
-                    .then_some(Meta(&tag.metadata)),
-            };
-            serde_json::to_writer(&mut self.out, &line).map_err(|e| self.io(e))?;
-            self.out.write_all(b"\n").map_err(|e| self.io(e))?;
+            out.write_all(b",\"quality\":\"").map_err(io)?;
+            out.write_all(Quality(s.quality[i]).level().as_bytes())
+                .map_err(io)?;
+            out.write_all(b"\",\"status\":").map_err(io)?;
+            serde_json::to_writer(&mut *out, &s.quality[i]).map_err(json_err)?;
+            out.write_all(b",\"ts_ns\":").map_err(io)?;
+            serde_json::to_writer(&mut *out, &s.timestamps[i]).map_err(json_err)?;
+            out.write_all(b"}\n").map_err(io)?;
         }
         Ok(())
     }
@@ -150,5 +192,75 @@ impl DeadLetterSink for FileSink {
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.out.flush().map_err(|e| self.io(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DataType, Extra, SampleBatch};
+    use crate::pipeline::TagTable;
+
+    fn tag(id: u32, path: &str) -> Option<Arc<ResolvedTag>> {
+        Some(Arc::new(ResolvedTag {
+            id,
+            source: "s".into(),
+            vendor_path: format!("V.{id}"),
+            path: path.into(),
+            unit: "kPa".into(),
+            data_type: DataType::Float64,
+            metadata: vec![("asset_id".into(), "A \"1\"".into())],
+        }))
+    }
+
+    #[tokio::test]
+    async fn lines_are_valid_json_with_extras_nan_and_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        let mut sink = FileSink::open("t", &FileSinkConfig::new(&path)).unwrap();
+        let table: TagTable = vec![tag(0, "plant/a/b/c/d/p"), tag(1, "plant/a/b/c/d/q")];
+        let mut samples = SampleBatch::default();
+        samples.push(0, 1.5, Quality::GOOD, 10);
+        samples.push(1, f64::NAN, Quality(0x8031_0000), 11);
+        samples.push(0, 2.0, Quality::UNCERTAIN, 12);
+        samples.extras.push(Extra {
+            index: 1,
+            value: ExtraValue::Text("run\"ning".into()),
+        });
+        samples.extras.push(Extra {
+            index: 2,
+            value: ExtraValue::Unsigned(u64::MAX),
+        });
+        let batch = OutputBatch {
+            samples,
+            tags: Arc::new(table),
+        };
+        Sink::write(&mut sink, &batch).await.unwrap();
+        // A new table (e.g. after a swap) re-renders the prefixes.
+        let mut table2: TagTable = (*batch.tags).clone();
+        table2[0] = tag(0, "plant/a/b/c/d/renamed");
+        let batch2 = OutputBatch {
+            samples: batch.samples.clone(),
+            tags: Arc::new(table2),
+        };
+        Sink::write(&mut sink, &batch2).await.unwrap();
+        Sink::flush(&mut sink).await.unwrap();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[0]["path"], "plant/a/b/c/d/p");
+        assert_eq!(lines[0]["value"], 1.5);
+        assert_eq!(lines[0]["meta"]["asset_id"], "A \"1\"");
+        assert_eq!(lines[1]["value"], serde_json::Value::Null);
+        assert_eq!(lines[1]["text"], "run\"ning");
+        assert_eq!(lines[1]["quality"], "bad");
+        assert_eq!(lines[1]["status"], 0x8031_0000u32);
+        assert_eq!(lines[2]["int"], u64::MAX.to_string());
+        assert_eq!(lines[2]["quality"], "uncertain");
+        assert_eq!(lines[2]["ts_ns"], 12);
+        assert_eq!(lines[3]["path"], "plant/a/b/c/d/renamed");
     }
 }
