@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::dead_letter::{DeadLetter, Refusal, TagNames};
-use super::stage::{decide, PrepareKind, Prepared, StageHandle, StageState};
+use super::stage::{
+    any_reject, changed_decisions, decide, Decisions, PrepareKind, Prepared, StageHandle,
+    StageState,
+};
 use super::QuarantinePolicy;
 use crate::model::{DataType, SampleBatch, TagRegistry};
 use crate::plugin::{
@@ -70,7 +73,7 @@ struct StageRuntime {
     handle: Arc<StageHandle>,
     loaded: LoadedPlugin,
     instance: PluginInstance,
-    decisions: Vec<Option<TagDecision>>,
+    decisions: Decisions,
     any_tag_rejected: bool,
     sample_plane: bool,
     consecutive_failures: u32,
@@ -86,12 +89,22 @@ impl StageRuntime {
         self.sample_plane = p.loaded.info().planes.contains(Planes::SAMPLE);
         self.loaded = p.loaded;
         let old_instance = std::mem::replace(&mut self.instance, p.instance);
-        let old_decisions = std::mem::replace(&mut self.decisions, p.decisions);
-        self.any_tag_rejected = self
-            .decisions
-            .iter()
-            .any(|d| matches!(d, Some(TagDecision::Reject(_))));
+        let old_decisions = std::mem::replace(&mut self.decisions, Arc::new(p.decisions));
+        self.any_tag_rejected = p.any_reject;
+        self.handle.publish_decisions(self.decisions.clone());
         Box::new((old_instance, old_decisions))
+    }
+
+    /// The decisions, for changing in place. Releases the handle's shared copy first so this
+    /// does not deep-clone 30 k decisions; call `publish_decisions` when done.
+    fn decisions_mut(&mut self) -> &mut Vec<Option<TagDecision>> {
+        self.handle.publish_decisions(Arc::new(Vec::new()));
+        Arc::make_mut(&mut self.decisions)
+    }
+
+    fn publish_decisions(&mut self) {
+        self.any_tag_rejected = any_reject(&self.decisions);
+        self.handle.publish_decisions(self.decisions.clone());
     }
 
     fn label(&self) -> String {
@@ -163,7 +176,7 @@ impl Chain {
                     handle: s.handle,
                     loaded: s.prepared.loaded.clone(),
                     instance: s.prepared.instance,
-                    decisions: Vec::new(),
+                    decisions: Arc::new(Vec::new()),
                     any_tag_rejected: false,
                     sample_plane: false,
                     consecutive_failures: 0,
@@ -310,6 +323,7 @@ impl Chain {
         let started = Instant::now();
         let known = self.known_tags;
         let st = &mut self.stages[k];
+        let diffed_here = p.decisions.len() != known || p.generation != st.handle.generation();
         if p.generation != st.handle.generation() {
             // Upstream decisions changed while this instance was prepared: decide again.
             p.decisions = st
@@ -324,17 +338,22 @@ impl Chain {
                 .map_err(|e| format!("tag plane of the new version failed: {e}"))?;
             p.decisions.extend(tail);
         }
-        p.decisions.truncate(known);
-        p.decisions.resize(known, None);
-        let changed: Vec<u32> = (0..known)
-            .filter(|&i| p.decisions[i].as_ref() != st.decisions.get(i).and_then(|d| d.as_ref()))
-            .map(|i| i as u32)
-            .collect();
+        if diffed_here {
+            p.decisions.truncate(known);
+            p.decisions.resize(known, None);
+            p.any_reject = any_reject(&p.decisions);
+        }
+        // The preparer compared with the running decisions; redo it only if those changed since.
+        let changed: Vec<u32> = if !diffed_here && Arc::ptr_eq(&p.diffed_against, &st.decisions) {
+            std::mem::take(&mut p.changed)
+        } else {
+            changed_decisions(&st.decisions, &p.decisions, known)
+        };
         let from = st.label();
         let kind = p.kind;
         let loaded = p.loaded.clone();
         let config_json = p.config_json.clone();
-        self.reaper.retire(st.adopt(p));
+        let retired = st.adopt(p);
         st.consecutive_failures = 0;
         st.quarantined = None;
         st.recycle_pending = false;
@@ -351,6 +370,8 @@ impl Chain {
         }
         let stall = started.elapsed();
         self.stages[k].handle.record_stall(stall);
+        // Tear the old instance down only now: unmapping its memory contends with the chain.
+        self.reaper.retire(retired);
         tracing::info!(stage = %stage_name, %from, %to, ?kind, stall_us = stall.as_micros() as u64, retagged = changed.len(), "plugin installed");
         Ok(InstallReport {
             stage: stage_name,
@@ -380,14 +401,12 @@ impl Chain {
             let present: Vec<Option<TagInfo>> = current.iter().map(|(_, t)| t.clone()).collect();
             let decisions = self.decide_or_reject(j, &present);
             let st = &mut self.stages[j];
+            let mine = st.decisions_mut();
             for ((id, input), d) in current.iter_mut().zip(decisions) {
-                st.decisions[*id as usize] = d.clone();
                 *input = next_input(input.as_ref(), d.as_ref());
+                mine[*id as usize] = d;
             }
-            st.any_tag_rejected = st
-                .decisions
-                .iter()
-                .any(|d| matches!(d, Some(TagDecision::Reject(_))));
+            st.publish_decisions();
         }
         let table = Arc::make_mut(&mut self.table);
         for (id, info) in current {
@@ -427,15 +446,13 @@ impl Chain {
             );
             let decisions = self.decide_or_reject(k, &inputs);
             let st = &mut self.stages[k];
-            st.decisions.resize(base, None);
+            let mine = st.decisions_mut();
+            mine.resize(base, None);
             for (input, d) in inputs.iter_mut().zip(decisions) {
                 *input = next_input(input.as_ref(), d.as_ref());
-                st.decisions.push(d);
+                mine.push(d);
             }
-            st.any_tag_rejected = st
-                .decisions
-                .iter()
-                .any(|d| matches!(d, Some(TagDecision::Reject(_))));
+            st.publish_decisions();
         }
         let table = Arc::make_mut(&mut self.table);
         table.extend(

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -60,6 +60,34 @@ pub struct Prepared {
     pub decisions: Vec<Option<TagDecision>>,
     /// Inputs generation the decisions were made from.
     pub generation: u64,
+    /// The running version's decisions these were compared with, and the tag ids whose
+    /// decision differs — worked out here so an install need not compare 30 k decisions.
+    pub diffed_against: Decisions,
+    pub changed: Vec<u32>,
+    /// Whether any decision is a rejection (so the chain need not scan them at install).
+    pub any_reject: bool,
+}
+
+/// A stage's tag decisions by tag id, shared between the chain and the stage's handle.
+pub type Decisions = Arc<Vec<Option<TagDecision>>>;
+
+/// Whether any decision rejects its tag.
+pub(super) fn any_reject(decisions: &[Option<TagDecision>]) -> bool {
+    decisions
+        .iter()
+        .any(|d| matches!(d, Some(TagDecision::Reject(_))))
+}
+
+/// Tag ids (below `known`) whose decision differs between `old` and `new`.
+pub(super) fn changed_decisions(
+    old: &[Option<TagDecision>],
+    new: &[Option<TagDecision>],
+    known: usize,
+) -> Vec<u32> {
+    (0..known)
+        .filter(|&i| new.get(i).and_then(|d| d.as_ref()) != old.get(i).and_then(|d| d.as_ref()))
+        .map(|i| i as u32)
+        .collect()
 }
 
 /// The shared face of a stage.
@@ -79,6 +107,8 @@ pub struct StageHandle {
     inputs: RwLock<Vec<Option<TagInfo>>>,
     /// Bumped whenever an existing input changes (not on appends).
     generation: AtomicU64,
+    /// The running version's decisions, as the chain last published them.
+    decisions: Mutex<Decisions>,
     state: Mutex<StageState>,
     pub stats: StageStats,
     swap_stalls: Mutex<VecDeque<Duration>>,
@@ -115,6 +145,7 @@ impl StageHandle {
             previous: Mutex::new(None),
             inputs: RwLock::new(Vec::new()),
             generation: AtomicU64::new(0),
+            decisions: Mutex::new(Arc::new(Vec::new())),
             state: Mutex::new(StageState::Running),
             stats: StageStats::default(),
             swap_stalls: Mutex::new(VecDeque::new()),
@@ -197,6 +228,9 @@ impl StageHandle {
             plugin: format!("{}@{}", loaded.name(), loaded.version()),
             error,
         })?;
+        let diffed_against = self.decisions_snapshot();
+        let changed = changed_decisions(&diffed_against, &decisions, decisions.len());
+        let any_reject = any_reject(&decisions);
         Ok(Prepared {
             kind,
             loaded,
@@ -204,6 +238,9 @@ impl StageHandle {
             instance,
             decisions,
             generation,
+            diffed_against,
+            changed,
+            any_reject,
         })
     }
 
@@ -215,6 +252,18 @@ impl StageHandle {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         self.prepare(PrepareKind::Recycle, loaded, config)
+    }
+
+    /// The running version's decisions (cheap: shares the chain's).
+    pub(super) fn decisions_snapshot(&self) -> Decisions {
+        self.decisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn publish_decisions(&self, decisions: Decisions) {
+        *self.decisions.lock().unwrap_or_else(|e| e.into_inner()) = decisions;
     }
 
     pub(super) fn generation(&self) -> u64 {

@@ -7,9 +7,9 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
-pub use exports::ferrule::plugin::transform::BatchOutput;
-pub use ferrule::plugin::host::Level;
-pub use ferrule::plugin::types::{
+pub use self::exports::ferrule::plugin::transform::BatchOutput;
+pub use self::ferrule::plugin::host::Level;
+pub use self::ferrule::plugin::types::{
     Columns, ConfigKey, DataType, Extra, ExtraValue, Limits, Planes, PluginInfo, Reason, Rejection,
     TagAccept, TagDecision, TagInfo,
 };
