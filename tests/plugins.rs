@@ -286,3 +286,16 @@ fn compiled_artifacts_are_cached_on_disk() {
     assert_eq!(p2.timings().cache, ferrule::plugin::CacheOutcome::Disk);
     assert_eq!(p2.digest(), p.digest());
 }
+
+#[test]
+fn a_plugin_finds_no_ambient_capability() {
+    let engine = engine();
+    let mut probe = hostile(&engine, "probe", &PluginLimits::default()).unwrap();
+    probe.on_tags(&[tag(0, "a", ""), tag(1, "b", "")]).unwrap();
+    let out = batch_call(&mut probe, &[1.0]).unwrap();
+    let report = out.rejected[0].detail.clone().unwrap();
+    assert_eq!(
+        report, "clock_ns=0 env=0 args=0 file=false net=false",
+        "the sandbox let something through"
+    );
+}

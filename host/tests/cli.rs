@@ -18,7 +18,10 @@ fn ferrule(args: &[&str]) -> (i32, String) {
 }
 
 fn dist(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Run-time manifest dir: the target dir may be shared with another checkout.
+    let manifest_dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let p = Path::new(&manifest_dir)
         .join("../dist/plugins")
         .join(format!("{name}.wasm"));
     assert!(
