@@ -472,3 +472,70 @@ async fn a_leaking_instance_is_recycled_at_its_high_water_mark() {
     let (samples, _) = account(dir.path(), plant.total());
     assert_eq!(samples.len(), 6000);
 }
+
+/// Replaces `path` atomically with `source` (write beside, then rename), as a deploy would.
+fn replace_file(source: &Path, path: &Path) {
+    let tmp = path.with_extension("tmp");
+    std::fs::copy(source, &tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_plugin_file_is_swapped_in_and_a_pinned_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 200,
+        scans: u64::MAX,
+        batch: 100,
+        interval_ms: 5,
+    };
+    let live = dir.path().join("stage.wasm");
+    let pinned = dir.path().join("pinned.wasm");
+    std::fs::copy(plugin("fixture_hostile"), &live).unwrap();
+    std::fs::copy(plugin("fixture_hostile"), &pinned).unwrap();
+    let pin = ferrule::plugin::Digest::of(&std::fs::read(&pinned).unwrap());
+    let stages = format!(
+        "[[stages]]\nname = \"live\"\nplugin = \"{}\"\nconfig = {{}}\n\n[[stages]]\nname = \"pinned\"\nplugin = \"{}\"\ndigest = \"{pin}\"\nconfig = {{}}\n",
+        live.display(),
+        pinned.display()
+    );
+    let mut cfg = config(dir.path(), &plant, &stages, "");
+    cfg.pipeline.watch_plugins = true;
+    cfg.pipeline.watch_interval_ms = 100;
+    let running = pipeline::start(&cfg).await.unwrap();
+    let h = running.handle.clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The unit converter accepts the empty config, so the new file comes in.
+    replace_file(&plugin("unit_converter"), &live);
+    replace_file(&plugin("unit_converter"), &pinned);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = h.status();
+        if status.stages[0].plugin == "unit-converter" {
+            assert_eq!(
+                status.stages[0]
+                    .previous
+                    .as_deref()
+                    .map(|p| p.starts_with("hostile@")),
+                Some(true)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "file change never swapped in: {:?}",
+            status.stages[0]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give the watcher a few more rounds: the pinned stage must still run the pinned version.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = h.status();
+    assert_eq!(status.stages[1].plugin, "hostile");
+    assert_eq!(status.stages[1].digest, pin.to_string());
+    assert_eq!(status.stages[1].swaps, 0);
+    h.stop();
+    let status = running.wait().await.unwrap();
+    account(dir.path(), status.produced["plant"] as usize);
+}
