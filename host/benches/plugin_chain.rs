@@ -223,7 +223,17 @@ fn main() {
             "  {:>6}  {:>14}  {:>14}  {:>8}",
             "batch", "wasm M/s", "native M/s", "ratio"
         );
-        for size in [1usize, 64, 1024, 8192] {
+        // `-- --profile-wasm=SIZE` runs only the Wasm side at one batch size for ~10 s, for a
+        // profiler (e.g. `perf record`) to attach to.
+        let profile_size: Option<usize> = std::env::args().find_map(|a| {
+            a.strip_prefix("--profile-wasm=")
+                .and_then(|v| v.parse().ok())
+        });
+        let sizes: Vec<usize> = match profile_size {
+            Some(size) => vec![size],
+            None => vec![1, 64, 1024, 8192],
+        };
+        for size in sizes {
             let data = batches(&sim, size);
             let total: usize = data.iter().map(|b| b.tag_ids.len()).sum();
             let limit = if size == 1 { 200_000 } else { usize::MAX };
@@ -285,6 +295,11 @@ fn main() {
                     .unwrap();
                 std::hint::black_box(&out);
             };
+            if profile_size.is_some() {
+                let rate = (0..30).map(|_| measure(&mut run_wasm)).fold(0.0, f64::max);
+                println!("  {size:>6}  {rate:>14.2}  (profiling run, Wasm only)");
+                return;
+            }
             // Best of 5 interleaved rounds of ~0.3 s each: the machine is shared and noisy.
             let (mut wasm_rate, mut native_rate) = (0.0f64, 0.0f64);
             for _ in 0..5 {
