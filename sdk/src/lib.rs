@@ -19,6 +19,8 @@
 //! export_plugin!(Doubler);
 //! ```
 
+#[cfg(all(feature = "conformance", not(target_arch = "wasm32")))]
+pub mod conformance;
 pub mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
