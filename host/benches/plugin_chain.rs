@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ferrule::config::HostConfig;
 use ferrule::plugin::{
     BatchColumns, CpuLimitMode, EngineConfig, HostBackends, PluginEngine, PluginInstance,
-    PluginLimits, TagDecision, TagInfo,
+    PluginLimits, TagInfo,
 };
 use ferrule::sources::simulator::{describe_tag, sample, SimulatorConfig};
 use ferrule_sdk::testing::Harness;
@@ -71,23 +71,6 @@ fn batches(sim: &SimulatorConfig, size: usize) -> Vec<Columns> {
         all.push(cur);
     }
     all
-}
-
-fn next(t: &TagInfo, d: &TagDecision) -> Option<TagInfo> {
-    match d {
-        TagDecision::Reject(_) => None,
-        TagDecision::Accept(a) => {
-            let mut t = t.clone();
-            if let Some(p) = &a.path {
-                t.path = p.clone();
-            }
-            if let Some(u) = &a.unit {
-                t.unit = u.clone();
-            }
-            t.metadata.extend(a.enrichment.iter().cloned());
-            Some(t)
-        }
-    }
 }
 
 fn sdk_tag(t: &TagInfo) -> ferrule_sdk::TagInfo {
@@ -195,7 +178,7 @@ fn main() {
             let mut it = decisions.iter();
             for slot in inputs.iter_mut() {
                 if let Some(t) = slot.as_ref() {
-                    *slot = next(t, it.next().unwrap());
+                    *slot = ferrule::pipeline::next_input(Some(t), it.next());
                 }
             }
         }

@@ -796,8 +796,8 @@ fn names(inputs: &[Option<TagInfo>], tag: usize) -> TagNames<'_> {
     }
 }
 
-/// The tag as the next stage sees it, after `decision`.
-fn next_input(input: Option<&TagInfo>, decision: Option<&TagDecision>) -> Option<TagInfo> {
+/// The tag as the next stage sees it, after `decision` (none: a rejected tag, or no input).
+pub fn next_input(input: Option<&TagInfo>, decision: Option<&TagDecision>) -> Option<TagInfo> {
     match (input, decision) {
         (Some(t), Some(TagDecision::Accept(a))) => {
             let mut t = t.clone();

@@ -8,7 +8,7 @@ mod config;
 mod dead_letter;
 mod stage;
 
-pub use chain::{InstallReport, OutputBatch, ResolvedTag, TagTable};
+pub use chain::{next_input, InstallReport, OutputBatch, ResolvedTag, TagTable};
 pub use config::{PipelineConfig, QuarantinePolicy, StageConfig};
 pub use dead_letter::DeadLetter;
 pub use stage::{PrepareKind, StageHandle, StageState, StageStats};
