@@ -105,3 +105,110 @@ fn plugin_inspect_and_test() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("FAIL") && text.contains("trapped"), "{text}");
 }
+
+/// `ferrule run` as an operator runs it, steered by `ferrule plugin swap|rollback` and
+/// `ferrule status` through the admin endpoint, then stopped with Ctrl-C (SIGINT): it drains.
+#[test]
+fn run_swap_rollback_status_and_ctrl_c_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = format!("127.0.0.1:{port}");
+    let cfg = dir.path().join("plant.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[pipeline]\nprogress_interval_s = 0\n[admin]\nlisten = \"{admin}\"\n\
+             [sources.plant]\ntype = \"simulator\"\ntags = 100\ninterval_ms = 10\n\
+             [[stages]]\nname = \"x\"\nplugin = \"{}\"\nconfig = {{}}\n\
+             [sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\n",
+            dist("fixture_hostile")
+        ),
+    )
+    .unwrap();
+    let mut host = Command::new(env!("CARGO_BIN_EXE_ferrule"))
+        .args(["run", cfg.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the admin endpoint.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(&admin).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin endpoint never came up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let (code, text) = ferrule(&[
+        "plugin",
+        "swap",
+        "x",
+        &dist("unit_converter"),
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("hostile@1.0.0 -> unit-converter@"), "{text}");
+    let (code, text) = ferrule(&[
+        "plugin",
+        "swap",
+        "nope",
+        &dist("unit_converter"),
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("no stage named `nope`"), "{text}");
+    let (code, text) = ferrule(&[
+        "plugin",
+        "swap",
+        "x",
+        &dist("validator"),
+        "--admin",
+        &admin,
+        "--config",
+        "{\"bogus\":1}",
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("refused its config"), "{text}");
+    let (code, text) = ferrule(&["plugin", "rollback", "x", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("-> hostile@1.0.0"), "{text}");
+    let (code, text) = ferrule(&["status", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["stages"][0]["plugin"], "hostile");
+    assert_eq!(status["stages"][0]["swaps"], 2);
+
+    // Ctrl-C: the host drains and reports every produced sample as written.
+    let pid = host.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = host.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let done = stderr
+        .lines()
+        .find(|l| l.starts_with("done:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let lines = std::fs::read_to_string(dir.path().join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(
+        done.contains(&format!("\"plant\": {lines}")),
+        "{done} vs {lines} lines written"
+    );
+    assert!(
+        done.contains(&format!("\"out\": {lines}")),
+        "{done} vs {lines} lines written"
+    );
+}
