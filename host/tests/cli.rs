@@ -129,7 +129,7 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
         ),
     )
     .unwrap();
-    let mut host = Command::new(env!("CARGO_BIN_EXE_ferrule"))
+    let host = Command::new(env!("CARGO_BIN_EXE_ferrule"))
         .args(["run", cfg.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
         .spawn()
