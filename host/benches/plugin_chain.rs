@@ -283,9 +283,9 @@ fn main() {
                 println!("  {size:>6}  {rate:>14.2}  (profiling run, Wasm only)");
                 return;
             }
-            // Best of 5 interleaved rounds of ~0.3 s each: the machine is shared and noisy.
+            // Best of 10 interleaved rounds of ~0.3 s each: the machine is shared and noisy.
             let (mut wasm_rate, mut native_rate) = (0.0f64, 0.0f64);
-            for _ in 0..5 {
+            for _ in 0..10 {
                 wasm_rate = wasm_rate.max(measure(&mut run_wasm));
                 native_rate = native_rate.max(measure(&mut run_native));
             }

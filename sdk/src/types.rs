@@ -351,8 +351,9 @@ impl SampleMut<'_> {
     }
 }
 
-/// A batch on the sample plane: columns of equal length. Columns the plugin did not declare
-/// in `reads` read as NaN / good / 0.
+/// A batch on the sample plane: columns of equal length. A column the plugin did not declare
+/// in `reads` is empty in `values()`/`quality()`/`timestamps()`; `samples()` and
+/// `samples_mut()` read it as NaN / good / 0.
 pub struct Batch {
     tag_ids: Vec<u32>,
     values: Vec<f64>,
@@ -363,33 +364,37 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Builds a batch; missing (empty) columns are filled to the length of `tag_ids`.
+    /// Builds a batch. Columns may be empty (the plugin did not declare them in `reads`);
+    /// `samples_mut` fills them in when it needs them.
     pub fn new(
         tag_ids: Vec<u32>,
-        mut values: Vec<f64>,
+        values: Vec<f64>,
         quality: Vec<u32>,
-        mut timestamps: Vec<u64>,
+        timestamps: Vec<u64>,
         extras: Vec<Extra>,
     ) -> Self {
-        let n = tag_ids.len();
-        if values.len() != n {
-            values.resize(n, f64::NAN);
-        }
-        // Same layout: reuse the column's allocation instead of copying it.
-        let mut quality: Vec<Quality> = bytemuck::cast_vec(quality);
-        if quality.len() != n {
-            quality.resize(n, Quality::GOOD);
-        }
-        if timestamps.len() != n {
-            timestamps.resize(n, 0);
-        }
         Batch {
             tag_ids,
             values,
-            quality,
+            // Same layout: reuse the column's allocation instead of copying it.
+            quality: bytemuck::cast_vec(quality),
             timestamps,
             extras,
             rejected: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Fills columns that were not passed (NaN values, good quality, time 0).
+    fn fill_missing(&mut self) {
+        let n = self.tag_ids.len();
+        if self.values.len() != n {
+            self.values.resize(n, f64::NAN);
+        }
+        if self.quality.len() != n {
+            self.quality.resize(n, Quality::GOOD);
+        }
+        if self.timestamps.len() != n {
+            self.timestamps.resize(n, 0);
         }
     }
 
@@ -434,25 +439,27 @@ impl Batch {
 
     /// Read-only samples in order.
     pub fn samples(&self) -> impl Iterator<Item = Sample> + '_ {
-        self.tag_ids
-            .iter()
-            .zip(&self.values)
-            .zip(&self.quality)
-            .zip(&self.timestamps)
-            .enumerate()
-            .map(
-                |(index, (((&tag, &value), &quality), &timestamp_ns))| Sample {
-                    index,
-                    tag,
-                    value,
-                    quality,
-                    timestamp_ns,
-                },
-            )
+        self.tag_ids.iter().enumerate().map(|(index, &tag)| Sample {
+            index,
+            tag,
+            value: self.values.get(index).copied().unwrap_or(f64::NAN),
+            quality: self.quality.get(index).copied().unwrap_or(Quality::GOOD),
+            timestamp_ns: self.timestamps.get(index).copied().unwrap_or(0),
+        })
+    }
+
+    /// Tag ids and the values column, writable, without the other columns: the fast path
+    /// for value-only transforms. The values column is filled in if it was not passed.
+    pub fn tags_and_values_mut(&mut self) -> (&[u32], &mut [f64]) {
+        if self.values.len() != self.tag_ids.len() {
+            self.values.resize(self.tag_ids.len(), f64::NAN);
+        }
+        (&self.tag_ids, &mut self.values)
     }
 
     /// Samples in order with writable value and quality; `SampleMut::reject` refuses one.
     pub fn samples_mut(&mut self) -> impl Iterator<Item = SampleMut<'_>> + '_ {
+        self.fill_missing();
         let Batch {
             tag_ids,
             values,
@@ -551,7 +558,13 @@ mod tests {
     #[test]
     fn missing_columns_are_filled_and_rejections_collected() {
         let mut batch = Batch::new(vec![1, 2, 3], vec![], vec![], vec![], vec![]);
-        assert_eq!(batch.values().len(), 3);
+        assert!(
+            batch.values().is_empty(),
+            "a column not passed stays empty until needed"
+        );
+        assert!(batch
+            .samples()
+            .all(|s| s.value.is_nan() && s.quality.is_good()));
         for s in batch.samples_mut() {
             *s.value = s.tag as f64;
             if s.tag == 2 {

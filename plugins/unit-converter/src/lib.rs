@@ -359,10 +359,11 @@ impl Plugin for UnitConverter {
         if slots.is_empty() {
             return Ok(());
         }
-        for s in batch.samples_mut() {
-            if let Some(slot) = slots.get(s.tag as usize) {
+        let (tags, values) = batch.tags_and_values_mut();
+        for (&tag, value) in tags.iter().zip(values.iter_mut()) {
+            if let Some(slot) = slots.get(tag as usize) {
                 if slot.active {
-                    *s.value = slot.conversion.apply(*s.value);
+                    *value = slot.conversion.apply(*value);
                 }
             }
         }

@@ -449,12 +449,16 @@ impl Plugin for Validator {
                     s.reject(BAD_QUALITY, format!("quality 0x{:08X} is bad", quality.0));
                     continue;
                 }
-                st.accept_ts(ts);
+                if ordered {
+                    st.accept_ts(ts);
+                }
                 continue;
             }
 
             if st.text {
-                st.accept_ts(ts);
+                if ordered {
+                    st.accept_ts(ts);
+                }
                 continue;
             }
 
@@ -464,7 +468,9 @@ impl Plugin for Validator {
                     s.reject(NOT_A_NUMBER, "value is NaN");
                     continue;
                 }
-                st.accept_ts(ts);
+                if ordered {
+                    st.accept_ts(ts);
+                }
                 continue;
             }
 
@@ -510,8 +516,11 @@ impl Plugin for Validator {
             if exceeded && !quality.is_bad() {
                 *s.quality = Quality::UNCERTAIN_EU_EXCEEDED;
             }
-            st.accept_ts(ts);
-            if st.rate_ref.is_none_or(|(_, last_ts)| ts >= last_ts) {
+            if ordered {
+                st.accept_ts(ts);
+            }
+            // State is kept only for the checks that read it (order, rate).
+            if st.max_rate.is_finite() && st.rate_ref.is_none_or(|(_, last_ts)| ts >= last_ts) {
                 st.rate_ref = Some((value, ts));
             }
         }
