@@ -298,4 +298,28 @@ fn a_plugin_finds_no_ambient_capability() {
         report, "clock_ns=0 env=0 args=0 file=false net=false",
         "the sandbox let something through"
     );
+
+    // Granted the clock, the same plugin reads the host's time, and still nothing else.
+    let limits = PluginLimits {
+        grants: vec![ferrule::plugin::Grant::Clock],
+        ..PluginLimits::default()
+    };
+    let mut probe = hostile(&engine, "probe", &limits).unwrap();
+    probe.on_tags(&[tag(0, "a", ""), tag(1, "b", "")]).unwrap();
+    let out = batch_call(&mut probe, &[1.0]).unwrap();
+    let report = out.rejected[0].detail.clone().unwrap();
+    let clock_ns: u128 = report
+        .strip_prefix("clock_ns=")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    assert!(now.abs_diff(clock_ns) < 60_000_000_000, "{report}");
+    assert!(
+        report.ends_with("env=0 args=0 file=false net=false"),
+        "{report}"
+    );
 }

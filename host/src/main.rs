@@ -188,7 +188,7 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
             Ok(p) => match p.instantiate(
                 &s.name,
                 &s.config_json(),
-                &s.limits,
+                &s.sandbox(),
                 HostBackends::default(),
             ) {
                 Err(e) => {

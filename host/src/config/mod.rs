@@ -302,6 +302,18 @@ mod tests {
     }
 
     #[test]
+    fn only_known_grants_are_accepted() {
+        let e = errors(
+            "[[stages]]\nname = \"a\"\nplugin = \"a.wasm\"\ngrants = [\"clock\", \"network\"]\n",
+        );
+        assert_eq!(e[0].line, Some(4), "{e:?}");
+        assert!(
+            e[0].message.contains("network") && e[0].message.contains("clock"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn remote_admin_needs_explicit_permission() {
         let e = errors("[admin]\nlisten = \"0.0.0.0:7878\"\n");
         assert!(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::plugin::PluginLimits;
+use crate::plugin::{Grant, PluginLimits};
 
 /// What happens to a stage's traffic once its plugin is quarantined (after
 /// `limits.failures_before_quarantine` consecutive failures).
@@ -48,12 +48,24 @@ pub struct StageConfig {
     /// Resource limits of the plugin.
     #[serde(default)]
     pub limits: PluginLimits,
+    /// Ambient capabilities granted to this plugin: `clock`, `random`, `stdio`. Default
+    /// none. Files, sockets and the environment are never granted.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
     /// The plugin's own config, handed to its `init` as JSON.
     #[serde(default)]
     pub config: toml::Table,
 }
 
 impl StageConfig {
+    /// The limits with the stage's grants, as the engine takes them.
+    pub fn sandbox(&self) -> PluginLimits {
+        PluginLimits {
+            grants: self.grants.clone(),
+            ..self.limits.clone()
+        }
+    }
+
     /// The plugin config as the JSON text `init` receives.
     pub fn config_json(&self) -> String {
         serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())

@@ -74,6 +74,7 @@ pub struct StageStatus {
     pub path: String,
     pub previous: Option<String>,
     pub quarantine_policy: &'static str,
+    pub grants: Vec<crate::plugin::Grant>,
     #[serde(flatten)]
     pub state: StageState,
     pub samples_in: u64,
@@ -241,6 +242,7 @@ fn stage_status(s: &StageHandle) -> StageStatus {
             .previous()
             .map(|p| format!("{}@{}", p.name(), p.version())),
         quarantine_policy: s.policy.as_str(),
+        grants: s.limits.grants.clone(),
         state: s.state(),
         samples_in: get(&st.samples_in),
         samples_out: get(&st.samples_out),
@@ -302,7 +304,7 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
             StageSpec {
                 name: s.name.clone(),
                 policy: s.quarantine,
-                limits: s.limits.clone(),
+                limits: s.sandbox(),
                 config_json: s.config_json(),
                 plugin_path: s.plugin.clone(),
                 pin,
@@ -324,6 +326,7 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
             version = %prepared.loaded.version(),
             digest = %prepared.loaded.digest(),
             quarantine = s.quarantine.as_str(),
+            grants = ?s.grants,
             "stage ready"
         );
         stages.push(InitialStage { handle, prepared });

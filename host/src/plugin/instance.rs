@@ -11,7 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::{BatchOutput, Extra, Plugin, PluginPre, TagDecision, TagInfo};
 use super::engine::{CpuLimitMode, PluginEngine};
 use super::host_api::{HostBackends, HostServices, PluginLabel};
-use super::limits::{MemoryLimiter, PluginLimits};
+use super::limits::{Grant, MemoryLimiter, PluginLimits};
 use super::{CallError, Columns, Planes, PluginInfo};
 
 /// What a store holds for one instance.
@@ -52,18 +52,25 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
     }
 }
 
-/// WASI context that grants nothing: no files, sockets, environment, arguments or stdio,
-/// frozen clocks, and a fixed pseudo-random stream (so std's hash maps still work).
-fn empty_wasi() -> WasiCtx {
+/// WASI context that grants nothing but `grants`: no files, sockets, environment or
+/// arguments ever; without grants also no stdio, frozen clocks, and a fixed pseudo-random
+/// stream (so std's hash maps still work).
+fn sandboxed_wasi(grants: &[Grant]) -> WasiCtx {
     let mut b = WasiCtx::builder();
-    b.wall_clock(FrozenClock)
-        .monotonic_clock(FrozenClock)
-        .secure_random(wasmtime_wasi::Deterministic::new(vec![
+    if !grants.contains(&Grant::Clock) {
+        b.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
+    }
+    if !grants.contains(&Grant::Random) {
+        b.secure_random(wasmtime_wasi::Deterministic::new(vec![
             0x5a, 0x17, 0xc3, 0x8e,
         ]))
         .insecure_random(wasmtime_wasi::Deterministic::new(vec![0x2b, 0x91]))
-        .insecure_random_seed(0x0f3a_11d2)
-        .allow_tcp(false)
+        .insecure_random_seed(0x0f3a_11d2);
+    }
+    if grants.contains(&Grant::Stdio) {
+        b.inherit_stdout().inherit_stderr();
+    }
+    b.allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
     b.build()
@@ -106,7 +113,7 @@ impl PluginInstance {
         backends: HostBackends,
     ) -> Result<Self, CallError> {
         let state = StoreState {
-            wasi: empty_wasi(),
+            wasi: sandboxed_wasi(&limits.grants),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory_bytes()),
             host: HostServices::new(label, backends),

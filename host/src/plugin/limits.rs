@@ -4,6 +4,19 @@
 
 use serde::Deserialize;
 
+/// An ambient capability the operator grants one plugin. Without grants a plugin sees a
+/// clock stuck at the Unix epoch, a fixed pseudo-random stream, and no stdio.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    /// The host's wall and monotonic clocks.
+    Clock,
+    /// The host's secure and insecure random sources.
+    Random,
+    /// The host's stdout and stderr (for debugging a plugin).
+    Stdio,
+}
+
 /// Limits for one stage's plugin. Every field has a safe default.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +40,9 @@ pub struct PluginLimits {
     /// Consecutive failed calls after which the plugin is quarantined.
     #[serde(default = "default_failures_before_quarantine")]
     pub failures_before_quarantine: u32,
+    /// Capabilities granted (set from the stage's `grants`, not from this table).
+    #[serde(skip)]
+    pub grants: Vec<Grant>,
 }
 
 fn default_memory_mib() -> u64 {
@@ -57,6 +73,7 @@ impl Default for PluginLimits {
             fuel_per_call: default_fuel(),
             max_output_bytes: default_max_output_bytes(),
             failures_before_quarantine: default_failures_before_quarantine(),
+            grants: Vec::new(),
         }
     }
 }

@@ -19,7 +19,7 @@ pub use cache::{CacheOutcome, Digest};
 pub use engine::{CpuLimitMode, EngineConfig, LoadTimings, LoadedPlugin, PluginEngine};
 pub use host_api::{HostBackends, PluginLabel};
 pub use instance::{BatchColumns, PluginInstance};
-pub use limits::PluginLimits;
+pub use limits::{Grant, PluginLimits};
 
 /// Why a plugin was refused at load.
 #[derive(Debug, thiserror::Error)]
