@@ -2,9 +2,12 @@
 //! a chain of sandboxed WebAssembly plugins normalises, converts, validates and enriches,
 //! sinks deliver. Data flows one way: `sources` → `pipeline` (plugin chain) → `sinks`.
 
+pub mod ack;
 pub mod admin;
+pub mod buffer;
 pub mod config;
 pub mod model;
+pub mod mqtt;
 pub mod pipeline;
 pub mod plugin;
 pub mod progress;

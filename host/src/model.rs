@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use crate::ack::Ack;
+
 pub use crate::plugin::{DataType, Extra, ExtraValue};
 
 pub type TagId = u32;
@@ -103,6 +105,8 @@ pub struct SampleBatch {
     pub timestamps: Vec<u64>,
     /// Side channel for text values and integers a double cannot hold, by sample index.
     pub extras: Vec<Extra>,
+    /// The source's acknowledgment, released when every destination has the samples.
+    pub ack: Option<Ack>,
 }
 
 impl SampleBatch {
@@ -113,6 +117,7 @@ impl SampleBatch {
             quality: Vec::with_capacity(n),
             timestamps: Vec::with_capacity(n),
             extras: Vec::new(),
+            ack: None,
         }
     }
 
@@ -134,7 +139,10 @@ impl SampleBatch {
     /// Moves the samples whose `remove` flag is set into a new batch, keeping order in both.
     pub fn split_off_marked(&mut self, remove: &[bool]) -> SampleBatch {
         debug_assert_eq!(remove.len(), self.len());
-        let mut taken = SampleBatch::default();
+        let mut taken = SampleBatch {
+            ack: self.ack.clone(),
+            ..SampleBatch::default()
+        };
         let mut kept_index = vec![u32::MAX; self.len()];
         let mut taken_index = vec![u32::MAX; self.len()];
         let mut w = 0;

@@ -151,3 +151,161 @@ pub mod peers {
         Peer::start(cmd, port)
     }
 }
+
+/// A real MQTT 5 client for tests: collects what a broker delivers, publishes test traffic.
+pub mod mqtt {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    /// A message as a subscriber received it.
+    #[derive(Clone, Debug)]
+    pub struct Received {
+        pub topic: String,
+        pub payload: serde_json::Value,
+        pub raw: Vec<u8>,
+        pub retain: bool,
+        pub contract: Option<String>,
+    }
+
+    /// Subscribes and keeps everything it receives.
+    pub struct Collector {
+        pub messages: Arc<Mutex<Vec<Received>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Collector {
+        /// Subscribes to `filters` at QoS 1. With `persistent`, the session outlives the
+        /// connection (clean start off, one hour expiry) so a broker restart loses nothing.
+        pub async fn start(port: u16, client_id: &str, filters: &[&str], persistent: bool) -> Self {
+            let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+            o.set_keep_alive(Duration::from_secs(5));
+            o.set_clean_start(!persistent);
+            if persistent {
+                o.set_session_expiry_interval(Some(3600));
+            }
+            o.set_max_packet_size(Some(16 * 1024 * 1024));
+            let (client, mut events) = AsyncClient::new(o, 1000);
+            let messages = Arc::new(Mutex::new(Vec::new()));
+            let sink = messages.clone();
+            let filters: Vec<Filter> = filters
+                .iter()
+                .map(|f| Filter::new(f.to_string(), QoS::AtLeastOnce))
+                .collect();
+            let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+            let mut subscribed_tx = Some(subscribed_tx);
+            let task = tokio::spawn(async move {
+                loop {
+                    match events.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            client.subscribe_many(filters.clone()).await.unwrap();
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            if let Some(tx) = subscribed_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let contract = p.properties.as_ref().and_then(|pr| {
+                                pr.user_properties
+                                    .iter()
+                                    .find(|(k, _)| k == "contract")
+                                    .map(|(_, v)| v.clone())
+                            });
+                            sink.lock().unwrap().push(Received {
+                                topic: String::from_utf8_lossy(&p.topic).to_string(),
+                                payload: serde_json::from_slice(&p.payload)
+                                    .unwrap_or(serde_json::Value::Null),
+                                raw: p.payload.to_vec(),
+                                retain: p.retain,
+                                contract,
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
+                .await
+                .expect("subscribed within 10 s")
+                .unwrap();
+            Collector { messages, task }
+        }
+
+        pub fn snapshot(&self) -> Vec<Received> {
+            self.messages.lock().unwrap().clone()
+        }
+
+        /// Waits until `done` holds for what was received, or panics after `timeout`.
+        pub async fn wait_for(
+            &self,
+            timeout: Duration,
+            what: &str,
+            done: impl Fn(&[Received]) -> bool,
+        ) {
+            let deadline = Instant::now() + timeout;
+            loop {
+                if done(&self.messages.lock().unwrap()) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out after {timeout:?} waiting for {what}; have {} messages",
+                    self.messages.lock().unwrap().len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    impl Drop for Collector {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Publishes `(topic, payload)` at QoS 1 and returns once the broker acknowledged all.
+    pub async fn publish_all(port: u16, client_id: &str, messages: Vec<(String, Vec<u8>)>) {
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut events) = AsyncClient::new(o, 100);
+        let n = messages.len();
+        let sender = tokio::spawn(async move {
+            for (t, p) in messages {
+                client.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
+            }
+            client
+        });
+        let mut acked = 0;
+        while acked < n {
+            match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publisher connection failed: {e}"),
+                Err(_) => panic!("publisher: {acked} of {n} acknowledged after 20 s"),
+            }
+        }
+        let client = sender.await.unwrap();
+        let _ = client.disconnect().await;
+    }
+
+    /// Samples in a `ferrule.sample.v1` payload (one or the batch form), as
+    /// (value, status, ts_ns).
+    pub fn samples_of(payload: &serde_json::Value) -> Vec<(Option<f64>, u64, u64)> {
+        let one = |s: &serde_json::Value| {
+            (
+                s["value"].as_f64(),
+                s["status"].as_u64().unwrap(),
+                s["ts_ns"].as_u64().unwrap(),
+            )
+        };
+        match payload.get("samples") {
+            Some(serde_json::Value::Array(items)) => items.iter().map(one).collect(),
+            _ => vec![one(payload)],
+        }
+    }
+}

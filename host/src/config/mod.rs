@@ -45,6 +45,9 @@ pub struct HostConfig {
     /// Where refused samples go (default: `dead-letter.jsonl` beside the config file).
     #[serde(default)]
     pub dead_letter: Option<DeadLetterConfig>,
+    /// An in-process MQTT broker on loopback (the default run publishes to it).
+    #[serde(default)]
+    pub embedded_broker: Option<crate::mqtt::embedded::EmbeddedBrokerConfig>,
 }
 
 /// `[admin]`.
@@ -183,9 +186,16 @@ impl HostConfig {
         for s in &mut self.stages {
             fix(&mut s.plugin);
         }
-        for s in self.sinks.values_mut() {
+        for (name, s) in self.sinks.iter_mut() {
             match s {
                 SinkConfig::File(f) => fix(&mut f.path),
+                SinkConfig::Mqtt(m) => {
+                    let p = m
+                        .buffer
+                        .path
+                        .get_or_insert_with(|| PathBuf::from(format!("data/buffer/{name}.redb")));
+                    fix(p)
+                }
             }
         }
         match self.dead_letter.as_mut() {
@@ -258,6 +268,11 @@ impl HostConfig {
             }
             if let Err((key, m)) = s.limits.validate() {
                 p.push((format!("stages[{i}].limits.{key}"), m));
+            }
+        }
+        if let Some(b) = &self.embedded_broker {
+            if let Err((key, m)) = b.validate() {
+                p.push((format!("embedded_broker.{key}"), m));
             }
         }
         for (name, s) in &self.sinks {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::dead_letter::{DeadLetter, Refusal, TagNames};
+use super::dead_letter::{DeadLetter, DeadLetterBatch, Refusal, TagNames};
 use super::stage::{
     any_reject, changed_decisions, decide, Decisions, PrepareKind, Prepared, StageHandle,
     StageState,
@@ -149,7 +149,7 @@ pub struct Chain {
     known_tags: usize,
     table: Arc<TagTable>,
     outputs: Vec<mpsc::Sender<Arc<OutputBatch>>>,
-    dead_letters: mpsc::Sender<Vec<DeadLetter>>,
+    dead_letters: mpsc::Sender<DeadLetterBatch>,
     control_tx: mpsc::Sender<Control>,
     held: Option<(SampleBatch, usize)>,
     reaper: Reaper,
@@ -166,7 +166,7 @@ impl Chain {
         stages: Vec<InitialStage>,
         registry: Arc<TagRegistry>,
         outputs: Vec<mpsc::Sender<Arc<OutputBatch>>>,
-        dead_letters: mpsc::Sender<Vec<DeadLetter>>,
+        dead_letters: mpsc::Sender<DeadLetterBatch>,
         control_tx: mpsc::Sender<Control>,
     ) -> Self {
         let stages = stages
@@ -694,7 +694,7 @@ impl Chain {
                 })
                 .collect::<Vec<_>>()
         });
-        self.send_dead_letters(k, letters)
+        self.send_dead_letters(k, letters, refused.ack.clone())
     }
 
     fn split_rejections(
@@ -736,7 +736,7 @@ impl Chain {
                 })
                 .collect::<Vec<_>>()
         });
-        self.send_dead_letters(k, letters)
+        self.send_dead_letters(k, letters, refused.ack.clone())
     }
 
     fn dead_letter_all(
@@ -766,17 +766,22 @@ impl Chain {
                 })
                 .collect::<Vec<_>>()
         });
-        self.send_dead_letters(k, letters)
+        self.send_dead_letters(k, letters, batch.ack.clone())
     }
 
-    fn send_dead_letters(&self, k: usize, letters: Vec<DeadLetter>) -> Result<(), String> {
+    fn send_dead_letters(
+        &self,
+        k: usize,
+        letters: Vec<DeadLetter>,
+        ack: Option<crate::ack::Ack>,
+    ) -> Result<(), String> {
         self.stages[k]
             .handle
             .stats
             .rejected
             .fetch_add(letters.len() as u64, Ordering::Relaxed);
         self.dead_letters
-            .blocking_send(letters)
+            .blocking_send(DeadLetterBatch::new(letters, ack))
             .map_err(|_| "the dead-letter sink stopped; refusing to drop samples".to_string())
     }
 }

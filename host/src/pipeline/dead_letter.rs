@@ -30,6 +30,20 @@ pub struct DeadLetter {
     pub timestamp_ns: u64,
 }
 
+/// Dead-letters on their way to the dead-letter sink, with the acknowledgment of the batch
+/// they came from (released once they are written).
+#[derive(Debug, Default)]
+pub struct DeadLetterBatch {
+    pub letters: Vec<DeadLetter>,
+    pub ack: Option<crate::ack::Ack>,
+}
+
+impl DeadLetterBatch {
+    pub fn new(letters: Vec<DeadLetter>, ack: Option<crate::ack::Ack>) -> Self {
+        DeadLetterBatch { letters, ack }
+    }
+}
+
 /// Who refused and why, for a group of samples.
 pub struct Refusal<'a> {
     pub stage: &'a str,

@@ -10,7 +10,7 @@ mod stage;
 
 pub use chain::{next_input, InstallReport, OutputBatch, ResolvedTag, TagTable};
 pub use config::{PipelineConfig, QuarantinePolicy, StageConfig};
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{DeadLetter, DeadLetterBatch};
 pub use stage::{PrepareKind, StageHandle, StageState, StageStats};
 
 use std::collections::BTreeMap;
@@ -47,6 +47,14 @@ pub struct PipelineStats {
     pub produced: BTreeMap<String, Arc<AtomicU64>>,
     pub written: BTreeMap<String, Arc<AtomicU64>>,
     pub dead_letters: Arc<AtomicU64>,
+    pub sinks: BTreeMap<String, Arc<SinkView>>,
+}
+
+/// What the status reads of a running sink.
+#[derive(Default)]
+pub struct SinkView {
+    pub buffer: Option<Arc<crate::buffer::DurableBuffer>>,
+    pub link: Option<Arc<crate::sinks::LinkStats>>,
 }
 
 struct HandleInner {
@@ -93,6 +101,9 @@ pub struct PipelineStatus {
     pub produced: BTreeMap<String, u64>,
     pub written: BTreeMap<String, u64>,
     pub dead_letters: u64,
+    /// Per sink: delivered samples, link state, buffer depth and drops.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, crate::sinks::SinkStatus>,
     pub stages: Vec<StageStatus>,
     pub plugin_counters: Vec<(String, String, u64)>,
 }
@@ -213,6 +224,16 @@ impl PipelineHandle {
             produced: load(&self.inner.stats.produced),
             written: load(&self.inner.stats.written),
             dead_letters: self.inner.stats.dead_letters.load(Ordering::Relaxed),
+            sinks: self
+                .inner
+                .stats
+                .sinks
+                .iter()
+                .map(|(name, v)| {
+                    let written = self.inner.stats.written[name].load(Ordering::Relaxed);
+                    (name.clone(), sink_status(v, written))
+                })
+                .collect(),
             stages: self.inner.stages.iter().map(|s| stage_status(s)).collect(),
             plugin_counters: self.inner.counters.snapshot(),
         }
@@ -225,6 +246,30 @@ impl PipelineHandle {
         tokio::spawn(async move {
             let _ = control.send(Control::Shutdown).await;
         });
+    }
+}
+
+impl std::fmt::Debug for SinkView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkView")
+            .field("buffered", &self.buffer.is_some())
+            .field("link", &self.link)
+            .finish()
+    }
+}
+
+fn sink_status(v: &SinkView, written: u64) -> crate::sinks::SinkStatus {
+    let link = v.link.as_deref();
+    let get = |f: fn(&crate::sinks::LinkStats) -> &AtomicU64| {
+        link.map_or(0, |l| f(l).load(Ordering::Relaxed))
+    };
+    crate::sinks::SinkStatus {
+        written,
+        connected: link.map(|l| l.connected.load(Ordering::Relaxed)),
+        reconnects: get(|l| &l.reconnects),
+        published_messages: get(|l| &l.published),
+        refused_by_broker: get(|l| &l.refused),
+        buffer: v.buffer.as_ref().map(|b| b.status()),
     }
 }
 
@@ -268,6 +313,11 @@ pub struct RunningPipeline {
 /// multi-threaded tokio runtime.
 pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError> {
     let start_err = |key: String, message: String| PipelineError::Start { key, message };
+    if let Some(broker) = &config.embedded_broker {
+        broker
+            .start()
+            .map_err(|e| start_err("embedded_broker.listen".into(), e.to_string()))?;
+    }
     let engine = PluginEngine::new(config.engine.clone())
         .map_err(|e| start_err("engine".into(), e.to_string()))?;
     let mut reference = StaticReferenceData::default();
@@ -343,19 +393,26 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
     let mut sink_tasks = Vec::new();
     let mut outputs = Vec::new();
     for (name, s) in &config.sinks {
-        let sink = s
-            .build(name)
-            .map_err(|e| start_err(format!("sinks.{name}"), e.to_string()))?;
         let (tx, rx) = mpsc::channel(queue);
-        outputs.push(tx);
         let written = Arc::new(AtomicU64::new(0));
-        stats.written.insert(name.clone(), written.clone());
-        sink_tasks.push(tokio::spawn(crate::sinks::run_sink(
+        let running = s
+            .start(crate::sinks::SinkContext {
+                name: name.clone(),
+                queue: rx,
+                dead_letters: dl_tx.clone(),
+                written: written.clone(),
+            })
+            .map_err(|e| start_err(format!("sinks.{name}"), e.to_string()))?;
+        outputs.push(tx);
+        stats.written.insert(name.clone(), written);
+        stats.sinks.insert(
             name.clone(),
-            sink,
-            rx,
-            written,
-        )));
+            Arc::new(SinkView {
+                buffer: running.buffer,
+                link: running.link,
+            }),
+        );
+        sink_tasks.push(running.task);
     }
     let dead_letter = config
         .dead_letter
@@ -370,7 +427,13 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
     )));
 
     let stage_handles: Vec<Arc<StageHandle>> = stages.iter().map(|s| s.handle.clone()).collect();
-    let chain = Chain::new(stages, registry.clone(), outputs, dl_tx, control_tx.clone());
+    let chain = Chain::new(
+        stages,
+        registry.clone(),
+        outputs,
+        dl_tx.clone(),
+        control_tx.clone(),
+    );
     let rt = tokio::runtime::Handle::current();
     let chain = std::thread::Builder::new()
         .name("ferrule-chain".into())
@@ -387,10 +450,12 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
             out: input_tx.clone(),
             shutdown: shutdown_rx.clone(),
             produced,
+            dead_letters: dl_tx.clone(),
         };
         sources.push(tokio::spawn(s.clone().run(ctx)));
     }
     drop(input_tx);
+    drop(dl_tx);
 
     let handle = PipelineHandle {
         inner: Arc::new(HandleInner {

@@ -4,16 +4,18 @@
 //! registered by their config `type`; MQTT, Kafka, PostgreSQL and Parquet plug in here.
 
 pub mod file;
+pub mod mqtt;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::pipeline::{DeadLetter, OutputBatch};
+use crate::buffer::{BufferStatus, DurableBuffer};
+use crate::pipeline::{DeadLetter, DeadLetterBatch, OutputBatch};
 
 /// `[sinks.<name>]`, by `type`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -21,6 +23,8 @@ use crate::pipeline::{DeadLetter, OutputBatch};
 pub enum SinkConfig {
     /// JSON lines in a local file.
     File(file::FileSinkConfig),
+    /// MQTT 5 broker, through a durable store-and-forward buffer.
+    Mqtt(mqtt::MqttSinkConfig),
 }
 
 /// `[dead_letter]`, by `type`.
@@ -51,15 +55,84 @@ pub trait DeadLetterSink: Send {
     async fn flush(&mut self) -> Result<(), SinkError>;
 }
 
+/// Health of a sink's link to its destination.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub connected: AtomicBool,
+    pub reconnects: AtomicU64,
+    /// Messages handed to the broker.
+    pub published: AtomicU64,
+    /// Publishes the broker refused (sent again after a reconnect).
+    pub refused: AtomicU64,
+}
+
+/// What the host status shows of a sink.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct SinkStatus {
+    /// Samples delivered (acknowledged by the destination where it acknowledges).
+    pub written: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected: Option<bool>,
+    pub reconnects: u64,
+    pub published_messages: u64,
+    pub refused_by_broker: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<BufferStatus>,
+}
+
+/// What a sink gets from the pipeline.
+pub struct SinkContext {
+    pub name: String,
+    pub queue: mpsc::Receiver<Arc<OutputBatch>>,
+    pub dead_letters: mpsc::Sender<DeadLetterBatch>,
+    /// Samples delivered so far.
+    pub written: Arc<AtomicU64>,
+}
+
+/// A started sink: its task and what the status reads.
+pub struct RunningSink {
+    pub task: tokio::task::JoinHandle<()>,
+    pub buffer: Option<Arc<DurableBuffer>>,
+    pub link: Option<Arc<LinkStats>>,
+}
+
 impl SinkConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             SinkConfig::File(c) => c.validate(),
+            SinkConfig::Mqtt(c) => c.validate(),
         }
     }
-    pub fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkError> {
+
+    /// Opens the sink (errors here refuse the start) and spawns its task.
+    pub fn start(&self, ctx: SinkContext) -> Result<RunningSink, SinkError> {
         match self {
-            SinkConfig::File(c) => Ok(Box::new(file::FileSink::open(name, c)?)),
+            SinkConfig::File(c) => {
+                let sink = Box::new(file::FileSink::open(&ctx.name, c)?);
+                Ok(RunningSink {
+                    task: tokio::spawn(run_sink(ctx.name, sink, ctx.queue, ctx.written)),
+                    buffer: None,
+                    link: None,
+                })
+            }
+            SinkConfig::Mqtt(c) => {
+                let buffer = mqtt::open_buffer(&ctx.name, c)?;
+                let link = Arc::new(LinkStats::default());
+                let task = tokio::spawn(mqtt::run(mqtt::MqttSinkParts {
+                    name: ctx.name,
+                    config: c.clone(),
+                    buffer: buffer.clone(),
+                    queue: ctx.queue,
+                    dead_letters: ctx.dead_letters,
+                    delivered: ctx.written,
+                    link: link.clone(),
+                }));
+                Ok(RunningSink {
+                    task,
+                    buffer: Some(buffer),
+                    link: Some(link),
+                })
+            }
         }
     }
 }
@@ -97,18 +170,22 @@ macro_rules! retry {
     }};
 }
 
-/// Runs a sink until its queue closes; counts samples written.
+/// Runs a sink until its queue closes; counts samples written. Batches (and so their
+/// sources' acknowledgments) are held until the sink has flushed them.
 pub async fn run_sink(
     name: String,
     mut sink: Box<dyn Sink>,
     mut queue: mpsc::Receiver<Arc<OutputBatch>>,
     written: Arc<AtomicU64>,
 ) {
+    let mut unflushed = Vec::new();
     while let Some(batch) = queue.recv().await {
         retry!(name, sink.write(&batch));
         written.fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
+        unflushed.push(batch);
         if queue.is_empty() {
             retry!(name, sink.flush());
+            unflushed.clear();
         }
     }
     retry!(name, sink.flush());
@@ -117,14 +194,17 @@ pub async fn run_sink(
 /// Runs the dead-letter sink until its queue closes; counts letters written.
 pub async fn run_dead_letter_sink(
     mut sink: Box<dyn DeadLetterSink>,
-    mut queue: mpsc::Receiver<Vec<DeadLetter>>,
+    mut queue: mpsc::Receiver<DeadLetterBatch>,
     written: Arc<AtomicU64>,
 ) {
-    while let Some(letters) = queue.recv().await {
-        retry!("dead_letter", sink.write(&letters));
-        written.fetch_add(letters.len() as u64, Ordering::Relaxed);
+    let mut unflushed = Vec::new();
+    while let Some(batch) = queue.recv().await {
+        retry!("dead_letter", sink.write(&batch.letters));
+        written.fetch_add(batch.letters.len() as u64, Ordering::Relaxed);
+        unflushed.push(batch.ack);
         if queue.is_empty() {
             retry!("dead_letter", sink.flush());
+            unflushed.clear();
         }
     }
     retry!("dead_letter", sink.flush());

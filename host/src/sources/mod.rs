@@ -3,6 +3,7 @@
 //! Sources are registered by their config `type`; protocol sources (Modbus, OPC UA, MQTT)
 //! plug in beside the simulator.
 
+pub mod mqtt;
 pub mod simulator;
 
 use std::sync::atomic::AtomicU64;
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::model::{SampleBatch, TagRegistry};
+use crate::pipeline::DeadLetterBatch;
 
 /// `[sources.<name>]`, by `type`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -19,6 +21,8 @@ use crate::model::{SampleBatch, TagRegistry};
 pub enum SourceConfig {
     /// The built-in simulated plant.
     Simulator(simulator::SimulatorConfig),
+    /// MQTT 5 subscription (the bridge input).
+    Mqtt(mqtt::MqttSourceConfig),
 }
 
 /// What a running source gets from the pipeline.
@@ -30,6 +34,8 @@ pub struct SourceContext {
     pub shutdown: watch::Receiver<bool>,
     /// Samples sent so far.
     pub produced: Arc<AtomicU64>,
+    /// Where a source sends what it cannot turn into samples (malformed messages).
+    pub dead_letters: mpsc::Sender<DeadLetterBatch>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,7 @@ impl SourceConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             SourceConfig::Simulator(c) => c.validate(),
+            SourceConfig::Mqtt(c) => c.validate(),
         }
     }
 
@@ -50,6 +57,7 @@ impl SourceConfig {
     pub async fn run(self, ctx: SourceContext) -> Result<(), SourceError> {
         match self {
             SourceConfig::Simulator(c) => simulator::run(c, ctx).await,
+            SourceConfig::Mqtt(c) => mqtt::run(c, ctx).await,
         }
     }
 }
