@@ -380,7 +380,10 @@ async fn the_mqtt_source_takes_good_messages_and_dead_letters_bad_ones_with_topi
     schema.sort();
     assert_eq!(schema.len(), 2, "{schema:?}");
     assert!(schema[0].starts_with("ts_ns: missing"), "{schema:?}");
-    assert!(schema[1].starts_with("value: expected a number"), "{schema:?}");
+    assert!(
+        schema[1].starts_with("value: expected a number"),
+        "{schema:?}"
+    );
     // The original payload travels with the refusal.
     assert!(dead.iter().any(|d| d["extra"] == "{not json"));
 }
@@ -601,7 +604,11 @@ overflow = "{policy}"
         "{status:?}"
     );
     assert!(b.appended_samples > 29_000);
-    assert_eq!(b.dropped_overflow + b.depth_samples, b.appended_samples, "{b:?}");
+    assert_eq!(
+        b.dropped_overflow + b.depth_samples,
+        b.appended_samples,
+        "{b:?}"
+    );
     assert_eq!(b.delivered_samples, 0);
 
     // refuse-new: nothing is dropped; the source is held back once the buffer is full.

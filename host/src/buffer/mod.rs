@@ -470,18 +470,15 @@ impl DurableBuffer {
     }
 
     /// Removes every record with seq ≤ `through` (delivered or expired; the caller counts
-    /// which). The commit is not fsync'd on its own: a crash right after may bring the records
-    /// back, and they are sent again (at-least-once); the next append's durable commit
-    /// persists it. Blocking.
+    /// which), durably: the forwarder calls it at most every 100 ms, so the fsync is cheap, and
+    /// after a crash only what was confirmed since the last removal is sent again. Blocking.
     pub fn remove_through(&self, through: u64) -> Result<(), BufferError> {
         let mut st = self.lock();
         let n = st.index.iter().take_while(|m| m.seq <= through).count();
         if n == 0 {
             return Ok(());
         }
-        let mut tx = self.db.begin_write().map_err(|e| self.storage_err(e))?;
-        tx.set_durability(redb::Durability::None)
-            .map_err(|e| self.storage_err(e))?;
+        let tx = self.db.begin_write().map_err(|e| self.storage_err(e))?;
         {
             let mut records = tx.open_table(RECORDS).map_err(|e| self.storage_err(e))?;
             records

@@ -8,16 +8,15 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-/// `[embedded_broker]`: an in-process MQTT 3.1.1 and 5 broker.
+/// `[embedded_broker]`: an in-process MQTT 5 broker. (No 3.1.1 listener: rumqttd 0.20 panics
+/// forwarding an MQTT 5 publish with properties to a 3.1.1 subscriber; use
+/// `mosquitto_sub -V mqttv5`.)
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedBrokerConfig {
     /// MQTT 5 listener (loopback by default).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Optional MQTT 3.1.1 listener, e.g. for `mosquitto_sub` (which speaks 3.1.1 by default).
-    #[serde(default)]
-    pub listen_v311: Option<SocketAddr>,
     /// Largest payload accepted, bytes.
     #[serde(default = "default_max_payload")]
     pub max_payload_bytes: usize,
@@ -77,9 +76,6 @@ impl EmbeddedBrokerConfig {
         };
         // Refuse a taken port here, with a clear error, rather than in the broker's thread.
         std::net::TcpListener::bind(self.listen).map_err(|e| err(e.to_string()))?;
-        if let Some(l) = self.listen_v311 {
-            std::net::TcpListener::bind(l).map_err(|e| err(format!("{l}: {e}")))?;
-        }
         let config = rumqttd::Config {
             id: 0,
             router: rumqttd::RouterConfig {
@@ -93,9 +89,6 @@ impl EmbeddedBrokerConfig {
                 "1".to_string(),
                 self.server("v5", self.listen),
             )])),
-            v4: self
-                .listen_v311
-                .map(|l| HashMap::from([("1".to_string(), self.server("v4", l))])),
             ..Default::default()
         };
         let mut broker = rumqttd::Broker::new(config);
@@ -107,8 +100,10 @@ impl EmbeddedBrokerConfig {
                 }
             })
             .map_err(|e| err(e.to_string()))?;
+        // Ready once the port is taken (probing by binding, not connecting, keeps the
+        // broker's log free of half-open connections).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(self.listen).is_err() {
+        while std::net::TcpListener::bind(self.listen).is_ok() {
             if std::time::Instant::now() > deadline {
                 return Err(err("did not start listening within 10 s".into()));
             }
