@@ -79,6 +79,25 @@ pub async fn run(handle: PipelineHandle, every: Duration) {
                 rate(n_rej - l_rej, secs)
             ));
         }
+        // Buffered sinks: link state and backlog.
+        for (name, sink) in handle.status().sinks {
+            if let Some(b) = sink.buffer {
+                let link = match sink.connected {
+                    Some(false) => " DISCONNECTED",
+                    _ => "",
+                };
+                line.push_str(&format!(
+                    " | {name}{link} buffered {} ({:.0}s)",
+                    b.depth_samples, b.oldest_age_s
+                ));
+                if b.dropped_overflow + b.dropped_expired > 0 {
+                    line.push_str(&format!(
+                        " DROPPED {}",
+                        b.dropped_overflow + b.dropped_expired
+                    ));
+                }
+            }
+        }
         eprintln!("{line}");
         last = now;
         at = Instant::now();
