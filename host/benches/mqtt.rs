@@ -6,6 +6,7 @@
 //!    30 000 tags, one sample per message, and 100 high-rate tags in the batch form;
 //! 4. replay of a filled buffer over MQTT after an "outage" (buffer filled first), unpaced
 //!    and paced at a configured rate;
+//!
 //! and the peak RSS.
 //!
 //! Run: `cargo bench -p ferrule --bench mqtt` (needs `mosquitto` on PATH or in /usr/sbin).
