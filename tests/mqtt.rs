@@ -741,3 +741,105 @@ client_id = "kill-test-out"
         duplicates
     );
 }
+
+fn sh(cmd: &str, dir: &Path) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "failed: {cmd}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_over_tls_with_a_password_and_a_wrong_password_gets_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A CA, a server certificate for 127.0.0.1 signed by it, a password file.
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=ferrule-test-ca", d);
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1", d);
+    sh("printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile san.ext", d);
+    sh("mosquitto_passwd -b -c passwd edge s3cret", d);
+    // Mosquitto started as root drops to its own user, which must read these.
+    sh("chmod 755 . && chmod 644 *", d);
+    let (tls_port, plain_port) = (peers::free_port(), peers::free_port());
+    let conf = d.join("tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings true\n\
+             listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+             allow_anonymous false\npassword_file {d}/passwd\n\
+             listener {plain_port} 127.0.0.1\nallow_anonymous true\n",
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(peers::mosquitto_binary());
+    cmd.arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _broker = peers::Peer::start(cmd, plain_port);
+    peers::wait_for_port(tls_port, Duration::from_secs(10));
+    let sub = Collector::start(plain_port, "test-sub", &["plant/#"], false).await;
+
+    let config = |password: &str, name: &str| {
+        format!(
+            r#"{common}
+[sources.plant]
+type = "simulator"
+tags = 60
+scans = 3
+interval_ms = 0
+
+{stages}
+
+[sinks.uplink]
+type = "mqtt"
+drain_timeout_ms = 1500
+[sinks.uplink.broker]
+port = {tls_port}
+client_id = "{name}"
+username = "edge"
+password = "{password}"
+[sinks.uplink.broker.tls]
+ca_file = "ca.pem"
+[sinks.uplink.buffer]
+path = "{name}.redb"
+"#,
+            common = common(d),
+            stages = reference_stages_toml(),
+        )
+    };
+    let status = pipeline::start(&load(d, &config("s3cret", "good")))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let sent = status.written["uplink"];
+    assert!(sent > 100, "{status:?}");
+    sub.wait_for(Duration::from_secs(10), "samples over TLS", |m| {
+        count_samples(m) as u64 >= sent
+    })
+    .await;
+
+    // A wrong password: nothing delivered, everything stays buffered for the next start.
+    let status = pipeline::start(&load(d, &config("wrong", "bad")))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    let uplink = &status.sinks["uplink"];
+    assert_eq!(uplink.written, 0);
+    assert_eq!(uplink.connected, Some(false));
+    let buffered = uplink.buffer.as_ref().unwrap().depth_samples;
+    assert!(buffered > 100, "{uplink:?}");
+    assert_eq!(count_samples(&sub.snapshot()) as u64, sent);
+}

@@ -180,6 +180,11 @@ impl HostConfig {
         if let Some(d) = self.engine.cache_dir.as_mut() {
             fix(d)
         }
+        for s in self.sources.values_mut() {
+            if let SourceConfig::Mqtt(m) = s {
+                m.broker.resolve_paths(base);
+            }
+        }
         for t in self.reference_data.values_mut() {
             fix(&mut t.path);
         }
@@ -190,6 +195,7 @@ impl HostConfig {
             match s {
                 SinkConfig::File(f) => fix(&mut f.path),
                 SinkConfig::Mqtt(m) => {
+                    m.broker.resolve_paths(base);
                     let p = m
                         .buffer
                         .path

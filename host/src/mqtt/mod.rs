@@ -8,7 +8,7 @@ pub mod embedded;
 pub mod payload;
 pub mod topic;
 
-pub use broker::{BrokerConfig, QosLevel};
+pub use broker::{BrokerConfig, MqttTlsConfig, QosLevel};
 
 use std::time::Duration;
 
