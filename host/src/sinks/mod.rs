@@ -24,7 +24,7 @@ pub enum SinkConfig {
     /// JSON lines in a local file.
     File(file::FileSinkConfig),
     /// MQTT 5 broker, through a durable store-and-forward buffer.
-    Mqtt(mqtt::MqttSinkConfig),
+    Mqtt(Box<mqtt::MqttSinkConfig>),
 }
 
 /// `[dead_letter]`, by `type`.
@@ -120,7 +120,7 @@ impl SinkConfig {
                 let link = Arc::new(LinkStats::default());
                 let task = tokio::spawn(mqtt::run(mqtt::MqttSinkParts {
                     name: ctx.name,
-                    config: c.clone(),
+                    config: (**c).clone(),
                     buffer: buffer.clone(),
                     queue: ctx.queue,
                     dead_letters: ctx.dead_letters,
