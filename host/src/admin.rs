@@ -1,10 +1,14 @@
 //! The admin endpoint (HTTP on 127.0.0.1 by default) and its client, used by
-//! `ferrule plugin swap|rollback|release` and `ferrule status`:
-//! `GET /status`, `POST /stages/{stage}/swap` (`{"plugin": "<path>"}`),
-//! `POST /stages/{stage}/rollback`, `POST /stages/{stage}/release`.
+//! `ferrule plugin swap|rollback|release` and `ferrule status`.
+//! Read-only: `GET /status`, `GET /dead-letters` (the latest), `GET /metrics` (Prometheus),
+//! `GET /health` (live), `GET /ready` (sinks connected, buffers not full).
+//! Mutating, each needing `Authorization: Bearer <admin.token>` (401 otherwise):
+//! `POST /stages/{stage}/swap` (`{"plugin": "<path>"}`), `POST /stages/{stage}/rollback`,
+//! `POST /stages/{stage}/release`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -65,13 +69,120 @@ fn api_error(e: PipelineError) -> ApiError {
     )
 }
 
-pub fn router(handle: PipelineHandle) -> Router {
-    Router::new()
-        .route("/status", get(status))
+/// The token mutating calls must present; None refuses them all.
+#[derive(Clone)]
+struct Token(Option<Arc<str>>);
+
+/// Constant-time comparison (a token check must not leak how much of a guess was right).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(
+    State(token): State<Token>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let refuse = |error: &str| {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(ErrorBody {
+                error: error.to_string(),
+            }),
+        )
+    };
+    let Some(expected) = token.0 else {
+        return Err(refuse(
+            "admin.token is not set in the host config: mutating calls are refused",
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if same(t.as_bytes(), expected.as_bytes()) => Ok(next.run(req).await),
+        Some(_) => Err(refuse("wrong admin token")),
+        None => Err(refuse(
+            "this call needs `Authorization: Bearer <admin.token>` (the CLI reads FERRULE_ADMIN_TOKEN or --token)",
+        )),
+    }
+}
+
+/// The admin routes; mutating ones need `token`.
+pub fn router(handle: PipelineHandle, token: Option<String>) -> Router {
+    let token = Token(token.filter(|t| !t.is_empty()).map(Arc::from));
+    let mutating = Router::new()
         .route("/stages/{stage}/swap", post(swap))
         .route("/stages/{stage}/rollback", post(rollback))
         .route("/stages/{stage}/release", post(release))
+        .route_layer(axum::middleware::from_fn_with_state(token, require_token));
+    Router::new()
+        .route("/status", get(status))
+        .route("/dead-letters", get(dead_letters))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .merge(mutating)
         .with_state(handle)
+}
+
+async fn dead_letters(State(h): State<PipelineHandle>) -> Json<Vec<crate::pipeline::DeadLetter>> {
+    let recent = h
+        .stats()
+        .recent_dead_letters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    Json(recent.iter().cloned().collect())
+}
+
+async fn metrics(State(h): State<PipelineHandle>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&h.status()),
+    )
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+/// 200 when every sink with a link is connected and no buffer is at its limit; 503 with the
+/// reasons otherwise.
+async fn ready(State(h): State<PipelineHandle>) -> (StatusCode, Json<serde_json::Value>) {
+    let status = h.status();
+    let mut not_ready = Vec::new();
+    for (name, s) in &status.sinks {
+        if s.connected == Some(false) {
+            not_ready.push(format!("sink `{name}` is not connected"));
+        }
+        if let Some(b) = &s.buffer {
+            if b.overflow == "refuse-new" && b.depth_bytes * 100 >= b.max_bytes * 95 {
+                not_ready.push(format!(
+                    "sink `{name}`: buffer full ({} of {} bytes)",
+                    b.depth_bytes, b.max_bytes
+                ));
+            }
+        }
+    }
+    for st in &status.stages {
+        if let crate::pipeline::StageState::Quarantined { reason, .. } = &st.state {
+            not_ready.push(format!("stage `{}` is quarantined: {reason}", st.name));
+        }
+    }
+    let code = if not_ready.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(serde_json::json!({ "ready": not_ready.is_empty(), "reasons": not_ready })),
+    )
 }
 
 async fn status(State(h): State<PipelineHandle>) -> Json<crate::pipeline::PipelineStatus> {
@@ -113,10 +224,11 @@ async fn release(
 pub async fn serve(
     addr: SocketAddr,
     handle: PipelineHandle,
+    token: Option<String>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(handle);
+    let app = router(handle, token);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("admin endpoint stopped: {e}");
@@ -129,6 +241,7 @@ pub async fn serve(
 pub struct AdminClient {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl AdminClient {
@@ -142,7 +255,14 @@ impl AdminClient {
         AdminClient {
             base,
             http: reqwest::Client::new(),
+            token: None,
         }
+    }
+
+    /// Sends `token` as the bearer token of mutating calls.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     async fn post<B: Serialize>(
@@ -151,6 +271,9 @@ impl AdminClient {
         body: Option<&B>,
     ) -> anyhow::Result<reqwest::Response> {
         let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -6,6 +6,7 @@ pub mod ack;
 pub mod admin;
 pub mod buffer;
 pub mod config;
+pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod pipeline;

@@ -61,18 +61,25 @@ enum PluginCommand {
         config: Option<String>,
         #[arg(long, default_value = "127.0.0.1:7878")]
         admin: String,
+        /// The admin endpoint's bearer token (its config's `admin.token`).
+        #[arg(long, env = "FERRULE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Roll a stage of a running host back to its previous version.
     Rollback {
         stage: String,
         #[arg(long, default_value = "127.0.0.1:7878")]
         admin: String,
+        #[arg(long, env = "FERRULE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Lift a stage's quarantine on a running host.
     Release {
         stage: String,
         #[arg(long, default_value = "127.0.0.1:7878")]
         admin: String,
+        #[arg(long, env = "FERRULE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -127,9 +134,13 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let running = ferrule::pipeline::start(&config).await?;
     let handle = running.handle.clone();
     let admin = if config.admin.enabled {
-        let (addr, task) = ferrule::admin::serve(config.admin.listen, handle.clone())
-            .await
-            .with_context(|| format!("`admin.listen`: cannot bind {}", config.admin.listen))?;
+        let (addr, task) = ferrule::admin::serve(
+            config.admin.listen,
+            handle.clone(),
+            config.admin.token.clone(),
+        )
+        .await
+        .with_context(|| format!("`admin.listen`: cannot bind {}", config.admin.listen))?;
         tracing::info!(%addr, "admin endpoint listening");
         Some(task)
     } else {
@@ -265,6 +276,7 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
             stage,
             file,
             admin,
+            token,
             config,
         } => {
             let file =
@@ -272,23 +284,40 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
             let config = config
                 .map(|c| serde_json::from_str(&c).context("--config is not valid JSON"))
                 .transpose()?;
-            let r = AdminClient::new(&admin).swap(&stage, file, config).await?;
+            let r = AdminClient::new(&admin)
+                .with_token(token)
+                .swap(&stage, file, config)
+                .await?;
             println!(
                 "stage {}: {} -> {} (stall {} µs, {} tags re-decided)",
                 r.stage, r.from, r.to, r.stall_us, r.retagged
             );
             Ok(ExitCode::SUCCESS)
         }
-        PluginCommand::Rollback { stage, admin } => {
-            let r = AdminClient::new(&admin).rollback(&stage).await?;
+        PluginCommand::Rollback {
+            stage,
+            admin,
+            token,
+        } => {
+            let r = AdminClient::new(&admin)
+                .with_token(token)
+                .rollback(&stage)
+                .await?;
             println!(
                 "stage {}: rolled back {} -> {} (stall {} µs)",
                 r.stage, r.from, r.to, r.stall_us
             );
             Ok(ExitCode::SUCCESS)
         }
-        PluginCommand::Release { stage, admin } => {
-            AdminClient::new(&admin).release(&stage).await?;
+        PluginCommand::Release {
+            stage,
+            admin,
+            token,
+        } => {
+            AdminClient::new(&admin)
+                .with_token(token)
+                .release(&stage)
+                .await?;
             println!("stage {stage}: released");
             Ok(ExitCode::SUCCESS)
         }

@@ -4,11 +4,20 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The admin token of the host the run test starts (`admin.token`).
+const TOKEN: &str = "test-token-0123456789";
+
 fn ferrule(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrule"))
-        .args(args)
-        .output()
-        .unwrap();
+    ferrule_with_env(args, &[("FERRULE_ADMIN_TOKEN", TOKEN)])
+}
+
+fn ferrule_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrule"));
+    cmd.args(args).env_remove("FERRULE_ADMIN_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -121,7 +130,7 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
     std::fs::write(
         &cfg,
         format!(
-            "[pipeline]\nprogress_interval_s = 0\n[admin]\nlisten = \"{admin}\"\n\
+            "[pipeline]\nprogress_interval_s = 0\n[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
              [sources.plant]\ntype = \"simulator\"\ntags = 100\ninterval_ms = 10\n\
              [[stages]]\nname = \"x\"\nplugin = \"{}\"\nconfig = {{}}\n\
              [sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\n",
@@ -144,14 +153,22 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 
-    let (code, text) = ferrule(&[
+    // Without the token, or with a wrong one, a swap is refused.
+    let swap = [
         "plugin",
         "swap",
         "x",
         &dist("unit_converter"),
         "--admin",
         &admin,
-    ]);
+    ];
+    let (code, text) = ferrule_with_env(&swap, &[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("needs `Authorization: Bearer"), "{text}");
+    let (code, text) = ferrule_with_env(&swap, &[("FERRULE_ADMIN_TOKEN", "guess")]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("wrong admin token"), "{text}");
+    let (code, text) = ferrule(&swap);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("hostile@1.0.0 -> unit-converter@"), "{text}");
     let (code, text) = ferrule(&[

@@ -63,6 +63,10 @@ pub struct AdminConfig {
     /// Allow a non-loopback `listen` address.
     #[serde(default)]
     pub allow_remote: bool,
+    /// Bearer token every mutating call (swap, rollback, release) must present; without it
+    /// they are all refused. Keep it out of the file: `token = "${FERRULE_ADMIN_TOKEN}"`.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -78,6 +82,7 @@ impl Default for AdminConfig {
             enabled: true,
             listen: default_admin_listen(),
             allow_remote: false,
+            token: None,
         }
     }
 }
@@ -228,6 +233,12 @@ impl HostConfig {
         }
         if self.pipeline.queue_batches == 0 {
             p.push(("pipeline.queue_batches".into(), "must be at least 1".into()));
+        }
+        if self.admin.allow_remote && self.admin.token.as_deref().unwrap_or("").len() < 16 {
+            p.push((
+                "admin.token".into(),
+                "a remote admin endpoint needs a token of at least 16 characters".into(),
+            ));
         }
         if self.admin.enabled && !self.admin.listen.ip().is_loopback() && !self.admin.allow_remote {
             p.push((

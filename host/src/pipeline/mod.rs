@@ -47,8 +47,13 @@ pub struct PipelineStats {
     pub produced: BTreeMap<String, Arc<AtomicU64>>,
     pub written: BTreeMap<String, Arc<AtomicU64>>,
     pub dead_letters: Arc<AtomicU64>,
+    /// The latest dead-letters (at most `RECENT_DEAD_LETTERS`), for the admin endpoint.
+    pub recent_dead_letters: Arc<std::sync::Mutex<std::collections::VecDeque<DeadLetter>>>,
     pub sinks: BTreeMap<String, Arc<SinkView>>,
 }
+
+/// How many dead-letters the admin endpoint can show.
+pub const RECENT_DEAD_LETTERS: usize = 200;
 
 /// What the status reads of a running sink.
 #[derive(Default)]
@@ -424,6 +429,7 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
         dead_letter,
         dl_rx,
         stats.dead_letters.clone(),
+        stats.recent_dead_letters.clone(),
     )));
 
     let stage_handles: Vec<Arc<StageHandle>> = stages.iter().map(|s| s.handle.clone()).collect();

@@ -196,11 +196,21 @@ pub async fn run_dead_letter_sink(
     mut sink: Box<dyn DeadLetterSink>,
     mut queue: mpsc::Receiver<DeadLetterBatch>,
     written: Arc<AtomicU64>,
+    recent: Arc<std::sync::Mutex<std::collections::VecDeque<DeadLetter>>>,
 ) {
     let mut unflushed = Vec::new();
     while let Some(batch) = queue.recv().await {
         retry!("dead_letter", sink.write(&batch.letters));
         written.fetch_add(batch.letters.len() as u64, Ordering::Relaxed);
+        {
+            let mut r = recent.lock().unwrap_or_else(|e| e.into_inner());
+            let keep = crate::pipeline::RECENT_DEAD_LETTERS;
+            let skip = batch.letters.len().saturating_sub(keep);
+            r.extend(batch.letters.iter().skip(skip).cloned());
+            while r.len() > keep {
+                r.pop_front();
+            }
+        }
         unflushed.push(batch.ack);
         if queue.is_empty() {
             retry!("dead_letter", sink.flush());

@@ -1,0 +1,161 @@
+//! Prometheus metrics (`GET /metrics` on the admin endpoint), rendered at each scrape from the
+//! pipeline's status with the official Prometheus client's text encoder: samples in/out/
+//! rejected per source, stage and sink, plugin failures (traps, limits), quarantines, swaps,
+//! recycles, sink links and the store-and-forward buffers (depth, age, drops).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::pipeline::{PipelineStatus, StageState};
+
+type Labels = Vec<(String, String)>;
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+fn gauge_family(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> {
+    let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The status as Prometheus text exposition format.
+pub fn render(status: &PipelineStatus) -> String {
+    let mut r = Registry::with_prefix("ferrule");
+    let tags = gauge_family(&mut r, "tags", "Tags known to the pipeline");
+    tags.get_or_create(&vec![]).set(status.tags as f64);
+
+    let produced = counter_family(&mut r, "source_samples", "Samples produced by a source");
+    for (source, n) in &status.produced {
+        produced.get_or_create(&l(&[("source", source)])).inc_by(*n);
+    }
+    let dead = counter_family(&mut r, "dead_letters", "Samples sent to the dead-letter");
+    dead.get_or_create(&vec![]).inc_by(status.dead_letters);
+
+    let s_in = counter_family(&mut r, "stage_samples_in", "Samples into a stage");
+    let s_out = counter_family(&mut r, "stage_samples_out", "Samples out of a stage");
+    let s_rej = counter_family(&mut r, "stage_rejected", "Samples a stage refused");
+    let s_fail = counter_family(
+        &mut r,
+        "stage_failures",
+        "Failed plugin calls (trap, CPU or memory limit, malformed output)",
+    );
+    let s_quar = counter_family(&mut r, "stage_quarantines", "Times a stage was quarantined");
+    let s_swap = counter_family(
+        &mut r,
+        "stage_swaps",
+        "Plugin versions installed (swaps and rollbacks)",
+    );
+    let s_rec = counter_family(
+        &mut r,
+        "stage_recycles",
+        "Instances replaced at their memory high-water mark",
+    );
+    let s_q = gauge_family(
+        &mut r,
+        "stage_quarantined",
+        "1 while a stage is quarantined",
+    );
+    let s_info = gauge_family(
+        &mut r,
+        "stage_plugin_info",
+        "The plugin a stage runs (always 1)",
+    );
+    for st in &status.stages {
+        let stage = l(&[("stage", &st.name)]);
+        s_in.get_or_create(&stage).inc_by(st.samples_in);
+        s_out.get_or_create(&stage).inc_by(st.samples_out);
+        s_rej.get_or_create(&stage).inc_by(st.rejected);
+        s_fail.get_or_create(&stage).inc_by(st.failures);
+        s_quar.get_or_create(&stage).inc_by(st.quarantines);
+        s_swap.get_or_create(&stage).inc_by(st.swaps);
+        s_rec.get_or_create(&stage).inc_by(st.recycles);
+        let q = matches!(st.state, StageState::Quarantined { .. });
+        s_q.get_or_create(&stage).set(if q { 1.0 } else { 0.0 });
+        s_info
+            .get_or_create(&l(&[
+                ("stage", &st.name),
+                ("plugin", &st.plugin),
+                ("version", &st.version),
+                ("digest", &st.digest),
+            ]))
+            .set(1.0);
+    }
+
+    let k_out = counter_family(
+        &mut r,
+        "sink_samples",
+        "Samples a sink delivered (acknowledged where the destination acknowledges)",
+    );
+    let k_conn = gauge_family(&mut r, "sink_connected", "1 while a sink's link is up");
+    let k_rec = counter_family(&mut r, "sink_reconnects", "Times a sink's link was lost");
+    let k_pub = counter_family(
+        &mut r,
+        "sink_messages_published",
+        "Messages handed to the broker",
+    );
+    let k_err = counter_family(&mut r, "sink_errors", "Publishes the destination refused");
+    let b_samples = gauge_family(
+        &mut r,
+        "buffer_depth_samples",
+        "Samples waiting in a sink's durable buffer",
+    );
+    let b_bytes = gauge_family(
+        &mut r,
+        "buffer_depth_bytes",
+        "Bytes waiting in a sink's durable buffer",
+    );
+    let b_max = gauge_family(&mut r, "buffer_max_bytes", "A buffer's configured limit");
+    let b_age = gauge_family(
+        &mut r,
+        "buffer_oldest_age_seconds",
+        "Age of the oldest buffered record",
+    );
+    let b_drop = counter_family(
+        &mut r,
+        "buffer_dropped_samples",
+        "Samples a buffer dropped, by reason (overflow, expired)",
+    );
+    for (name, sink) in &status.sinks {
+        let sink_l = l(&[("sink", name)]);
+        k_out.get_or_create(&sink_l).inc_by(sink.written);
+        if let Some(c) = sink.connected {
+            k_conn.get_or_create(&sink_l).set(if c { 1.0 } else { 0.0 });
+            k_rec.get_or_create(&sink_l).inc_by(sink.reconnects);
+            k_pub.get_or_create(&sink_l).inc_by(sink.published_messages);
+            k_err.get_or_create(&sink_l).inc_by(sink.refused_by_broker);
+        }
+        if let Some(b) = &sink.buffer {
+            b_samples.get_or_create(&sink_l).set(b.depth_samples as f64);
+            b_bytes.get_or_create(&sink_l).set(b.depth_bytes as f64);
+            b_max.get_or_create(&sink_l).set(b.max_bytes as f64);
+            b_age.get_or_create(&sink_l).set(b.oldest_age_s);
+            b_drop
+                .get_or_create(&l(&[("sink", name), ("reason", "overflow")]))
+                .inc_by(b.dropped_overflow);
+            b_drop
+                .get_or_create(&l(&[("sink", name), ("reason", "expired")]))
+                .inc_by(b.dropped_expired);
+        }
+    }
+    let mut out = String::new();
+    encode(&mut out, &r).expect("writing to a String cannot fail");
+    out
+}
