@@ -227,3 +227,92 @@ path = "dead.jsonl"
     assert_eq!(get("ferrule_stage_quarantined{stage=\"validate\"}"), 0.0);
     server.abort();
 }
+
+/// The status page rendered by a real browser (headless Chromium): stages with their plugin
+/// versions, the sink's link state and buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_renders_in_headless_chromium() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("chromium is missing: scripts/peers installs it");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+[admin]
+enabled = false
+[reference_data.assets]
+path = "{assets}"
+[sources.plant]
+type = "simulator"
+tags = 120
+interval_ms = 50
+{stages}
+[sinks.uplink]
+type = "mqtt"
+[sinks.uplink.broker]
+port = {port}
+[dead_letter]
+type = "file"
+path = "dead.jsonl"
+"#,
+        assets = repo_root().join("examples/assets.csv").display(),
+        stages = reference_stages_toml(),
+        port = peers::free_port(),
+    );
+    let config = HostConfig::from_text(&text, dir.path()).unwrap();
+    let running = pipeline::start(&config).await.unwrap();
+    let handle = running.handle.clone();
+    let (addr, server) =
+        ferrule::admin::serve("127.0.0.1:0".parse().unwrap(), handle.clone(), None)
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--dump-dom",
+                &format!("http://{addr}/"),
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        dom.contains("<h1>Ferrule</h1>"),
+        "no page rendered: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = handle.status();
+    for st in &status.stages {
+        assert!(
+            dom.contains(&format!("<td>{}</td>", st.name)),
+            "stage {} missing",
+            st.name
+        );
+        assert!(
+            dom.contains(&format!("<td>{}</td><td>{}</td>", st.plugin, st.version)),
+            "plugin {}",
+            st.plugin
+        );
+    }
+    assert_eq!(dom.matches("class=\"stage\"").count(), 4);
+    assert!(dom.contains("<td>uplink</td>"));
+    assert!(
+        dom.contains("disconnected"),
+        "the unreachable broker is not shown"
+    );
+    assert!(dom.contains("120 tags"), "summary: {dom}");
+    handle.stop();
+    running.wait().await.unwrap();
+    server.abort();
+}

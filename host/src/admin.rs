@@ -1,6 +1,6 @@
 //! The admin endpoint (HTTP on 127.0.0.1 by default) and its client, used by
 //! `ferrule plugin swap|rollback|release` and `ferrule status`.
-//! Read-only: `GET /status`, `GET /dead-letters` (the latest), `GET /metrics` (Prometheus),
+//! Read-only: `GET /` (the status page), `GET /status`, `GET /dead-letters` (the latest), `GET /metrics` (Prometheus),
 //! `GET /health` (live), `GET /ready` (sinks connected, buffers not full).
 //! Mutating, each needing `Authorization: Bearer <admin.token>` (401 otherwise):
 //! `POST /stages/{stage}/swap` (`{"plugin": "<path>"}`), `POST /stages/{stage}/rollback`,
@@ -119,6 +119,7 @@ pub fn router(handle: PipelineHandle, token: Option<String>) -> Router {
         .route("/stages/{stage}/release", post(release))
         .route_layer(axum::middleware::from_fn_with_state(token, require_token));
     Router::new()
+        .route("/", get(page))
         .route("/status", get(status))
         .route("/dead-letters", get(dead_letters))
         .route("/metrics", get(metrics))
@@ -145,6 +146,10 @@ async fn metrics(State(h): State<PipelineHandle>) -> impl axum::response::IntoRe
         )],
         crate::metrics::render(&h.status()),
     )
+}
+
+async fn page(State(h): State<PipelineHandle>) -> axum::response::Html<String> {
+    axum::response::Html(crate::admin_page::render(&h.status()))
 }
 
 async fn health() -> &'static str {

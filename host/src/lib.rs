@@ -4,6 +4,7 @@
 
 pub mod ack;
 pub mod admin;
+pub mod admin_page;
 pub mod buffer;
 pub mod config;
 pub mod metrics;

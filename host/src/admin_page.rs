@@ -1,0 +1,89 @@
+//! The status page (`GET /` on the admin endpoint): one self-contained HTML page rendered on
+//! the server from the pipeline's status — sources, stages with plugin versions and digests,
+//! sinks with their link and buffer — refreshed by the browser every 5 s. No script, no
+//! external assets, so it works on an air-gapped plant network.
+
+use std::fmt::Write;
+
+use crate::pipeline::{PipelineStatus, StageState};
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The page for `status`.
+pub fn render(status: &PipelineStatus) -> String {
+    let mut h = String::with_capacity(8 * 1024);
+    h.push_str(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"5\"><title>Ferrule</title><style>\
+         body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
+         table{border-collapse:collapse;margin:.5em 0 1.5em}\
+         th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
+         th{background:#f3f3f3}.bad{color:#b00;font-weight:bold}.ok{color:#070}\
+         code{font-size:12px}</style></head><body>",
+    );
+    let _ = write!(
+        h,
+        "<h1>Ferrule</h1><p id=\"summary\">{} tags · {} dead-letters</p>",
+        status.tags, status.dead_letters
+    );
+    h.push_str("<h2>Sources</h2><table id=\"sources\"><tr><th>source</th><th>samples</th></tr>");
+    for (name, n) in &status.produced {
+        let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(name));
+    }
+    h.push_str("</table><h2>Pipeline</h2><table id=\"stages\"><tr><th>stage</th><th>plugin</th><th>version</th><th>digest</th><th>state</th><th>in</th><th>out</th><th>rejected</th><th>failures</th><th>swaps</th></tr>");
+    for st in &status.stages {
+        let state = match &st.state {
+            StageState::Running => "<span class=\"ok\">running</span>".to_string(),
+            StageState::Quarantined { reason, policy } => format!(
+                "<span class=\"bad\">quarantined ({})</span>: {}",
+                esc(policy),
+                esc(reason)
+            ),
+        };
+        let _ = write!(
+            h,
+            "<tr class=\"stage\"><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&st.name),
+            esc(&st.plugin),
+            esc(&st.version),
+            esc(st.digest.get(..19).unwrap_or(&st.digest)),
+            st.samples_in,
+            st.samples_out,
+            st.rejected,
+            st.failures,
+            st.swaps
+        );
+    }
+    h.push_str("</table><h2>Sinks</h2><table id=\"sinks\"><tr><th>sink</th><th>delivered</th><th>link</th><th>buffered samples</th><th>oldest (s)</th><th>dropped</th></tr>");
+    for (name, s) in &status.sinks {
+        let link = match s.connected {
+            Some(true) => "<span class=\"ok\">connected</span>".to_string(),
+            Some(false) => format!(
+                "<span class=\"bad\">disconnected</span> ({} reconnects)",
+                s.reconnects
+            ),
+            None => "–".into(),
+        };
+        let (depth, age, dropped) = match &s.buffer {
+            Some(b) => (
+                b.depth_samples.to_string(),
+                format!("{:.1}", b.oldest_age_s),
+                (b.dropped_overflow + b.dropped_expired).to_string(),
+            ),
+            None => ("–".into(), "–".into(), "–".into()),
+        };
+        let _ = write!(
+            h,
+            "<tr class=\"sink\"><td>{}</td><td>{}</td><td>{link}</td><td>{depth}</td><td>{age}</td><td>{dropped}</td></tr>",
+            esc(name),
+            s.written
+        );
+    }
+    h.push_str("</table><p><a href=\"/status\">status JSON</a> · <a href=\"/metrics\">metrics</a> · <a href=\"/dead-letters\">recent dead-letters</a></p></body></html>");
+    h
+}
