@@ -186,6 +186,8 @@ impl HostConfig {
         for s in self.sinks.values_mut() {
             match s {
                 SinkConfig::File(f) => fix(&mut f.path),
+                SinkConfig::Parquet(p) => fix(&mut p.directory),
+                SinkConfig::Postgres(_) => {}
             }
         }
         match self.dead_letter.as_mut() {

@@ -4,6 +4,8 @@
 //! registered by their config `type`; MQTT, Kafka, PostgreSQL and Parquet plug in here.
 
 pub mod file;
+pub mod parquet;
+pub mod postgres;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,10 @@ use crate::pipeline::{DeadLetter, OutputBatch};
 pub enum SinkConfig {
     /// JSON lines in a local file.
     File(file::FileSinkConfig),
+    /// Rows in a PostgreSQL / TimescaleDB table (binary COPY, idempotent).
+    Postgres(postgres::PostgresSinkConfig),
+    /// Rolling Parquet files partitioned by hour, in a directory or an object store.
+    Parquet(parquet::ParquetSinkConfig),
 }
 
 /// `[dead_letter]`, by `type`.
@@ -55,11 +61,15 @@ impl SinkConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             SinkConfig::File(c) => c.validate(),
+            SinkConfig::Postgres(c) => c.validate(),
+            SinkConfig::Parquet(c) => c.validate(),
         }
     }
     pub fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkError> {
         match self {
             SinkConfig::File(c) => Ok(Box::new(file::FileSink::open(name, c)?)),
+            SinkConfig::Postgres(c) => Ok(Box::new(postgres::PostgresSink::open(name, c)?)),
+            SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::open(name, c)?)),
         }
     }
 }
