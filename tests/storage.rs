@@ -15,7 +15,7 @@ use ferrule::sinks::parquet::{ParquetSink, ParquetSinkConfig};
 use ferrule::sinks::postgres::{PostgresSink, PostgresSinkConfig, WriteMethod};
 use ferrule::sinks::{Sink, SinkConfig};
 use ferrule::sources::simulator::{describe_tag, sample, SimulatorConfig};
-use ferrule_tests::peers::python;
+use ferrule_tests::peers::{free_port, python, Peer};
 use ferrule_tests::storage::{
     assert_rows_are, assert_rows_are_samples, batch, tag_table, Row, TestDatabase, START_NS,
 };
@@ -244,8 +244,8 @@ connection = "{conn}"
 /// Reads every `*.parquet` under a directory with pyarrow (rows, column types, encodings,
 /// compression) and DuckDB (hive-partitioned scan), printing JSON.
 const READ_BACK: &str = r#"
-import glob, json, math, os, struct, sys
-import pyarrow as pa, pyarrow.parquet as pq
+import glob, json, os, sys
+import pyarrow.parquet as pq
 import duckdb
 
 root = sys.argv[1]
@@ -253,17 +253,6 @@ files = []
 for path in sorted(glob.glob(os.path.join(root, "**", "*.parquet"), recursive=True)):
     f = pq.ParquetFile(path)
     t = f.read()
-    col = lambda n: t.column(n).to_pylist()
-    bits = lambda v: None if v is None else struct.unpack("<q", struct.pack("<d", v))[0]
-    rows = [
-        {"time_ns": tm, "tag": tg, "value_double_bits": bits(vd),
-         "value_int": None if vi is None else str(vi), "value_text": vt, "unit": u,
-         "quality": q, "status": s, "metadata": None if m is None else json.loads(m)}
-        for tm, tg, vd, vi, vt, u, q, s, m in zip(
-            t.column("time").cast(pa.int64()).to_pylist(), col("tag"), col("value_double"),
-            col("value_int"), col("value_text"), col("unit"), col("quality"), col("status"),
-            col("metadata"))
-    ]
     md = f.metadata
     chunks = {}
     for g in range(md.num_row_groups):
@@ -277,7 +266,7 @@ for path in sorted(glob.glob(os.path.join(root, "**", "*.parquet"), recursive=Tr
         "types": {fld.name: str(fld.type) for fld in t.schema},
         "row_groups": md.num_row_groups,
         "chunks": chunks,
-        "rows": rows,
+        "rows": rows_of(t),
     })
 duck = None
 if files:
@@ -290,19 +279,63 @@ if files:
 print(json.dumps({"files": files, "duckdb": duck}))
 "#;
 
-fn read_back(dir: &Path) -> Value {
+/// Python: the rows of a pyarrow table as JSON-able dicts (doubles as their bits, decimals as
+/// text), used by the read-back scripts.
+const ROWS_OF: &str = r#"
+import json, struct
+import pyarrow as pa
+
+def rows_of(t):
+    col = lambda n: t.column(n).to_pylist()
+    bits = lambda v: None if v is None else struct.unpack("<q", struct.pack("<d", v))[0]
+    return [
+        {"time_ns": tm, "tag": tg, "value_double_bits": bits(vd),
+         "value_int": None if vi is None else str(vi), "value_text": vt, "unit": u,
+         "quality": q, "status": s, "metadata": None if m is None else json.loads(m)}
+        for tm, tg, vd, vi, vt, u, q, s, m in zip(
+            t.column("time").cast(pa.int64()).to_pylist(), col("tag"), col("value_double"),
+            col("value_int"), col("value_text"), col("unit"), col("quality"), col("status"),
+            col("metadata"))
+    ]
+"#;
+
+/// Creates a bucket (`create`) or reads every object of it back (`read`) from an S3 endpoint.
+const S3_PEER: &str = r#"
+import io, json, sys
+import boto3
+import pyarrow.parquet as pq
+
+endpoint, bucket, command = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test",
+                  aws_secret_access_key="test", region_name="us-east-1")
+if command == "create":
+    s3.create_bucket(Bucket=bucket)
+    print("{}")
+else:
+    files = []
+    for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        files.append({"path": obj["Key"], "rows": rows_of(pq.read_table(io.BytesIO(body)))})
+    print(json.dumps({"files": files}))
+"#;
+
+fn run_python(script: &str, args: &[&str]) -> Value {
     let out = Command::new(python())
         .arg("-c")
-        .arg(READ_BACK)
-        .arg(dir)
+        .arg(format!("{ROWS_OF}\n{script}"))
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "reading back failed: {}",
+        "python peer failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn read_back(dir: &Path) -> Value {
+    run_python(READ_BACK, &[dir.to_str().unwrap()])
 }
 
 fn row_of(v: &Value) -> Row {
@@ -480,4 +513,170 @@ fn parquet_sigkill_during_write_leaves_only_valid_files() {
         return;
     }
     panic!("never killed the writer mid-file in 3 attempts");
+}
+
+/// Parquet into an S3-compatible store (moto): files written while the store is down wait
+/// in the staging directory and are uploaded once it is up; files left staged at a stop are
+/// uploaded by the next start; every row read back from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_to_s3_uploads_after_the_store_comes_back_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let tags = tag_table(40);
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let config = |endpoint: &str| {
+        let text = format!(
+            "directory = \"staging\"\nmax_file_bytes = 8192\nrow_group_rows = 500\n\
+             [s3]\nbucket = \"warm\"\nprefix = \"/site1/samples/\"\nendpoint = \"{endpoint}\"\n\
+             region = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n\
+             allow_http = true\n"
+        );
+        let mut c: ParquetSinkConfig = toml::from_str(&text).unwrap();
+        c.directory = dir.path().join("staging");
+        c.validate().unwrap();
+        c
+    };
+    let staging = dir.path().join("staging");
+
+    // The store is down: files are published locally and wait.
+    let mut sink = ParquetSink::open("warm", &config(&endpoint)).unwrap();
+    for b in 0..6 {
+        sink.write(&batch(b * 500, 500, &tags)).await.unwrap();
+    }
+    sink.close_all().unwrap();
+    sink.flush().await.unwrap();
+    assert!(sink.uploaded().is_empty());
+    let waiting = sink.pending_uploads().len();
+    assert!(waiting >= 2, "{waiting} files waiting");
+    assert_eq!(files_named(&staging, ".parquet").len(), waiting);
+
+    // The store comes up: the next flushes upload everything and empty the staging directory.
+    let mut moto = Command::new(python());
+    moto.args([
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ]);
+    moto.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _moto = Peer::start(moto, port);
+    run_python(S3_PEER, &[&endpoint, "warm", "create"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sink.pending_uploads().is_empty() {
+        assert!(Instant::now() < deadline, "uploads still pending");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sink.flush().await.unwrap();
+    }
+    assert_eq!(sink.uploaded().len(), waiting);
+    assert!(files_named(&staging, ".parquet").is_empty());
+    drop(sink);
+
+    // A sink pointed at a dead endpoint stops with its files staged; the next start (the
+    // right endpoint) uploads them.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut sink = ParquetSink::open("warm", &config(&dead)).unwrap();
+    sink.write(&batch(3000, 1000, &tags)).await.unwrap();
+    drop(sink);
+    let staged = files_named(&staging, ".parquet").len();
+    assert!(staged >= 1);
+    let mut sink = ParquetSink::open("warm", &config(&endpoint)).unwrap();
+    assert_eq!(sink.pending_uploads().len(), staged);
+    sink.flush().await.unwrap();
+    assert!(sink.pending_uploads().is_empty());
+    assert!(files_named(&staging, ".parquet").is_empty());
+    drop(sink);
+
+    let read = run_python(S3_PEER, &[&endpoint, "warm", "read"]);
+    for f in read["files"].as_array().unwrap() {
+        let key = f["path"].as_str().unwrap();
+        assert!(
+            key.starts_with("site1/samples/date=2023-11-14/hour=22/warm-")
+                && key.ends_with(".parquet"),
+            "{key}"
+        );
+    }
+    assert_eq!(read["files"].as_array().unwrap().len(), waiting + staged);
+    assert_rows_are_samples(&all_rows(&read), 4000, &tags, true);
+}
+
+#[test]
+fn parquet_directory_resolves_against_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[sources.plant]\ntype = \"simulator\"\n\n[sinks.warm]\ntype = \"parquet\"\n\
+                directory = \"history\"\nzstd_level = 9\n";
+    let cfg = HostConfig::from_text(text, dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
+    let SinkConfig::Parquet(p) = &cfg.sinks["warm"] else {
+        panic!("not a parquet sink");
+    };
+    assert_eq!(p.directory, dir.path().join("history"));
+    assert_eq!(p.zstd_level, 9);
+    let errors = HostConfig::from_text(&text.replace("= 9", "= 30"), dir.path()).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.key == "sinks.warm.zstd_level" && e.line == Some(7)),
+        "{errors:?}"
+    );
+}
+
+/// The machine's PostgreSQL serves TLS with Debian's self-signed "snakeoil" certificate
+/// (CN and SAN `localhost`), trusted here through `ca_file`: the sink's connection is
+/// encrypted (the server says so) and the rows land; the same certificate presented for
+/// another name (`127.0.0.1`) is refused.
+#[tokio::test]
+async fn postgres_tls_verifies_the_server_certificate() {
+    const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    assert!(
+        Path::new(SNAKEOIL).is_file(),
+        "{SNAKEOIL} missing: PostgreSQL as scripts/peers installs it serves TLS with it"
+    );
+    let db = TestDatabase::create("tls").await;
+    let tags = tag_table(20);
+    let at = |host: &str| {
+        let mut c = PostgresSinkConfig::new(format!(
+            "host={host} hostaddr=127.0.0.1 port=5432 user=postgres dbname={}",
+            db.name
+        ));
+        c.tls = true;
+        c.ca_file = Some(SNAKEOIL.into());
+        c.connect_timeout_s = 5;
+        c
+    };
+    let mut wrong_name = PostgresSink::open("tls", &at("127.0.0.1")).unwrap();
+    let refused = wrong_name
+        .write(&batch(0, 100, &tags))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.to_lowercase().contains("certificate"),
+        "not refused for its certificate: {refused}"
+    );
+
+    // Connect to 127.0.0.1, verify the certificate for the name `localhost`.
+    let config = at("localhost");
+    config.validate().unwrap();
+    let mut sink = PostgresSink::open("tls", &config).unwrap();
+    sink.write(&batch(0, 300, &tags)).await.unwrap();
+    let encrypted: bool = db
+        .client()
+        .await
+        .query_one(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'ferrule sink tls'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted, "the sink's connection is not encrypted");
+    assert_rows_are_samples(&db.rows(TABLE).await, 300, &tags, true);
+
+    // Without tls, asking for sslmode=require is a config error, not a silent plain connection.
+    let mut plain = PostgresSinkConfig::new(format!("{} sslmode=require", config.connection));
+    plain.tls = false;
+    assert_eq!(plain.validate().unwrap_err().0, "connection");
 }

@@ -187,7 +187,11 @@ impl HostConfig {
             match s {
                 SinkConfig::File(f) => fix(&mut f.path),
                 SinkConfig::Parquet(p) => fix(&mut p.directory),
-                SinkConfig::Postgres(_) => {}
+                SinkConfig::Postgres(p) => {
+                    if let Some(f) = p.ca_file.as_mut() {
+                        fix(f)
+                    }
+                }
             }
         }
         match self.dead_letter.as_mut() {

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::upload::S3Config;
+
 /// Writes rolling Parquet files, partitioned by the samples' UTC hour
 /// (`date=YYYY-MM-DD/hour=HH/`), each published atomically when it is closed.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -31,6 +33,10 @@ pub struct ParquetSinkConfig {
     /// Add each tag's metadata (source metadata and enrichment) as a JSON column.
     #[serde(default = "default_true")]
     pub include_metadata: bool,
+    /// Upload closed files to an S3-compatible object store; `directory` then only stages
+    /// them until the store has them.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -63,6 +69,7 @@ impl ParquetSinkConfig {
             max_open_files: default_max_open_files(),
             zstd_level: default_zstd_level(),
             include_metadata: true,
+            s3: None,
         }
     }
 
@@ -84,6 +91,9 @@ impl ParquetSinkConfig {
         }
         if !(1..=22).contains(&self.zstd_level) {
             return Err(("zstd_level".into(), "must be between 1 and 22".into()));
+        }
+        if let Some(s3) = &self.s3 {
+            s3.validate()?;
         }
         Ok(())
     }

@@ -9,10 +9,13 @@
 //!
 //! Rows reach the disk in row groups; a file's rows are durable once it is closed (on size,
 //! age, when more hours are open than `max_open_files`, and when the sink is dropped).
+//! With `s3` configured, published files are then uploaded (see `upload`).
 
 mod config;
+mod upload;
 
 pub use config::ParquetSinkConfig;
+pub use upload::{S3Config, UploadError, Uploader};
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -170,6 +173,8 @@ pub struct ParquetSink {
     quality_words: QualityWords,
     /// Files published so far (for tests and the progress line).
     published: Vec<PathBuf>,
+    /// Uploads published files when an object store is configured.
+    uploader: Option<Uploader>,
 }
 
 /// Distinguishes files opened in the same nanosecond by one process.
@@ -201,6 +206,20 @@ impl ParquetSink {
             props = props.set_column_dictionary_enabled(ColumnPath::from(column), true);
         }
         let byte_array = |s: &str| ByteArray::from(s.as_bytes().to_vec());
+        let uploader = match &config.s3 {
+            None => None,
+            Some(s3) => {
+                let store = s3.build().map_err(|e| err(format!("s3: {e}")))?;
+                let mut uploader = Uploader::new(store, &s3.prefix, &config.directory);
+                // Files published but not uploaded before the last stop.
+                for path in upload::staged_files(&config.directory, &file_prefix(name))
+                    .map_err(|e| err(format!("{}: {e}", config.directory.display())))?
+                {
+                    uploader.add(path);
+                }
+                Some(uploader)
+            }
+        };
         Ok(ParquetSink {
             name: name.into(),
             config: config.clone(),
@@ -215,7 +234,28 @@ impl ParquetSink {
                 bad: byte_array("bad"),
             },
             published: Vec::new(),
+            uploader,
         })
+    }
+
+    /// Object keys uploaded so far (with `s3`).
+    pub fn uploaded(&self) -> &[String] {
+        self.uploader.as_ref().map_or(&[], |u| u.uploaded())
+    }
+
+    /// Published files still waiting for the object store (with `s3`).
+    pub fn pending_uploads(&self) -> &[PathBuf] {
+        self.uploader.as_ref().map_or(&[], |u| u.pending())
+    }
+
+    /// Uploads what is pending (unless backing off after a failure); a failure is logged and
+    /// retried later, never failing the write that triggered it (its rows are on disk).
+    async fn upload(&mut self) {
+        if let Some(u) = self.uploader.as_mut() {
+            if let Err(e) = u.run().await {
+                tracing::warn!(sink = %self.name, pending = u.pending().len(), "upload failed, retrying later: {e}");
+            }
+        }
     }
 
     /// Final paths of the files this sink has published, in order.
@@ -437,6 +477,9 @@ impl ParquetSink {
         })();
         match result {
             Ok(path) => {
+                if let Some(u) = self.uploader.as_mut() {
+                    u.add(path.clone());
+                }
                 self.published.push(path);
                 Ok(())
             }
@@ -563,10 +606,35 @@ fn remove_in_progress(dir: &Path, prefix: &str) -> Result<usize, ParquetSinkErro
 
 impl Drop for ParquetSink {
     /// Publishes the open files (a clean shutdown leaves no rows behind).
+    /// With `s3`, also tries (for up to a minute) to upload what is pending; what is left is
+    /// uploaded at the next start.
     fn drop(&mut self) {
         if let Err(e) = self.close_all() {
             tracing::error!(sink = %self.name, "closing Parquet files at shutdown: {e}");
         }
+        let Some(mut uploader) = self.uploader.take() else {
+            return;
+        };
+        if uploader.pending().is_empty() {
+            return;
+        }
+        let name = self.name.clone();
+        // Own thread and runtime: drop may run inside a runtime, which must not block.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime");
+            rt.block_on(async {
+                let upload = tokio::time::timeout(Duration::from_secs(60), uploader.run());
+                match upload.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(sink = %name, "upload at shutdown failed, left for the next start: {e}"),
+                    Err(_) => tracing::warn!(sink = %name, "upload at shutdown timed out, left for the next start"),
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -579,7 +647,9 @@ impl Sink for ParquetSink {
         result.map_err(|e| SinkError::Io {
             sink: self.name.clone(),
             message: e.to_string(),
-        })
+        })?;
+        self.upload().await;
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
@@ -587,7 +657,9 @@ impl Sink for ParquetSink {
         self.write_out(&[]).map_err(|e| SinkError::Io {
             sink: self.name.clone(),
             message: e.to_string(),
-        })
+        })?;
+        self.upload().await;
+        Ok(())
     }
 }
 

@@ -1,5 +1,7 @@
 //! Config of the PostgreSQL / TimescaleDB sink (`type = "postgres"`).
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 /// Writes samples into a PostgreSQL table (a TimescaleDB hypertable when the extension is
@@ -14,6 +16,14 @@ pub struct PostgresSinkConfig {
     /// environment variable: `password = "${FERRULE_PG_PASSWORD}"`.
     #[serde(default)]
     pub password: Option<String>,
+    /// Encrypt the connection with TLS, verifying the server's certificate and host name
+    /// against the system's root certificates and `ca_file` (`sslmode=require`, verified).
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of further CA certificates to trust with `tls` (a private CA, or a
+    /// self-signed server certificate), relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Table the samples go to, optionally schema-qualified (`historian.samples`).
     #[serde(default = "default_table")]
     pub table: String,
@@ -78,6 +88,8 @@ impl std::fmt::Debug for PostgresSinkConfig {
         f.debug_struct("PostgresSinkConfig")
             .field("connection", &self.connection)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
             .field("table", &self.table)
             .field("create_table", &self.create_table)
             .field("chunk_interval", &self.chunk_interval)
@@ -96,6 +108,8 @@ impl PostgresSinkConfig {
         PostgresSinkConfig {
             connection: connection.into(),
             password: None,
+            tls: false,
+            ca_file: None,
             table: default_table(),
             create_table: true,
             chunk_interval: default_chunk_interval(),
@@ -108,8 +122,25 @@ impl PostgresSinkConfig {
     }
 
     pub fn validate(&self) -> Result<(), (String, String)> {
-        if let Err(e) = self.connection.parse::<tokio_postgres::Config>() {
-            return Err(("connection".into(), format!("not a connection string: {e}")));
+        match self.connection.parse::<tokio_postgres::Config>() {
+            Err(e) => {
+                return Err(("connection".into(), format!("not a connection string: {e}")));
+            }
+            Ok(c) if c.get_ssl_mode() == tokio_postgres::config::SslMode::Require && !self.tls => {
+                return Err((
+                    "connection".into(),
+                    "asks for sslmode=require: set tls = true (and ca_file if needed)".into(),
+                ));
+            }
+            Ok(_) => {}
+        }
+        if let Some(f) = &self.ca_file {
+            if !self.tls {
+                return Err(("ca_file".into(), "is used only with tls = true".into()));
+            }
+            if !f.is_file() {
+                return Err(("ca_file".into(), format!("no file at {}", f.display())));
+            }
         }
         if quoted_table(&self.table).is_none() {
             return Err((

@@ -7,6 +7,7 @@
 //! written again (a retry after a lost commit acknowledgement, a replay after a restart)
 //! adds no rows, and `write` returning Ok means the rows are committed. A lost connection
 //! fails the write; the next attempt reconnects (the caller retries with backoff).
+//! With `tls`, the connection is encrypted by rustls and the server certificate verified.
 
 mod config;
 mod encode;
@@ -20,8 +21,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Sink, SinkError};
 use crate::model::{ExtraValue, Quality};
@@ -47,6 +50,8 @@ const STAGING_TABLE: &str = "ferrule_staging";
 pub enum PostgresError {
     #[error("cannot connect: {0}")]
     Connect(#[source] tokio_postgres::Error),
+    #[error("TLS setup: {0}")]
+    Tls(String),
     #[error("cannot create the table {table}: {source}")]
     Schema {
         table: String,
@@ -95,6 +100,8 @@ pub struct PostgresSink {
     pg_config: tokio_postgres::Config,
     table: String,
     client: Option<Client>,
+    /// The TLS connector, with `tls`.
+    tls: Option<MakeRustlsConnect>,
     /// Per tag id, its metadata as JSON text (None: no metadata), rendered once per table.
     metadata_json: Vec<Option<Option<Arc<str>>>>,
     /// Address of the tag table the metadata was rendered from.
@@ -152,12 +159,19 @@ impl PostgresSink {
         pg_config.connect_timeout(Duration::from_secs(config.connect_timeout_s));
         let table = quoted_table(&config.table)
             .ok_or_else(|| err(format!("table: `{}` is not a valid name", config.table)))?;
+        let tls = if config.tls {
+            pg_config.ssl_mode(SslMode::Require);
+            Some(tls_connector(config.ca_file.as_deref()).map_err(|e| err(e.to_string()))?)
+        } else {
+            None
+        };
         Ok(PostgresSink {
             name: name.into(),
             config: config.clone(),
             pg_config,
             table,
             client: None,
+            tls,
             metadata_json: Vec::new(),
             metadata_of: 0,
             hypertable: false,
@@ -175,17 +189,30 @@ impl PostgresSink {
             return Ok(self.client.as_mut().expect("checked above"));
         }
         self.client = None;
-        let (client, connection) = self
-            .pg_config
-            .connect(NoTls)
-            .await
-            .map_err(PostgresError::Connect)?;
         let name = self.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(sink = %name, "PostgreSQL connection closed: {e}");
+        let closed = move |e: tokio_postgres::Error| {
+            tracing::warn!(sink = %name, "PostgreSQL connection closed: {e}");
+        };
+        let client = match &self.tls {
+            None => {
+                let (client, connection) = self
+                    .pg_config
+                    .connect(NoTls)
+                    .await
+                    .map_err(PostgresError::Connect)?;
+                tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+                client
             }
-        });
+            Some(tls) => {
+                let (client, connection) = self
+                    .pg_config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(PostgresError::Connect)?;
+                tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+                client
+            }
+        };
         let schema_err = |source| PostgresError::Schema {
             table: self.config.table.clone(),
             source,
@@ -357,6 +384,59 @@ impl PostgresSink {
     }
 }
 
+/// `e` and the errors that caused it, each once (tokio-postgres keeps the server's message
+/// and TLS or I/O details in the causes).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
+}
+
+/// A rustls connector trusting the system's roots and the certificates in `ca_file`.
+fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<MakeRustlsConnect, PostgresError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| PostgresError::Tls(format!("ca_file {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(PostgresError::Tls(format!(
+                "ca_file {}: no certificate in it",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| PostgresError::Tls(format!("ca_file {}: {e}", path.display())))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(PostgresError::Tls(
+            "no root certificate: none on the system and no ca_file".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PostgresError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 /// The tag's metadata as a JSON object text, keys in order; None without metadata.
 fn metadata_json(tag: &ResolvedTag) -> Option<Arc<str>> {
     if tag.metadata.is_empty() {
@@ -423,7 +503,7 @@ impl Sink for PostgresSink {
             self.client = None;
             SinkError::Io {
                 sink: self.name.clone(),
-                message: e.to_string(),
+                message: with_causes(&e),
             }
         })
     }
@@ -437,6 +517,31 @@ impl Sink for PostgresSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Handshake(std::io::Error, &'static str);
+    impl std::fmt::Display for Handshake {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.1)
+        }
+    }
+    impl std::error::Error for Handshake {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn error_messages_carry_their_causes_once() {
+        let cause = || std::io::Error::other("certificate not valid for name");
+        let e = Handshake(cause(), "error performing TLS handshake");
+        assert_eq!(
+            with_causes(&e),
+            "error performing TLS handshake: certificate not valid for name"
+        );
+        let e = Handshake(cause(), "handshake: certificate not valid for name");
+        assert_eq!(with_causes(&e), "handshake: certificate not valid for name");
+    }
 
     #[test]
     fn insert_sql_numbers_every_parameter() {
