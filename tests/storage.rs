@@ -489,12 +489,6 @@ fn parquet_sigkill_during_write_leaves_only_valid_files() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let leftovers = files_named(&warm, ".parquet.inprogress");
-        if leftovers.is_empty() {
-            // Killed between closing a file and opening the next: not mid-write, try again.
-            eprintln!("attempt {attempt}: no file was being written at the kill");
-            continue;
-        }
 
         // Every visible file reads completely; together they hold samples 0..n exactly once
         // (one partition, files closed in order), each as it was generated.
@@ -504,6 +498,12 @@ fn parquet_sigkill_during_write_leaves_only_valid_files() {
         let n = rows.len() as u64;
         assert_rows_are_samples(&rows, n, &tags, true);
         let published: Vec<PathBuf> = files_named(&warm, ".parquet");
+
+        if files_named(&warm, ".parquet.inprogress").is_empty() {
+            // Killed between closing a file and opening the next: not mid-write, try again.
+            eprintln!("attempt {attempt}: no file was being written at the kill");
+            continue;
+        }
 
         // A restart removes the in-progress leftover and leaves the published files alone.
         let sink = ParquetSink::open("warm", &ParquetSinkConfig::new(&warm)).unwrap();

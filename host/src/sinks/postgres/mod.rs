@@ -2,10 +2,12 @@
 //! README), created on first connect; a hypertable when the `timescaledb` extension is
 //! installed in the database.
 //!
-//! A batch is written in one transaction: binary COPY into a session-local staging table,
-//! then `INSERT … SELECT … ON CONFLICT (tag, time) DO NOTHING` into the table. So a batch
-//! written again (a retry after a lost commit acknowledgement, a replay after a restart)
-//! adds no rows, and `write` returning Ok means the rows are committed. A lost connection
+//! A batch is written in one transaction: binary COPY straight into the table; when that
+//! hits the (tag, time) key (the batch repeats stored rows), the transaction rolls back to a
+//! savepoint and copies the batch into a session-local staging table, then `INSERT … SELECT …
+//! ON CONFLICT (tag, time) DO NOTHING`. So a batch written again (a retry after a lost commit
+//! acknowledgement, a replay after a restart) adds no rows, and `write` returning Ok means
+//! the rows are committed. A lost connection
 //! fails the write; the next attempt reconnects (the caller retries with backoff).
 //! With `tls`, the connection is encrypted by rustls and the server certificate verified.
 
@@ -22,8 +24,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Transaction};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Sink, SinkError};
@@ -331,35 +334,46 @@ impl PostgresSink {
             rows: rows_len,
             source,
         };
-        let tx = client.transaction().await.map_err(write_err)?;
+        let mut tx = client.transaction().await.map_err(write_err)?;
         match method {
             WriteMethod::Copy => {
                 let columns = column_list();
-                let sink = tx
-                    .copy_in(&format!(
-                        "COPY {STAGING_TABLE} ({columns}) FROM STDIN (FORMAT binary)"
-                    ))
+                // Most batches are new: COPY straight into the table. A batch that repeats
+                // rows (a replay) hits the key; then, from a savepoint, it goes through the
+                // staging table and `ON CONFLICT DO NOTHING`.
+                let direct = tx
+                    .savepoint("ferrule_direct_copy")
                     .await
                     .map_err(write_err)?;
-                let types: Vec<Type> = COLUMNS.iter().map(|(_, t)| t.clone()).collect();
-                let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
-                for row in &rows {
-                    writer
-                        .as_mut()
-                        .write(&row.params())
+                let copied = copy_rows(
+                    &direct,
+                    &format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)"),
+                    &rows,
+                )
+                .await;
+                match copied {
+                    Ok(()) => direct.commit().await.map_err(write_err)?,
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                        direct.rollback().await.map_err(write_err)?;
+                        copy_rows(
+                            &tx,
+                            &format!("COPY {STAGING_TABLE} ({columns}) FROM STDIN (FORMAT binary)"),
+                            &rows,
+                        )
                         .await
                         .map_err(write_err)?;
+                        tx.execute(
+                            &format!(
+                                "INSERT INTO {table} ({columns}) SELECT {columns} \
+                                 FROM {STAGING_TABLE} ON CONFLICT (tag, time) DO NOTHING"
+                            ),
+                            &[],
+                        )
+                        .await
+                        .map_err(write_err)?;
+                    }
+                    Err(e) => return Err(write_err(e)),
                 }
-                writer.as_mut().finish().await.map_err(write_err)?;
-                tx.execute(
-                    &format!(
-                        "INSERT INTO {table} ({columns}) SELECT {columns} FROM {STAGING_TABLE} \
-                             ON CONFLICT (tag, time) DO NOTHING"
-                    ),
-                    &[],
-                )
-                .await
-                .map_err(write_err)?;
             }
             WriteMethod::Insert => {
                 let full = tx
@@ -382,6 +396,22 @@ impl PostgresSink {
         tx.commit().await.map_err(write_err)?;
         Ok(())
     }
+}
+
+/// Binary COPY of `rows` by `copy_sql` (`COPY … FROM STDIN (FORMAT binary)`).
+async fn copy_rows(
+    tx: &Transaction<'_>,
+    copy_sql: &str,
+    rows: &[Row<'_>],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(copy_sql).await?;
+    let types: Vec<Type> = COLUMNS.iter().map(|(_, t)| t.clone()).collect();
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+    for row in rows {
+        writer.as_mut().write(&row.params()).await?;
+    }
+    writer.as_mut().finish().await?;
+    Ok(())
 }
 
 /// `e` and the errors that caused it, each once (tokio-postgres keeps the server's message
