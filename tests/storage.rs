@@ -680,3 +680,23 @@ async fn postgres_tls_verifies_the_server_certificate() {
     plain.tls = false;
     assert_eq!(plain.validate().unwrap_err().0, "connection");
 }
+
+/// A file that reaches `max_file_age_s` is published at the next flush (the sink gets one
+/// whenever its queue runs empty), even with no new samples.
+#[tokio::test]
+async fn parquet_file_closes_on_age_at_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let tags = tag_table(10);
+    let mut config = ParquetSinkConfig::new(dir.path());
+    config.max_file_age_s = 1;
+    let mut sink = ParquetSink::open("aged", &config).unwrap();
+    sink.write(&batch(0, 300, &tags)).await.unwrap();
+    sink.flush().await.unwrap();
+    assert!(sink.published().is_empty(), "published before its age");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sink.flush().await.unwrap();
+    assert_eq!(sink.published().len(), 1, "not published at its age");
+    assert!(files_named(dir.path(), ".parquet.inprogress").is_empty());
+    let read = read_back(dir.path());
+    assert_rows_are_samples(&all_rows(&read), 300, &tags, true);
+}

@@ -53,6 +53,17 @@ message ferrule_samples {
 }
 ";
 
+/// How many published file names (and uploaded keys) a sink remembers.
+pub const RECENT_FILES: usize = 10_000;
+
+/// Appends `item`, dropping the oldest beyond `RECENT_FILES` (a gateway runs for months).
+fn push_recent<T>(list: &mut Vec<T>, item: T) {
+    if list.len() >= RECENT_FILES {
+        list.drain(..list.len() + 1 - RECENT_FILES);
+    }
+    list.push(item);
+}
+
 /// Suffix of files still being written.
 const IN_PROGRESS_SUFFIX: &str = ".parquet.inprogress";
 
@@ -171,7 +182,7 @@ pub struct ParquetSink {
     tag_columns: Vec<Option<TagColumns>>,
     tag_columns_of: usize,
     quality_words: QualityWords,
-    /// Files published so far (for tests and the progress line).
+    /// The last files published (at most `RECENT_FILES`), oldest first.
     published: Vec<PathBuf>,
     /// Uploads published files when an object store is configured.
     uploader: Option<Uploader>,
@@ -258,7 +269,7 @@ impl ParquetSink {
         }
     }
 
-    /// Final paths of the files this sink has published, in order.
+    /// Final paths of the files this sink has published, in order (the last `RECENT_FILES`).
     pub fn published(&self) -> &[PathBuf] {
         &self.published
     }
@@ -480,7 +491,7 @@ impl ParquetSink {
                 if let Some(u) = self.uploader.as_mut() {
                     u.add(path.clone());
                 }
-                self.published.push(path);
+                push_recent(&mut self.published, path);
                 Ok(())
             }
             Err(e) => {
@@ -666,6 +677,14 @@ impl Sink for ParquetSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembers_only_the_recent_files() {
+        let mut list: Vec<usize> = (0..RECENT_FILES).collect();
+        push_recent(&mut list, RECENT_FILES);
+        assert_eq!(list.len(), RECENT_FILES);
+        assert_eq!((list[0], *list.last().unwrap()), (1, RECENT_FILES));
+    }
 
     #[test]
     fn partitions_by_utc_hour() {

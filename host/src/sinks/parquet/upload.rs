@@ -172,7 +172,7 @@ impl Uploader {
         &self.pending
     }
 
-    /// Keys uploaded by this uploader, in order.
+    /// Keys uploaded by this uploader, in order (the last `RECENT_FILES`).
     pub fn uploaded(&self) -> &[String] {
         &self.uploaded
     }
@@ -206,7 +206,7 @@ impl Uploader {
             match self.upload(&path).await {
                 Ok(key) => {
                     self.pending.remove(0);
-                    self.uploaded.push(key);
+                    super::push_recent(&mut self.uploaded, key);
                     self.next_attempt = None;
                     self.backoff = FIRST_BACKOFF;
                 }
