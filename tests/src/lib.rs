@@ -309,3 +309,327 @@ pub mod mqtt {
         }
     }
 }
+
+/// Storage sink test support: deterministic sample batches with every kind of value, the
+/// rows they must become, and throw-away PostgreSQL databases.
+pub mod storage {
+    use std::sync::Arc;
+
+    use ferrule::model::{DataType, Extra, ExtraValue, Quality, SampleBatch};
+    use ferrule::pipeline::{OutputBatch, ResolvedTag, TagTable};
+
+    /// Source time of generated sample 0: 2023-11-14T22:13:20Z (a µs multiple, so
+    /// PostgreSQL keeps it exactly).
+    pub const START_NS: u64 = 1_700_000_000_000_000_000;
+    /// Generated samples are this far apart.
+    pub const STEP_NS: u64 = 1_000_000;
+
+    /// `n` tags; every third has no metadata, the others carry an asset id with quotes.
+    pub fn tag_table(n: u32) -> Arc<TagTable> {
+        Arc::new(
+            (0..n)
+                .map(|i| {
+                    Some(Arc::new(ResolvedTag {
+                        id: i,
+                        source: "plant".into(),
+                        vendor_path: format!("Site1.Line1.Dev{i}.Value"),
+                        path: format!("plant/site1/area1/line1/dev{i}/value"),
+                        unit: if i % 2 == 0 {
+                            "kPa".into()
+                        } else {
+                            "°C".into()
+                        },
+                        data_type: DataType::Float64,
+                        metadata: if i % 3 == 0 {
+                            vec![]
+                        } else {
+                            vec![
+                                ("asset_id".into(), format!("A-\"{i}\"")),
+                                ("line".into(), "L1".into()),
+                            ]
+                        },
+                    }))
+                })
+                .collect(),
+        )
+    }
+
+    /// Generated sample `n` (global index): (tag id, value, quality, time, extra).
+    pub fn sample(n: u64, tags: u32) -> (u32, f64, u32, u64, Option<ExtraValue>) {
+        let tag = (n % tags as u64) as u32;
+        let time = START_NS + n * STEP_NS;
+        let quality = match n % 10 {
+            3 => Quality::UNCERTAIN.0 | 0x00A4_0000,
+            7 => 0x8031_0000,
+            _ => Quality::GOOD.0,
+        };
+        let (value, extra) = match n % 17 {
+            5 => (f64::NAN, Some(ExtraValue::Text(format!("state \"{n}\" ✓")))),
+            9 => (
+                -9.223_372_036_854_776e18,
+                Some(ExtraValue::Signed(i64::MIN + n as i64)),
+            ),
+            11 => (
+                1.844_674_407_370_955_2e19,
+                Some(ExtraValue::Unsigned(u64::MAX - n)),
+            ),
+            13 => (f64::NAN, None),
+            _ => ((n as f64) * 0.25 - 1000.0, None),
+        };
+        (tag, value, quality, time, extra)
+    }
+
+    /// Samples `first..first + rows` as one batch.
+    pub fn batch(first: u64, rows: usize, tags: &Arc<TagTable>) -> OutputBatch {
+        let mut samples = SampleBatch::with_capacity(rows);
+        for (i, n) in (first..first + rows as u64).enumerate() {
+            let (tag, value, quality, time, extra) = sample(n, tags.len() as u32);
+            samples.push(tag, value, Quality(quality), time);
+            if let Some(value) = extra {
+                samples.extras.push(Extra {
+                    index: i as u32,
+                    value,
+                });
+            }
+        }
+        OutputBatch {
+            samples,
+            tags: tags.clone(),
+        }
+    }
+
+    /// A row of the PostgreSQL table or a Parquet file, as the documented schema defines it.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Row {
+        pub time_ns: u64,
+        pub tag: String,
+        /// None for text samples; NaN compared as equal to NaN (see `same`).
+        pub value_double: Option<f64>,
+        pub value_int: Option<i128>,
+        pub value_text: Option<String>,
+        pub unit: String,
+        pub quality: String,
+        pub status: i64,
+        pub metadata: Option<serde_json::Value>,
+    }
+
+    impl Row {
+        /// Equal, NaN equal to NaN.
+        pub fn same(&self, other: &Row) -> bool {
+            let doubles = match (self.value_double, other.value_double) {
+                (Some(a), Some(b)) => a == b || (a.is_nan() && b.is_nan()),
+                (a, b) => a == b,
+            };
+            doubles
+                && Row {
+                    value_double: None,
+                    ..self.clone()
+                } == Row {
+                    value_double: None,
+                    ..other.clone()
+                }
+        }
+    }
+
+    /// The row generated sample `n` must become, written by hand from the schema.
+    pub fn expected_row(n: u64, tags: &TagTable, with_metadata: bool) -> Row {
+        let (tag_id, value, quality, time, extra) = sample(n, tags.len() as u32);
+        let tag = tags[tag_id as usize].as_ref().unwrap();
+        let metadata = (with_metadata && !tag.metadata.is_empty()).then(|| {
+            serde_json::Value::Object(
+                tag.metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect(),
+            )
+        });
+        let (value_double, value_int, value_text) = match extra {
+            Some(ExtraValue::Text(t)) => (None, None, Some(t)),
+            Some(ExtraValue::Signed(v)) => (Some(value), Some(v as i128), None),
+            Some(ExtraValue::Unsigned(v)) => (Some(value), Some(v as i128), None),
+            None => (Some(value), None, None),
+        };
+        Row {
+            time_ns: time,
+            tag: tag.path.clone(),
+            value_double,
+            value_int,
+            value_text,
+            unit: tag.unit.clone(),
+            quality: match quality >> 30 {
+                0 => "good",
+                1 => "uncertain",
+                _ => "bad",
+            }
+            .into(),
+            status: quality as i64,
+            metadata,
+        }
+    }
+
+    /// Asserts `got` holds exactly the rows of samples `0..count`, each once (any order).
+    pub fn assert_rows_are_samples(got: &[Row], count: u64, tags: &TagTable, with_metadata: bool) {
+        assert_rows_are(got, 0..count, tags, with_metadata)
+    }
+
+    /// Asserts `got` holds exactly the rows of the samples numbered in `expected`, each once.
+    pub fn assert_rows_are(
+        got: &[Row],
+        expected: impl IntoIterator<Item = u64>,
+        tags: &TagTable,
+        with_metadata: bool,
+    ) {
+        let mut seen: std::collections::BTreeMap<u64, bool> =
+            expected.into_iter().map(|n| (n, false)).collect();
+        for row in got {
+            assert!(
+                row.time_ns >= START_NS && (row.time_ns - START_NS).is_multiple_of(STEP_NS),
+                "row with a time no sample has: {row:?}"
+            );
+            let n = (row.time_ns - START_NS) / STEP_NS;
+            let slot = seen
+                .get_mut(&n)
+                .unwrap_or_else(|| panic!("row of sample {n}, which was not written: {row:?}"));
+            assert!(!*slot, "sample {n} stored twice: {row:?}");
+            *slot = true;
+            let want = expected_row(n, tags, with_metadata);
+            assert!(
+                row.same(&want),
+                "sample {n}:\n got  {row:?}\n want {want:?}"
+            );
+        }
+        let missing: Vec<u64> = seen.iter().filter(|(_, s)| !**s).map(|(n, _)| *n).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} samples missing, first: {:?}",
+            missing.len(),
+            seen.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+
+    /// The machine's PostgreSQL (trust auth, user `postgres`).
+    pub const PG_SERVER: &str = "host=127.0.0.1 port=5432 user=postgres";
+
+    /// A database made for one test and dropped (connections forced out) when dropped.
+    pub struct TestDatabase {
+        pub name: String,
+    }
+
+    impl TestDatabase {
+        pub async fn create(purpose: &str) -> TestDatabase {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let name = format!("ferrule_test_{purpose}_{}_{nanos}", std::process::id());
+            let admin = admin().await;
+            admin
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .await
+                .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+            TestDatabase { name }
+        }
+
+        /// Connection string of this database.
+        pub fn connection(&self) -> String {
+            format!("{PG_SERVER} dbname={}", self.name)
+        }
+
+        pub async fn client(&self) -> tokio_postgres::Client {
+            let (client, conn) = tokio_postgres::connect(&self.connection(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+        }
+
+        /// Terminates every other backend connected to database `name`; returns the
+        /// application names of those terminated.
+        pub async fn terminate_backends(name: &str) -> Vec<String> {
+            admin()
+                .await
+                .query(
+                    "SELECT application_name, pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        }
+
+        /// Every row of `table`.
+        pub async fn rows(&self, table: &str) -> Vec<Row> {
+            let client = self.client().await;
+            client
+                .query(
+                    &format!(
+                        "SELECT (extract(epoch FROM time) * 1000000)::int8, tag, value_double, \
+                         value_int::text, value_text, unit, quality, status, metadata::text \
+                         FROM {table}"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| Row {
+                    time_ns: r.get::<_, i64>(0) as u64 * 1000,
+                    tag: r.get(1),
+                    value_double: r.get(2),
+                    value_int: r.get::<_, Option<String>>(3).map(|v| v.parse().unwrap()),
+                    value_text: r.get(4),
+                    unit: r.get(5),
+                    quality: r.get(6),
+                    status: r.get(7),
+                    metadata: r
+                        .get::<_, Option<String>>(8)
+                        .map(|m| serde_json::from_str(&m).unwrap()),
+                })
+                .collect()
+        }
+
+        pub async fn count(&self, table: &str) -> i64 {
+            self.client()
+                .await
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap()
+                .get(0)
+        }
+    }
+
+    async fn admin() -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("{PG_SERVER} dbname=postgres"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at 127.0.0.1:5432 (run scripts/peers): {e}"));
+        tokio::spawn(conn);
+        client
+    }
+
+    impl Drop for TestDatabase {
+        fn drop(&mut self) {
+            let name = self.name.clone();
+            // Own thread and runtime: drop may run inside (or outside) a runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let _ = admin()
+                        .await
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                });
+            })
+            .join();
+        }
+    }
+}

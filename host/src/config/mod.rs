@@ -207,6 +207,12 @@ impl HostConfig {
                         .get_or_insert_with(|| PathBuf::from(format!("data/buffer/{name}.redb")));
                     fix(p)
                 }
+                SinkConfig::Parquet(p) => fix(&mut p.directory),
+                SinkConfig::Postgres(p) => {
+                    if let Some(f) = p.ca_file.as_mut() {
+                        fix(f)
+                    }
+                }
             }
         }
         match self.dead_letter.as_mut() {

@@ -5,6 +5,8 @@
 
 pub mod file;
 pub mod mqtt;
+pub mod parquet;
+pub mod postgres;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +27,10 @@ pub enum SinkConfig {
     File(file::FileSinkConfig),
     /// MQTT 5 broker, through a durable store-and-forward buffer.
     Mqtt(Box<mqtt::MqttSinkConfig>),
+    /// Rows in a PostgreSQL / TimescaleDB table (binary COPY, idempotent).
+    Postgres(postgres::PostgresSinkConfig),
+    /// Rolling Parquet files partitioned by hour, in a directory or an object store.
+    Parquet(parquet::ParquetSinkConfig),
 }
 
 /// `[dead_letter]`, by `type`.
@@ -101,14 +107,30 @@ impl SinkConfig {
         match self {
             SinkConfig::File(c) => c.validate(),
             SinkConfig::Mqtt(c) => c.validate(),
+            SinkConfig::Postgres(c) => c.validate(),
+            SinkConfig::Parquet(c) => c.validate(),
+        }
+    }
+
+    /// Opens a sink that writes batch by batch (`Sink`); the MQTT sink is not one (it owns a
+    /// buffer and a forwarder: see `start`).
+    pub fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkError> {
+        match self {
+            SinkConfig::File(c) => Ok(Box::new(file::FileSink::open(name, c)?)),
+            SinkConfig::Postgres(c) => Ok(Box::new(postgres::PostgresSink::open(name, c)?)),
+            SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::open(name, c)?)),
+            SinkConfig::Mqtt(_) => Err(SinkError::Io {
+                sink: name.into(),
+                message: "the MQTT sink runs through its buffer; start it with `start`".into(),
+            }),
         }
     }
 
     /// Opens the sink (errors here refuse the start) and spawns its task.
     pub fn start(&self, ctx: SinkContext) -> Result<RunningSink, SinkError> {
         match self {
-            SinkConfig::File(c) => {
-                let sink = Box::new(file::FileSink::open(&ctx.name, c)?);
+            SinkConfig::File(_) | SinkConfig::Postgres(_) | SinkConfig::Parquet(_) => {
+                let sink = self.build(&ctx.name)?;
                 Ok(RunningSink {
                     task: tokio::spawn(run_sink(ctx.name, sink, ctx.queue, ctx.written)),
                     buffer: None,
