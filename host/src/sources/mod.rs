@@ -3,6 +3,7 @@
 //! Sources are registered by their config `type`; protocol sources (Modbus, OPC UA, MQTT)
 //! plug in beside the simulator.
 
+pub mod modbus;
 pub mod simulator;
 
 use std::sync::atomic::AtomicU64;
@@ -19,6 +20,8 @@ use crate::model::{SampleBatch, TagRegistry};
 pub enum SourceConfig {
     /// The built-in simulated plant.
     Simulator(simulator::SimulatorConfig),
+    /// Modbus TCP devices (and optionally an in-process Modbus simulator server).
+    Modbus(modbus::ModbusConfig),
 }
 
 /// What a running source gets from the pipeline.
@@ -43,6 +46,7 @@ impl SourceConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             SourceConfig::Simulator(c) => c.validate(),
+            SourceConfig::Modbus(c) => c.validate(),
         }
     }
 
@@ -50,6 +54,7 @@ impl SourceConfig {
     pub async fn run(self, ctx: SourceContext) -> Result<(), SourceError> {
         match self {
             SourceConfig::Simulator(c) => simulator::run(c, ctx).await,
+            SourceConfig::Modbus(c) => modbus::run(c, ctx).await,
         }
     }
 }
