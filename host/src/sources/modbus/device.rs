@@ -2,6 +2,7 @@
 //! timeout, reconnects with backoff and jitter, and samples with honest quality (a failed
 //! read gives its tags NaN and a bad status, never the last good value).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,8 +61,8 @@ struct Connection {
     next_attempt: Instant,
     backoff: Duration,
     rng: u64,
-    /// Logged state per block (None: good), so each change is logged once.
-    block_state: Vec<Vec<Option<u32>>>,
+    /// Logged state per read (None: good), so each change is logged once.
+    block_state: HashMap<(Table, u16, u16), Option<u32>>,
     connected_logged: Option<bool>,
 }
 
@@ -91,11 +92,7 @@ impl Device {
             next_attempt: start,
             backoff: Duration::from_millis(self.config.reconnect_min_ms),
             rng: now_ns() ^ (self.config.port as u64) << 17 ^ 0x9E37_79B9_7F4A_7C15,
-            block_state: self
-                .groups
-                .iter()
-                .map(|g| vec![None; g.blocks.len()])
-                .collect(),
+            block_state: HashMap::new(),
             connected_logged: None,
         };
         loop {
@@ -164,8 +161,7 @@ impl Device {
         conn.last_failure = failure;
     }
 
-    async fn poll_group(&self, g: usize, conn: &mut Connection, label: &str) -> SampleBatch {
-        let group = &self.groups[g];
+    async fn poll_group(&mut self, g: usize, conn: &mut Connection, label: &str) -> SampleBatch {
         if conn.context.is_none() && Instant::now() >= conn.next_attempt {
             match self.connect().await {
                 Ok(ctx) => {
@@ -185,57 +181,120 @@ impl Device {
                 }
             }
         }
-        let count: usize = group.blocks.iter().map(|b| b.tags.len()).sum();
+        let blocks = std::mem::take(&mut self.groups[g].blocks);
+        let count: usize = blocks.iter().map(|b| b.tags.len()).sum();
         let mut batch = SampleBatch::with_capacity(count);
-        for (b, block) in group.blocks.iter().enumerate() {
-            let result = match conn.context.as_mut() {
-                None => BlockResult::Failed(status::not_connected(&conn.last_failure)),
-                Some(ctx) => {
-                    let r = self.read(ctx, block).await;
-                    if let Err(f) = &r {
-                        // Transport trouble: drop the connection; the rest of the group is
-                        // reported as not connected until a reconnect succeeds.
-                        if conn.connected_logged != Some(false) {
-                            tracing::warn!("{label}: {f}; reconnecting with backoff");
-                            conn.connected_logged = Some(false);
-                        }
-                        self.schedule_reconnect(conn, f.clone());
-                    }
-                    match r {
-                        Ok(r) => r,
-                        Err(f) => BlockResult::Failed(f),
-                    }
+        let mut kept = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            let result = self.read_block(&block, conn, label).await;
+            let refused_address = matches!(&result,
+                BlockResult::Failed(f) if f.code == status::codes::BAD_NODE_ID_UNKNOWN);
+            let parts = self.split(&block);
+            if refused_address && parts.len() > 1 {
+                // The device refuses a read spanning several tags: one of them (or a gap)
+                // is not in its map. Read each tag on its own from now on, so only the
+                // unmapped ones go bad.
+                tracing::warn!(
+                    "{label}: read of {} refused as an illegal data address; reading its {} tags one by one",
+                    block.describe(),
+                    parts.len()
+                );
+                for part in parts {
+                    let result = self.read_block(&part, conn, label).await;
+                    self.log_change(&part, &result, conn, label);
+                    self.push_block(&mut batch, &part, result, now_ns());
+                    kept.push(part);
                 }
-            };
-            let ts = now_ns();
-            let state = match &result {
-                BlockResult::Failed(f) => Some(f.code),
-                _ => None,
-            };
-            if conn.block_state[g][b] != state {
-                match &result {
-                    BlockResult::Failed(f) => {
-                        let tags: Vec<&str> = block
-                            .tags
-                            .iter()
-                            .map(|(t, _)| self.tags[*t].name.as_str())
-                            .collect();
-                        tracing::warn!(
-                            "{label}: read of {} failed: {f}; tags {} have bad quality",
-                            block.describe(),
-                            tags.join(", ")
-                        );
-                    }
-                    _ if conn.block_state[g][b].is_some() => {
-                        tracing::info!("{label}: read of {} recovered", block.describe());
-                    }
-                    _ => {}
-                }
-                conn.block_state[g][b] = state;
+            } else {
+                self.log_change(&block, &result, conn, label);
+                self.push_block(&mut batch, &block, result, now_ns());
+                kept.push(block);
             }
-            self.push_block(&mut batch, block, result, ts);
         }
+        self.groups[g].blocks = kept;
         batch
+    }
+
+    /// The block as one read per distinct address range (bits of one register stay together).
+    fn split(&self, block: &ReadBlock) -> Vec<ReadBlock> {
+        let mut parts: Vec<ReadBlock> = Vec::new();
+        for &(t, offset) in &block.tags {
+            let start = block.start + offset;
+            let count = self.tags[t].span;
+            match parts
+                .iter_mut()
+                .find(|p| p.start == start && p.count == count)
+            {
+                Some(p) => p.tags.push((t, 0)),
+                None => parts.push(ReadBlock {
+                    table: block.table,
+                    start,
+                    count,
+                    tags: vec![(t, 0)],
+                }),
+            }
+        }
+        parts
+    }
+
+    /// Reads `block`, or reports it not connected; a transport failure drops the connection.
+    async fn read_block(
+        &self,
+        block: &ReadBlock,
+        conn: &mut Connection,
+        label: &str,
+    ) -> BlockResult {
+        let Some(ctx) = conn.context.as_mut() else {
+            return BlockResult::Failed(status::not_connected(&conn.last_failure));
+        };
+        match self.read(ctx, block).await {
+            Ok(r) => r,
+            Err(f) => {
+                // Transport trouble: the rest of the group is reported as not connected
+                // until a reconnect succeeds.
+                if conn.connected_logged != Some(false) {
+                    tracing::warn!("{label}: {f}; reconnecting with backoff");
+                    conn.connected_logged = Some(false);
+                }
+                self.schedule_reconnect(conn, f.clone());
+                BlockResult::Failed(f)
+            }
+        }
+    }
+
+    /// Logs a block going bad (with the reason and its tags) or recovering, once per change.
+    fn log_change(
+        &self,
+        block: &ReadBlock,
+        result: &BlockResult,
+        conn: &mut Connection,
+        label: &str,
+    ) {
+        let state = match result {
+            BlockResult::Failed(f) => Some(f.code),
+            _ => None,
+        };
+        let key = (block.table, block.start, block.count);
+        let before = conn.block_state.get(&key).copied();
+        if before == Some(state) || (before.is_none() && state.is_none()) {
+            return;
+        }
+        match result {
+            BlockResult::Failed(f) => {
+                let tags: Vec<&str> = block
+                    .tags
+                    .iter()
+                    .map(|(t, _)| self.tags[*t].name.as_str())
+                    .collect();
+                tracing::warn!(
+                    "{label}: read of {} failed: {f}; tags {} have bad quality",
+                    block.describe(),
+                    tags.join(", ")
+                );
+            }
+            _ => tracing::info!("{label}: read of {} recovered", block.describe()),
+        }
+        conn.block_state.insert(key, state);
     }
 
     /// One read; `Err` is a transport failure (the connection is no longer usable), while
