@@ -619,3 +619,43 @@ path = "samples.jsonl"
     );
     assert!(e[0].message.contains("fast"), "{e:?}");
 }
+
+/// The embedded default's Modbus section (examples/plant.toml), on a free port, through the
+/// reference plugin chain: the served plant tags come out normalized, in target units, good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_plant_reads_its_modbus_simulator_through_the_reference_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = std::fs::read_to_string(repo_root().join("examples/plant.toml")).unwrap();
+    let section = &plant[plant.find("[sources.plc]").unwrap()..plant.find("[[stages]]").unwrap()];
+    assert!(
+        section.contains("listen = \"127.0.0.1:15020\""),
+        "{section}"
+    );
+    let section = section.replace("127.0.0.1:15020", &format!("127.0.0.1:{}", free_port()));
+    let sources = format!(
+        "[reference_data.assets]\npath = \"{}\"\n{section}\n{}",
+        repo_root().join("examples/assets.csv").display(),
+        ferrule_tests::reference_stages_toml()
+    );
+    let running = start(dir.path(), &sources).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let samples = stop(running, dir.path()).await;
+    let tags = by_tag(&samples);
+    // The validator may dead-letter a sample (spike, NaN), never a tag for the whole run.
+    assert_eq!(tags.len(), 2000, "tags seen");
+    let pressure: Vec<&Value> = samples
+        .iter()
+        .filter(|s| s["path"].as_str().unwrap().ends_with("/pressure"))
+        .collect();
+    assert!(pressure.len() >= 300, "{} pressure samples", pressure.len());
+    for p in &pressure {
+        assert!(
+            p["path"].as_str().unwrap().starts_with("plant/site1/"),
+            "{p}"
+        );
+        assert_eq!(p["unit"], "kPa", "{p}");
+        assert_eq!(p["quality"], "good", "{p}");
+        let v = p["value"].as_f64().unwrap();
+        assert!((300.0..=900.0).contains(&v), "{p}");
+    }
+}
