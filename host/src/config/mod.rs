@@ -183,6 +183,11 @@ impl HostConfig {
         for s in &mut self.stages {
             fix(&mut s.plugin);
         }
+        for s in self.sources.values_mut() {
+            if let SourceConfig::Opcua(o) = s {
+                fix(&mut o.pki_dir);
+            }
+        }
         for s in self.sinks.values_mut() {
             match s {
                 SinkConfig::File(f) => fix(&mut f.path),

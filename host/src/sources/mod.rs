@@ -4,6 +4,7 @@
 //! plug in beside the simulator.
 
 pub mod modbus;
+pub mod opcua;
 pub mod simulator;
 
 use std::sync::atomic::AtomicU64;
@@ -22,6 +23,8 @@ pub enum SourceConfig {
     Simulator(simulator::SimulatorConfig),
     /// Modbus TCP devices (and optionally an in-process Modbus simulator server).
     Modbus(modbus::ModbusConfig),
+    /// An OPC UA server (subscriptions, or polled reads per node).
+    Opcua(opcua::OpcUaConfig),
 }
 
 /// What a running source gets from the pipeline.
@@ -47,6 +50,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulator(c) => c.validate(),
             SourceConfig::Modbus(c) => c.validate(),
+            SourceConfig::Opcua(c) => c.validate(),
         }
     }
 
@@ -55,6 +59,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulator(c) => simulator::run(c, ctx).await,
             SourceConfig::Modbus(c) => modbus::run(c, ctx).await,
+            SourceConfig::Opcua(c) => opcua::run(c, ctx).await,
         }
     }
 }

