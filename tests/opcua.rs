@@ -240,3 +240,76 @@ path = "samples.jsonl"
     let e = HostConfig::from_text(&text, dir.path()).unwrap_err();
     assert_eq!(e[0].key, "sources.dcs.nodes[0].node_id", "{e:?}");
 }
+
+/// Files in `dir` (none when it does not exist).
+fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic256sha256_sign_and_encrypt_with_a_user_after_the_operator_trusts_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server_pki = dir.path().join("server-pki");
+    let _server = asyncua(port, &["--pki", server_pki.to_str().unwrap()]);
+    let secure = |name: &str, mode: &str, password: &str| {
+        format!(
+            "[sources.{name}]\ntype = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{port}/ferrule/\"\n\
+             security_policy = \"Basic256Sha256\"\nsecurity_mode = \"{mode}\"\n\
+             username = \"operator\"\npassword = \"{password}\"\npki_dir = \"pki-{name}\"\n\
+             publishing_interval_ms = 100\nreconnect_min_ms = 200\nreconnect_max_ms = 400\n\
+             [[sources.{name}.nodes]]\ntag = \"{name}.counter\"\nnode_id = \"nsu=urn:ferrule:test;s=Counter\"\n"
+        )
+    };
+    let config = [
+        secure("enc", "SignAndEncrypt", "secret"),
+        secure("sign", "Sign", "secret"),
+        secure("wrongpw", "SignAndEncrypt", "guess"),
+    ]
+    .join("\n");
+    let running = start(dir.path(), &config).await;
+    // Unknown server certificate: refused, and put in `rejected/` for the operator.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for name in ["enc", "sign", "wrongpw"] {
+        let rejected = dir.path().join(format!("pki-{name}/rejected"));
+        while files_in(&rejected).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: server certificate never rejected"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let trusted_at = now_ns();
+    // The operator trusts it: moves it to `trusted/`. The source picks it up on its own.
+    for name in ["enc", "sign", "wrongpw"] {
+        let pki = dir.path().join(format!("pki-{name}"));
+        std::fs::create_dir_all(pki.join("trusted")).unwrap();
+        for f in files_in(&pki.join("rejected")) {
+            std::fs::rename(&f, pki.join("trusted").join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let samples = stop(running, dir.path()).await;
+    let tags = by_tag(&samples);
+    for name in ["enc", "sign"] {
+        let got = &tags[&format!("{name}.counter")];
+        let (before, after): (Vec<&Value>, Vec<&Value>) = got
+            .iter()
+            .partition(|s| s["ts_ns"].as_u64().unwrap() < trusted_at);
+        assert!(
+            before.iter().all(|s| status(s) == BAD_NO_COMMUNICATION),
+            "{name}: good before the server was trusted"
+        );
+        let good = after.iter().filter(|s| status(s) == 0).count();
+        assert!(good >= 5, "{name}: {good} good samples once trusted");
+    }
+    let wrong = &tags["wrongpw.counter"];
+    assert!(!wrong.is_empty());
+    assert!(
+        wrong.iter().all(|s| s["quality"] == "bad"),
+        "a wrong password must not give data"
+    );
+}

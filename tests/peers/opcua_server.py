@@ -56,6 +56,8 @@ async def main():
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/ferrule/")
     server.set_server_name("Ferrule test peer")
     if pki:
+        # The application URI must match the one in the certificate.
+        await server.set_application_uri("urn:ferrule:test:server")
         from asyncua.crypto.cert_gen import setup_self_signed_certificate
         from asyncua.crypto.truststore import TrustStore  # noqa: F401
         from cryptography.x509.oid import ExtendedKeyUsageOID
