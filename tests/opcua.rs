@@ -313,3 +313,97 @@ async fn basic256sha256_sign_and_encrypt_with_a_user_after_the_operator_trusts_t
         "a wrong password must not give data"
     );
 }
+
+/// A TCP relay to `upstream` that can be frozen: it then holds every byte (a server that is
+/// silent without closing the connection, as behind a dead network link).
+async fn freezable_relay(upstream: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let frozen = std::sync::Arc::new(AtomicBool::new(false));
+    let f = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut r, mut w) in [
+                (
+                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                ),
+                (Box::new(sr) as _, Box::new(cw) as _),
+            ] {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        while f.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (port, frozen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_is_noticed_by_the_keep_alive_and_the_session_recreated() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = asyncua(port, &[]);
+    let (relay, frozen) = freezable_relay(port).await;
+    let source = format!(
+        "[sources.dcs]\ntype = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{relay}/ferrule/\"\npki_dir = \"pki\"\n\
+         publishing_interval_ms = 100\nkeep_alive_ms = 500\nreconnect_min_ms = 200\nreconnect_max_ms = 400\n{}",
+        node("counter", "ns=2;s=Counter", "")
+    );
+    let running = start(dir.path(), &source).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let frozen_at = now_ns();
+    frozen.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    let thawed_at = now_ns();
+    frozen.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(6000)).await;
+    let samples = stop(running, dir.path()).await;
+    let mut got = by_tag(&samples).remove("counter").unwrap();
+    got.sort_by_key(|s| s["ts_ns"].as_u64().unwrap());
+    let in_window = |from: u64, to: u64| -> Vec<&Value> {
+        got.iter()
+            .filter(|s| (from..to).contains(&s["ts_ns"].as_u64().unwrap()))
+            .collect()
+    };
+    let before = in_window(0, frozen_at);
+    assert!(before.iter().filter(|s| status(s) == 0).count() >= 5);
+    // Within ~2 s of going silent the gap shows as bad quality.
+    let gap = in_window(frozen_at + 2_500_000_000, thawed_at);
+    assert!(
+        gap.len() >= 3,
+        "silence not noticed: {} samples in the gap",
+        gap.len()
+    );
+    assert!(
+        gap.iter().all(|s| status(s) == BAD_NO_COMMUNICATION),
+        "{gap:?}"
+    );
+    let after = in_window(thawed_at, u64::MAX);
+    let good = after.iter().filter(|s| status(s) == 0).count();
+    assert!(
+        good >= 5,
+        "no new session after the link came back: {good} good samples"
+    );
+}

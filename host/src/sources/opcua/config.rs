@@ -36,6 +36,10 @@ pub struct OpcUaConfig {
     /// Which timestamp samples carry: `source` (the device's, the default) or `server`.
     #[serde(default)]
     pub timestamps: TimestampChoice,
+    /// With no data for this long, the server is asked for its time; two unanswered asks in
+    /// a row end the session (data notifications count as proof of life). In ms.
+    #[serde(default = "default_keep_alive_ms")]
+    pub keep_alive_ms: u64,
     /// Wait between reconnect attempts, in ms (doubles up to `reconnect_max_ms`).
     #[serde(default = "default_reconnect_min_ms")]
     pub reconnect_min_ms: u64,
@@ -111,6 +115,9 @@ fn default_pki_dir() -> PathBuf {
 fn default_publishing_ms() -> u64 {
     1000
 }
+fn default_keep_alive_ms() -> u64 {
+    5000
+}
 fn default_queue_size() -> u32 {
     10
 }
@@ -142,6 +149,9 @@ impl OpcUaConfig {
         }
         if self.publishing_interval_ms == 0 {
             return err("publishing_interval_ms".into(), "must be at least 1".into());
+        }
+        if self.keep_alive_ms < 100 {
+            return err("keep_alive_ms".into(), "must be at least 100".into());
         }
         if self.reconnect_min_ms == 0 || self.reconnect_max_ms < self.reconnect_min_ms {
             return err(

@@ -22,7 +22,7 @@ use opcua::types::{
     MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
     ReadValueId, StatusCode, TimestampsToReturn, UserTokenPolicy, VariableId, Variant,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{SourceContext, SourceError};
 use crate::model::{DataType, Extra, Quality, SampleBatch, TagDescriptor, TagId};
@@ -57,6 +57,8 @@ struct Runner {
     logged: HashMap<usize, String>,
     /// The connection is down and that was logged.
     down: bool,
+    /// Tells the gap filler whether the connection is down.
+    gap: Option<watch::Sender<bool>>,
 }
 
 pub async fn run(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceError> {
@@ -89,6 +91,7 @@ pub async fn run(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceError> 
         ctx,
         logged: HashMap::new(),
         down: false,
+        gap: None,
     };
     runner.run().await
 }
@@ -135,13 +138,23 @@ impl Runner {
         let min = Duration::from_millis(self.config.reconnect_min_ms);
         let max = Duration::from_millis(self.config.reconnect_max_ms);
         let mut backoff = min;
-        loop {
+        let (gap, gap_rx) = watch::channel(false);
+        let filler = tokio::spawn(fill_gap(
+            self.tags.iter().map(|t| t.id).collect(),
+            Duration::from_millis(self.config.publishing_interval_ms),
+            gap_rx,
+            self.ctx.out.clone(),
+            self.ctx.produced.clone(),
+            self.ctx.shutdown.clone(),
+        ));
+        self.gap = Some(gap);
+        let result = loop {
             if *self.ctx.shutdown.borrow() {
-                return Ok(());
+                break Ok(());
             }
             match self.session(&mut client).await {
-                Ended::Shutdown => return Ok(()),
-                Ended::PipelineClosed => return Err(self.fail("pipeline stopped".into())),
+                Ended::Shutdown => break Ok(()),
+                Ended::PipelineClosed => break Err(self.fail("pipeline stopped".into())),
                 Ended::Lost(reason) => {
                     if self.down {
                         backoff = (backoff * 2).min(max);
@@ -150,38 +163,27 @@ impl Runner {
                             "{}: {reason}; all tags bad (BadNoCommunication) until reconnected",
                             self.label()
                         );
-                        self.down = true;
+                        self.set_down(true);
                         backoff = min;
                     }
                 }
             }
-            // The gap: every tag bad at the publishing interval until the next attempt.
-            let until = tokio::time::Instant::now() + backoff;
-            let tick = Duration::from_millis(self.config.publishing_interval_ms);
-            loop {
-                if !self.send_all_bad(BAD_NO_COMMUNICATION).await {
-                    return Ok(());
-                }
-                let next = (tokio::time::Instant::now() + tick).min(until);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next) => {}
-                    _ = self.ctx.shutdown.changed() => return Ok(()),
-                }
-                if tokio::time::Instant::now() >= until {
-                    break;
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.ctx.shutdown.changed() => break Ok(()),
             }
-        }
+        };
+        filler.abort();
+        result
     }
 
-    /// Sends one bad sample per tag; false when the source should stop.
-    async fn send_all_bad(&mut self, code: u32) -> bool {
-        let ts = now_ns();
-        let mut batch = SampleBatch::with_capacity(self.tags.len());
-        for t in &self.tags {
-            batch.push(t.id, f64::NAN, Quality(code), ts);
+    /// Marks the connection down (the gap filler then makes every tag bad at the publishing
+    /// interval) or up again.
+    fn set_down(&mut self, down: bool) {
+        self.down = down;
+        if let Some(g) = &self.gap {
+            let _ = g.send(down);
         }
-        self.send(batch).await
     }
 
     async fn send(&mut self, batch: SampleBatch) -> bool {
@@ -341,7 +343,15 @@ impl Runner {
             .into_iter()
             .map(|(ms, tags)| (tokio::time::interval(Duration::from_millis(ms)), tags))
             .collect();
-        self.down = false;
+        // Proof of life: any data notification or polled read; only when none came for a
+        // keep-alive interval is the server asked (ServerStatus.CurrentTime), and only two
+        // unanswered asks in a row end the session. A busy subscription is never torn down.
+        let keep_alive = Duration::from_millis(self.config.keep_alive_ms);
+        let mut watchdog =
+            tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+        let mut last_life = tokio::time::Instant::now();
+        let mut unanswered = 0u32;
+        self.set_down(false);
         tracing::info!(
             "{}: session up, {} tags subscribed, {} polled",
             self.label(),
@@ -370,14 +380,50 @@ impl Runner {
                         items.push(more);
                         if items.len() >= 4096 { break; }
                     }
+                    last_life = tokio::time::Instant::now();
+                    unanswered = 0;
                     let batch = self.batch_of(items);
                     if !self.send(batch).await { return Ended::Shutdown; }
+                }
+                _ = watchdog.tick() => {
+                    if last_life.elapsed() < keep_alive {
+                        continue;
+                    }
+                    let ask = ReadValueId {
+                        node_id: NodeId::from(VariableId::Server_ServerStatus_CurrentTime),
+                        attribute_id: AttributeId::Value as u32,
+                        ..Default::default()
+                    };
+                    let answer = tokio::time::timeout(keep_alive, session.read(&[ask], TimestampsToReturn::Neither, 0.0)).await;
+                    if matches!(answer, Ok(Ok(_))) {
+                        last_life = tokio::time::Instant::now();
+                        unanswered = 0;
+                    } else {
+                        unanswered += 1;
+                        if unanswered >= 2 {
+                            return Ended::Lost(format!("no data and no answer to keep-alive reads for {:?}", last_life.elapsed()));
+                        }
+                    }
                 }
                 g = next_poll => {
                     let tags = timers[g].1.clone();
                     match self.poll(session, &tags, &resolved).await {
-                        Ok(batch) => if !self.send(batch).await { return Ended::Shutdown; },
-                        Err(e) => return Ended::Lost(e),
+                        Ok(batch) => {
+                            last_life = tokio::time::Instant::now();
+                            unanswered = 0;
+                            if !self.send(batch).await { return Ended::Shutdown; }
+                        }
+                        Err(status) => {
+                            // The read failed as a whole: its tags are bad with the reason;
+                            // a lost connection is noticed by the transport or the watchdog.
+                            let ts = now_ns();
+                            let mut batch = SampleBatch::with_capacity(tags.len());
+                            for i in &tags {
+                                self.log_tag_problem(*i, format!("polled read failed: {status}"));
+                                batch.push(self.tags[*i].id, f64::NAN, Quality(status.bits()), ts);
+                            }
+                            if !self.send(batch).await { return Ended::Shutdown; }
+                        }
                     }
                 }
                 status = &mut *event_loop => {
@@ -483,7 +529,7 @@ impl Runner {
         session: &Arc<Session>,
         tags: &[usize],
         resolved: &[Option<NodeId>],
-    ) -> Result<SampleBatch, String> {
+    ) -> Result<SampleBatch, StatusCode> {
         let reads: Vec<ReadValueId> = tags
             .iter()
             .map(|i| ReadValueId {
@@ -495,7 +541,7 @@ impl Runner {
         let values = session
             .read(&reads, TimestampsToReturn::Both, 0.0)
             .await
-            .map_err(|e| format!("read: {e}"))?;
+            .map_err(|e| e.status())?;
         Ok(self.batch_of(
             tags.iter()
                 .zip(values)
@@ -534,6 +580,41 @@ impl Runner {
             batch.push(self.tags[i].id, c.value, Quality(c.quality), c.timestamp_ns);
         }
         batch
+    }
+}
+
+/// While `down` is true, sends every tag as bad (BadNoCommunication) each `interval`, so a
+/// lost connection shows as a gap of bad samples, also while reconnecting takes long.
+async fn fill_gap(
+    ids: Vec<TagId>,
+    interval: Duration,
+    mut down: watch::Receiver<bool>,
+    out: mpsc::Sender<SampleBatch>,
+    produced: Arc<std::sync::atomic::AtomicU64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = down.wait_for(|d| *d) => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        while *down.borrow() {
+            let ts = now_ns();
+            let mut batch = SampleBatch::with_capacity(ids.len());
+            for id in &ids {
+                batch.push(*id, f64::NAN, Quality(BAD_NO_COMMUNICATION), ts);
+            }
+            tokio::select! {
+                sent = out.send(batch) => if sent.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            produced.fetch_add(ids.len() as u64, Ordering::Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = down.changed() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 
