@@ -55,6 +55,18 @@ async fn stop(running: RunningPipeline, dir: &Path) -> Vec<Value> {
     read_jsonl(&dir.join("samples.jsonl"))
 }
 
+/// Waits (up to 30 s; key generation and session set-up are slow on a loaded machine) until
+/// `enough` holds for the samples written so far.
+async fn wait_for_samples(dir: &Path, enough: impl Fn(&HashMap<String, Vec<Value>>) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if enough(&by_tag(&read_jsonl(&dir.join("samples.jsonl")))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn by_tag(samples: &[Value]) -> HashMap<String, Vec<Value>> {
     let mut m: HashMap<String, Vec<Value>> = HashMap::new();
     for s in samples {
@@ -104,7 +116,13 @@ async fn asyncua_every_node_id_form_and_type_with_status_codes_kept() {
         source += &node(tag, id, extra);
     }
     let running = start(dir.path(), &source).await;
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    wait_for_samples(dir.path(), |t| {
+        t.len() == nodes.len()
+            && ["counter", "polled"]
+                .iter()
+                .all(|tag| t.get(*tag).is_some_and(|v| v.len() >= 6))
+    })
+    .await;
     let samples = stop(running, dir.path()).await;
     let tags = by_tag(&samples);
 
@@ -165,14 +183,30 @@ async fn a_restarted_server_with_renumbered_namespaces_is_resubscribed_and_the_g
     );
     source += &node("counter", "nsu=urn:ferrule:test;s=Counter", "");
     let running = start(dir.path(), &source).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_for_samples(dir.path(), |t| {
+        t.get("counter").is_some_and(|v| {
+            v.iter()
+                .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > 0)
+                .count()
+                >= 6
+        })
+    })
+    .await;
     let killed_at = now_ns();
     server.kill();
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let restarted_at = now_ns();
     // The restarted server numbers the test namespace 3 instead of 2.
     let _server = asyncua(port, &["--shift"]);
-    tokio::time::sleep(Duration::from_millis(5000)).await;
+    wait_for_samples(dir.path(), |t| {
+        t.get("counter").is_some_and(|v| {
+            v.iter()
+                .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > restarted_at)
+                .count()
+                >= 6
+        })
+    })
+    .await;
     let samples = stop(running, dir.path()).await;
     let mut got = by_tag(&samples).remove("counter").unwrap();
     got.sort_by_key(|s| s["ts_ns"].as_u64().unwrap());
@@ -291,14 +325,26 @@ async fn basic256sha256_sign_and_encrypt_with_a_user_after_the_operator_trusts_t
             std::fs::rename(&f, pki.join("trusted").join(f.file_name().unwrap())).unwrap();
         }
     }
-    tokio::time::sleep(Duration::from_millis(4000)).await;
+    wait_for_samples(dir.path(), |t| {
+        ["enc.counter", "sign.counter"].iter().all(|tag| {
+            t.get(*tag).is_some_and(|v| {
+                v.iter()
+                    .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > trusted_at)
+                    .count()
+                    >= 6
+            })
+        })
+    })
+    .await;
     let samples = stop(running, dir.path()).await;
     let tags = by_tag(&samples);
     for name in ["enc", "sign"] {
         let got = &tags[&format!("{name}.counter")];
         let (before, after): (Vec<&Value>, Vec<&Value>) = got
             .iter()
-            .partition(|s| s["ts_ns"].as_u64().unwrap() < trusted_at);
+            // (The first value once connected carries the source time the server wrote it,
+            // which may be up to 100 ms before the move: the window stops short of it.)
+            .partition(|s| s["ts_ns"].as_u64().unwrap() < trusted_at - 300_000_000);
         assert!(
             before.iter().all(|s| status(s) == BAD_NO_COMMUNICATION),
             "{name}: good before the server was trusted"
@@ -372,13 +418,29 @@ async fn a_silent_server_is_noticed_by_the_keep_alive_and_the_session_recreated(
         node("counter", "ns=2;s=Counter", "")
     );
     let running = start(dir.path(), &source).await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    wait_for_samples(dir.path(), |t| {
+        t.get("counter").is_some_and(|v| {
+            v.iter()
+                .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > 0)
+                .count()
+                >= 6
+        })
+    })
+    .await;
     let frozen_at = now_ns();
     frozen.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(5000)).await;
     let thawed_at = now_ns();
     frozen.store(false, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(6000)).await;
+    wait_for_samples(dir.path(), |t| {
+        t.get("counter").is_some_and(|v| {
+            v.iter()
+                .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > thawed_at)
+                .count()
+                >= 6
+        })
+    })
+    .await;
     let samples = stop(running, dir.path()).await;
     let mut got = by_tag(&samples).remove("counter").unwrap();
     got.sort_by_key(|s| s["ts_ns"].as_u64().unwrap());
@@ -390,7 +452,9 @@ async fn a_silent_server_is_noticed_by_the_keep_alive_and_the_session_recreated(
     let before = in_window(0, frozen_at);
     assert!(before.iter().filter(|s| status(s) == 0).count() >= 5);
     // Within ~2 s of going silent the gap shows as bad quality.
-    let gap = in_window(frozen_at + 2_500_000_000, thawed_at);
+    // (Until shortly before the thaw: the first value of the new session carries the source
+    // time the server wrote it, up to 100 ms before.)
+    let gap = in_window(frozen_at + 2_500_000_000, thawed_at - 300_000_000);
     assert!(
         gap.len() >= 3,
         "silence not noticed: {} samples in the gap",
@@ -406,4 +470,95 @@ async fn a_silent_server_is_noticed_by_the_keep_alive_and_the_session_recreated(
         good >= 5,
         "no new session after the link came back: {good} good samples"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_opcua_simulator_serves_the_plant_signals() {
+    use ferrule::sources::simulator::{describe_tag, sample, SimulatorConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let source = format!(
+        "[sources.sim]\ntype = \"opcua\"\npki_dir = \"pki\"\npublishing_interval_ms = 100\n\
+         [sources.sim.simulator]\nlisten = \"127.0.0.1:{port}\"\nplant_tags = 600\nfirst_tag = 100\ntags = 300\ninterval_ms = 200\n"
+    );
+    let running = start(dir.path(), &source).await;
+    wait_for_samples(dir.path(), |t| {
+        t.len() == 300 && t.values().filter(|v| v.len() >= 3).count() > 250
+    })
+    .await;
+    let samples = stop(running, dir.path()).await;
+    let tags = by_tag(&samples);
+    let plant = SimulatorConfig {
+        tags: 600,
+        ..SimulatorConfig::default()
+    };
+    let mut changed = 0;
+    for i in 100..400 {
+        let d = describe_tag(&plant, "sim", i);
+        let got = tags
+            .get(&d.vendor_path)
+            .unwrap_or_else(|| panic!("no sample of {}", d.vendor_path));
+        assert_eq!(got[0]["unit"], d.unit.as_str());
+        // Every value is one the plant produces for this tag at some scan.
+        let possible: Vec<f64> = (0..100).map(|s| sample(&plant, i, s).0).collect();
+        for s in got {
+            assert_eq!(status(s), 0, "{s}");
+            match s["value"].as_f64() {
+                Some(v) => assert!(
+                    possible.iter().any(|p| (p - v).abs() <= p.abs() * 1e-12),
+                    "{} = {v} is not a value of the plant",
+                    d.vendor_path
+                ),
+                None => assert!(possible.iter().any(|p| p.is_nan()), "{s}"),
+            }
+        }
+        if got.len() > 1 {
+            changed += 1;
+        }
+    }
+    assert!(changed > 250, "data changes reached only {changed} tags");
+}
+
+/// The embedded default's OPC UA section (examples/plant.toml), on a free port, through the
+/// reference chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_plant_subscribes_to_its_opcua_simulator_through_the_reference_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = std::fs::read_to_string(repo_root().join("examples/plant.toml")).unwrap();
+    let start_at = plant.find("[sources.dcs]").unwrap();
+    let end_at = start_at + plant[start_at..].find("\n\n#").unwrap();
+    let section = &plant[start_at..end_at];
+    assert!(
+        section.contains("listen = \"127.0.0.1:14840\""),
+        "{section}"
+    );
+    let section = section
+        .replace("127.0.0.1:14840", &format!("127.0.0.1:{}", free_port()))
+        .replace("\"../data/opcua-pki\"", "\"pki\"");
+    let source = format!(
+        "[reference_data.assets]\npath = \"{}\"\n{section}\n{}",
+        repo_root().join("examples/assets.csv").display(),
+        ferrule_tests::reference_stages_toml()
+    );
+    let running = start(dir.path(), &source).await;
+    wait_for_samples(dir.path(), |t| {
+        t.len() == 1000 && t.values().all(|v| v.len() >= 2)
+    })
+    .await;
+    let samples = stop(running, dir.path()).await;
+    let tags = by_tag(&samples);
+    assert_eq!(tags.len(), 1000, "tags seen");
+    let temperature: Vec<&Value> = samples
+        .iter()
+        .filter(|s| s["path"].as_str().unwrap().ends_with("/temperature"))
+        .collect();
+    assert!(temperature.len() >= 300, "{}", temperature.len());
+    for t in &temperature {
+        assert!(
+            t["path"].as_str().unwrap().starts_with("plant/site1/"),
+            "{t}"
+        );
+        assert_eq!(t["unit"], "degC", "{t}");
+        assert_eq!(t["quality"], "good", "{t}");
+    }
 }

@@ -12,7 +12,8 @@ use super::node_ref::NodeRef;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OpcUaConfig {
-    /// `opc.tcp://host:port/path`.
+    /// `opc.tcp://host:port/path` (with `simulator` and no `nodes`: the simulator's).
+    #[serde(default)]
     pub endpoint: String,
     #[serde(default)]
     pub security_policy: SecurityPolicy,
@@ -46,7 +47,37 @@ pub struct OpcUaConfig {
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
     /// The nodes.
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
+    /// Serve the simulated plant from an OPC UA server in this process (on loopback), and,
+    /// when `nodes` is empty, subscribe to all its variables.
+    #[serde(default)]
+    pub simulator: Option<OpcUaSimulatorConfig>,
+}
+
+/// `[sources.<name>.simulator]`: tags `first_tag..first_tag + tags` of a `plant_tags` plant
+/// (named and valued as the `simulator` source does) as Double variables in namespace
+/// `urn:ferrule:plant`, string ids = vendor paths, updated every `interval_ms`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OpcUaSimulatorConfig {
+    /// Address to serve on; loopback only.
+    pub listen: std::net::SocketAddr,
+    #[serde(default = "default_plant_tags")]
+    pub plant_tags: u32,
+    #[serde(default)]
+    pub first_tag: u32,
+    #[serde(default = "default_sim_tags")]
+    pub tags: u32,
+    #[serde(default = "default_publishing_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_plant_tags() -> u32 {
+    1000
+}
+fn default_sim_tags() -> u32 {
+    1000
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
@@ -131,7 +162,25 @@ fn default_reconnect_max_ms() -> u64 {
 impl OpcUaConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: String, m: String| Err((k, m));
-        if !self.endpoint.starts_with("opc.tcp://") {
+        let simulated = self.simulator.is_some() && self.nodes.is_empty();
+        if let Some(s) = &self.simulator {
+            if !s.listen.ip().is_loopback() {
+                return err(
+                    "simulator.listen".into(),
+                    format!("{} is not a loopback address", s.listen),
+                );
+            }
+            if s.tags == 0 || s.first_tag as u64 + s.tags as u64 > s.plant_tags as u64 {
+                return err(
+                    "simulator.tags".into(),
+                    "must be at least 1, and first_tag + tags at most plant_tags".into(),
+                );
+            }
+            if s.interval_ms == 0 {
+                return err("simulator.interval_ms".into(), "must be at least 1".into());
+            }
+        }
+        if !simulated && !self.endpoint.starts_with("opc.tcp://") {
             return err("endpoint".into(), "must start with opc.tcp://".into());
         }
         let secure = self.security_policy != SecurityPolicy::None;
@@ -159,7 +208,7 @@ impl OpcUaConfig {
                 "must be at least 1 and at most reconnect_max_ms".into(),
             );
         }
-        if self.nodes.is_empty() {
+        if self.nodes.is_empty() && !simulated {
             return err("nodes".into(), "no node configured".into());
         }
         let mut tags = HashSet::new();

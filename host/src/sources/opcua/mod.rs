@@ -6,10 +6,14 @@
 
 mod config;
 mod node_ref;
+mod server;
 mod values;
 
-pub use config::{NodeConfig, OpcUaConfig, SecurityMode, SecurityPolicy, TimestampChoice};
+pub use config::{
+    NodeConfig, OpcUaConfig, OpcUaSimulatorConfig, SecurityMode, SecurityPolicy, TimestampChoice,
+};
 pub use node_ref::NodeRef;
+pub use server::{serve_plant, PLANT_NAMESPACE};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -28,6 +32,8 @@ use super::{SourceContext, SourceError};
 use crate::model::{DataType, Extra, Quality, SampleBatch, TagDescriptor, TagId};
 
 const BAD_NO_COMMUNICATION: u32 = 0x8031_0000;
+/// Most notifications per publish response (the server sends more responses for more).
+const MAX_NOTIFICATIONS: u32 = 10_000;
 
 struct Tag {
     id: TagId,
@@ -61,7 +67,62 @@ struct Runner {
     gap: Option<watch::Sender<bool>>,
 }
 
-pub async fn run(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceError> {
+/// The nodes generated for the in-process simulator: every served plant tag, by namespace URI.
+pub fn simulator_nodes(c: &OpcUaSimulatorConfig, source: &str) -> Vec<NodeConfig> {
+    let plant = server::plant_of(c);
+    (c.first_tag..c.first_tag + c.tags)
+        .map(|i| {
+            let d = crate::sources::simulator::describe_tag(&plant, source, i);
+            NodeConfig {
+                node_id: format!("nsu={PLANT_NAMESPACE};s={}", d.vendor_path),
+                tag: d.vendor_path,
+                unit: d.unit,
+                sampling_interval_ms: None,
+                queue_size: 10,
+                deadband: None,
+                poll_interval_ms: None,
+                metadata: d.metadata.into_iter().collect(),
+            }
+        })
+        .collect()
+}
+
+pub async fn run(mut c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceError> {
+    let mut server = None;
+    // The simulator stops after the client, so the client's session closes cleanly.
+    let (stop_server, server_stop) = watch::channel(false);
+    if let Some(sim) = c.simulator.clone() {
+        let (addr, task) = serve_plant(&sim, &ctx.name, server_stop)
+            .await
+            .map_err(|message| SourceError::Failed {
+                name: ctx.name.clone(),
+                message,
+            })?;
+        tracing::info!(
+            "opcua source `{}`: simulator serving {} plant tags on opc.tcp://{addr}/",
+            ctx.name,
+            sim.tags
+        );
+        if c.nodes.is_empty() {
+            c.nodes = simulator_nodes(&sim, &ctx.name);
+            c.endpoint = format!("opc.tcp://{addr}/");
+        }
+        server = Some(task);
+    }
+    let result = run_client(c, ctx).await;
+    if let Some(task) = server {
+        let _ = stop_server.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("OPC UA simulator did not stop within 5 s");
+        }
+    }
+    result
+}
+
+async fn run_client(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceError> {
     let tags = c
         .nodes
         .iter()
@@ -129,6 +190,8 @@ impl Runner {
             // Ferrule re-creates sessions itself, resolving node ids again each time.
             .session_retry_limit(0)
             .recreate_subscriptions(false)
+            // Publish responses may carry many notifications (see MAX_NOTIFICATIONS).
+            .max_array_length(65_535)
             .client()
             .map_err(|e| self.fail(format!("client config: {}", e.join("; "))))
     }
@@ -322,7 +385,7 @@ impl Runner {
                 let _ = tx.send((item.client_handle(), dv));
             });
             let sub = match session
-                .create_subscription(publishing, 60, 10, 0, 0, true, callback)
+                .create_subscription(publishing, 60, 10, MAX_NOTIFICATIONS, 0, true, callback)
                 .await
             {
                 Ok(id) => id,
