@@ -92,12 +92,17 @@ pub async fn run(mut c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceErr
     // The simulator stops after the client, so the client's session closes cleanly.
     let (stop_server, server_stop) = watch::channel(false);
     if let Some(sim) = c.simulator.clone() {
-        let (addr, task) = serve_plant(&sim, &ctx.name, server_stop)
-            .await
-            .map_err(|message| SourceError::Failed {
-                name: ctx.name.clone(),
-                message,
-            })?;
+        let (addr, task) = serve_plant(
+            &sim,
+            &ctx.name,
+            c.pki_dir.join("simulator-server"),
+            server_stop,
+        )
+        .await
+        .map_err(|message| SourceError::Failed {
+            name: ctx.name.clone(),
+            message,
+        })?;
         tracing::info!(
             "opcua source `{}`: simulator serving {} plant tags on opc.tcp://{addr}/",
             ctx.name,

@@ -36,14 +36,14 @@ pub fn plant_of(c: &OpcUaSimulatorConfig) -> SimulatorConfig {
     }
 }
 
-/// Starts the server on `c.listen` and the task updating its variables; both stop when
-/// `shutdown` becomes true. Returns once the server listens.
+/// Starts the server on `c.listen` (its own certificate store in `pki`) and the task updating
+/// its variables; both stop when `shutdown` becomes true. Returns once the server listens.
 pub async fn serve_plant(
     c: &OpcUaSimulatorConfig,
     source: &str,
+    pki: std::path::PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), String> {
-    let pki = std::env::temp_dir().join(format!("ferrule-opcua-simulator-{}", c.listen.port()));
     let (server, handle) = ServerBuilder::new_anonymous("Ferrule plant simulator")
         .application_uri("urn:ferrule:simulator")
         .product_uri("urn:ferrule")
