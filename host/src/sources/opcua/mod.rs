@@ -539,16 +539,12 @@ impl Runner {
             }
         };
         let items: Vec<_> = subscribed.iter().map(|i| request(*i, true)).collect();
-        let results = session
-            .create_monitored_items(sub, TimestampsToReturn::Both, items)
-            .await
-            .map_err(|e| Ended::Lost(format!("creating monitored items: {e}")))?;
+        let results = create_in_chunks(session, sub, items).await?;
         let mut retry = Vec::new();
         let mut bad = SampleBatch::default();
         let ts = now_ns();
-        for (k, r) in results.iter().enumerate() {
+        for (k, status) in results.iter().copied().enumerate() {
             let i = subscribed[k];
-            let status = r.result.status_code;
             if status.is_bad() {
                 let filter_refused = self.tags[i].config.deadband.is_some()
                     && matches!(
@@ -573,12 +569,8 @@ impl Runner {
         }
         if !retry.is_empty() {
             let items: Vec<_> = retry.iter().map(|i| request(*i, false)).collect();
-            let results = session
-                .create_monitored_items(sub, TimestampsToReturn::Both, items)
-                .await
-                .map_err(|e| Ended::Lost(format!("creating monitored items: {e}")))?;
-            for (k, r) in results.iter().enumerate() {
-                let status = r.result.status_code;
+            let results = create_in_chunks(session, sub, items).await?;
+            for (k, status) in results.iter().copied().enumerate() {
                 if status.is_bad() {
                     let i = retry[k];
                     self.log_tag_problem(i, format!("monitored item refused: {status}"));
@@ -649,6 +641,28 @@ impl Runner {
         }
         batch
     }
+}
+
+/// Monitored items per CreateMonitoredItems call: servers limit operations per call (often
+/// to 1000), so large tag lists go in chunks.
+const MONITORED_ITEMS_PER_CALL: usize = 1000;
+
+async fn create_in_chunks(
+    session: &Arc<Session>,
+    sub: u32,
+    mut items: Vec<MonitoredItemCreateRequest>,
+) -> Result<Vec<StatusCode>, Ended> {
+    let mut results = Vec::with_capacity(items.len());
+    while !items.is_empty() {
+        let rest = items.split_off(items.len().min(MONITORED_ITEMS_PER_CALL));
+        let chunk = std::mem::replace(&mut items, rest);
+        let created = session
+            .create_monitored_items(sub, TimestampsToReturn::Both, chunk)
+            .await
+            .map_err(|e| Ended::Lost(format!("creating monitored items: {e}")))?;
+        results.extend(created.iter().map(|c| c.result.status_code));
+    }
+    Ok(results)
 }
 
 /// While `down` is true, sends every tag as bad (BadNoCommunication) each `interval`, so a
