@@ -32,8 +32,10 @@ use super::{SourceContext, SourceError};
 use crate::model::{DataType, Extra, Quality, SampleBatch, TagDescriptor, TagId};
 
 const BAD_NO_COMMUNICATION: u32 = 0x8031_0000;
-/// Most notifications per publish response (the server sends more responses for more).
-const MAX_NOTIFICATIONS: u32 = 10_000;
+/// Monitored items per subscription.
+const ITEMS_PER_SUBSCRIPTION: usize = 1000;
+/// Most notifications per publish response: a whole subscription's changes.
+const MAX_NOTIFICATIONS: u32 = ITEMS_PER_SUBSCRIPTION as u32;
 
 struct Tag {
     id: TagId,
@@ -384,8 +386,11 @@ impl Runner {
         let subscribed: Vec<usize> = (0..self.tags.len())
             .filter(|i| resolved[*i].is_some() && self.tags[*i].config.poll_interval_ms.is_none())
             .collect();
-        if !subscribed.is_empty() {
-            let publishing = Duration::from_millis(self.config.publishing_interval_ms);
+        // At most ITEMS_PER_SUBSCRIPTION items per subscription: a server sends about one
+        // publish response per subscription and interval, so large tag lists are spread.
+        let publishing = Duration::from_millis(self.config.publishing_interval_ms);
+        for chunk in subscribed.chunks(ITEMS_PER_SUBSCRIPTION) {
+            let tx = tx.clone();
             let callback = DataChangeCallback::new(move |dv, item| {
                 let _ = tx.send((item.client_handle(), dv));
             });
@@ -394,12 +399,13 @@ impl Runner {
                 .await
             {
                 Ok(id) => id,
-                Err(e) => return Ended::Lost(format!("creating the subscription: {e}")),
+                Err(e) => return Ended::Lost(format!("creating a subscription: {e}")),
             };
-            if let Err(ended) = self.monitor(session, sub, &subscribed, &resolved).await {
+            if let Err(ended) = self.monitor(session, sub, chunk, &resolved).await {
                 return ended;
             }
         }
+        drop(tx);
         // Polled nodes, grouped by interval.
         let mut polls: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
         for (i, t) in self.tags.iter().enumerate() {

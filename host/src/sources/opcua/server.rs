@@ -28,6 +28,19 @@ impl Drop for StopServer {
     }
 }
 
+/// A server builder whose limits let one client monitor every served tag.
+fn simulator_builder(tags: u32) -> ServerBuilder {
+    let mut builder = ServerBuilder::new_anonymous("Ferrule plant simulator");
+    let limits = &mut builder.limits_mut().subscriptions;
+    limits.max_monitored_items_per_sub = tags as usize + 1000;
+    limits.max_notifications_per_publish = 1000;
+    limits.max_queued_notifications = 0;
+    // The client uses one subscription per 1000 items.
+    limits.max_subscriptions_per_session = tags as usize / 1000 + 10;
+    limits.max_pending_publish_requests = 4 * (tags as usize / 1000 + 10);
+    builder
+}
+
 /// The plant the simulator server takes its tags from.
 pub fn plant_of(c: &OpcUaSimulatorConfig) -> SimulatorConfig {
     SimulatorConfig {
@@ -44,7 +57,7 @@ pub async fn serve_plant(
     pki: std::path::PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), String> {
-    let (server, handle) = ServerBuilder::new_anonymous("Ferrule plant simulator")
+    let (server, handle) = simulator_builder(c.tags)
         .application_uri("urn:ferrule:simulator")
         .product_uri("urn:ferrule")
         .host(c.listen.ip().to_string())
