@@ -196,6 +196,11 @@ impl HostConfig {
         for s in &mut self.stages {
             fix(&mut s.plugin);
         }
+        for s in self.sources.values_mut() {
+            if let SourceConfig::Opcua(o) = s {
+                fix(&mut o.pki_dir);
+            }
+        }
         for (name, s) in self.sinks.iter_mut() {
             match s {
                 SinkConfig::File(f) => fix(&mut f.path),

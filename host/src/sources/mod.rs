@@ -3,7 +3,9 @@
 //! Sources are registered by their config `type`; protocol sources (Modbus, OPC UA, MQTT)
 //! plug in beside the simulator.
 
+pub mod modbus;
 pub mod mqtt;
+pub mod opcua;
 pub mod simulator;
 
 use std::sync::atomic::AtomicU64;
@@ -23,6 +25,10 @@ pub enum SourceConfig {
     Simulator(simulator::SimulatorConfig),
     /// MQTT 5 subscription (the bridge input).
     Mqtt(mqtt::MqttSourceConfig),
+    /// Modbus TCP devices (and optionally an in-process Modbus simulator server).
+    Modbus(modbus::ModbusConfig),
+    /// An OPC UA server (subscriptions, or polled reads per node).
+    Opcua(opcua::OpcUaConfig),
 }
 
 /// What a running source gets from the pipeline.
@@ -50,6 +56,8 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulator(c) => c.validate(),
             SourceConfig::Mqtt(c) => c.validate(),
+            SourceConfig::Modbus(c) => c.validate(),
+            SourceConfig::Opcua(c) => c.validate(),
         }
     }
 
@@ -58,6 +66,8 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulator(c) => simulator::run(c, ctx).await,
             SourceConfig::Mqtt(c) => mqtt::run(c, ctx).await,
+            SourceConfig::Modbus(c) => modbus::run(c, ctx).await,
+            SourceConfig::Opcua(c) => opcua::run(c, ctx).await,
         }
     }
 }
