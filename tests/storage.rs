@@ -700,3 +700,57 @@ async fn parquet_file_closes_on_age_at_a_flush() {
     let read = read_back(dir.path());
     assert_rows_are_samples(&all_rows(&read), 300, &tags, true);
 }
+
+/// With `[sinks.hot.buffer]`, a database that cannot be reached fills the durable buffer (the
+/// pipeline is not held back), the batches survive a restart of the host, and they are
+/// written, every one once, when the database is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_behind_the_durable_buffer_waits_out_an_outage_and_a_restart() {
+    let db = TestDatabase::create("buffered").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tags, scans) = (100u32, 30u64);
+    let config = |connection: &str, scans: u64| {
+        format!(
+            r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+[admin]
+enabled = false
+[sources.plant]
+type = "simulator"
+tags = {tags}
+scans = {scans}
+interval_ms = 0
+start_ns = {START_NS}
+[sinks.hot]
+type = "postgres"
+connection = "{connection}"
+connect_timeout_s = 1
+[sinks.hot.buffer]
+path = "hot.redb"
+"#
+        )
+    };
+    // No database listens on this port: everything stays buffered, the run still completes.
+    let nowhere = format!("host=127.0.0.1 port={} user=postgres dbname=x", free_port());
+    let cfg = HostConfig::from_text(&config(&nowhere, scans), dir.path()).unwrap();
+    let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
+    let b = status.sinks["hot"].buffer.clone().unwrap();
+    assert_eq!(status.produced["plant"], tags as u64 * scans);
+    assert_eq!(b.depth_samples, tags as u64 * scans, "{b:?}");
+    assert_eq!(status.written["hot"], 0);
+
+    // Restart against the real database with a source that produces nothing new: the
+    // buffered batches from the previous run are written.
+    let cfg = HostConfig::from_text(&config(&db.connection(), 0), dir.path()).unwrap();
+    let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
+    let b = status.sinks["hot"].buffer.clone().unwrap();
+    assert_eq!(b.depth_samples, 0, "{b:?}");
+    assert_eq!(status.written["hot"], tags as u64 * scans);
+    let rows = db.rows(TABLE).await;
+    assert_eq!(rows.len() as u64, tags as u64 * scans);
+    let distinct: std::collections::HashSet<(String, u64)> =
+        rows.iter().map(|r| (r.tag.clone(), r.time_ns)).collect();
+    assert_eq!(distinct.len(), rows.len());
+}

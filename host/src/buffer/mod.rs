@@ -508,4 +508,43 @@ impl DurableBuffer {
     pub fn config(&self) -> &BufferConfig {
         &self.config
     }
+
+    /// Commits `group` (async; the disk work runs on a blocking thread), waiting while the
+    /// buffer is full (`refuse-new`) and retrying a failing disk: never gives up on a batch.
+    pub async fn commit(self: &Arc<Self>, group: &[Arc<OutputBatch>]) -> Vec<u64> {
+        let mut delay = std::time::Duration::from_millis(100);
+        let mut warned_full = false;
+        loop {
+            let buffer = self.clone();
+            let batches = group.to_vec();
+            match tokio::task::spawn_blocking(move || buffer.append(&batches)).await {
+                Ok(Ok(Appended::Committed(seqs))) => {
+                    if warned_full {
+                        tracing::info!(buffer = %self.name, "buffer has room again");
+                    }
+                    return seqs;
+                }
+                Ok(Ok(Appended::Full)) => {
+                    if !warned_full {
+                        tracing::warn!(
+                            buffer = %self.name,
+                            max_bytes = self.config.max_bytes,
+                            "buffer full (overflow = refuse-new): holding the pipeline back until the destination takes samples"
+                        );
+                        warned_full = true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(buffer = %self.name, "buffer write failed, retrying in {delay:?}: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(buffer = %self.name, "buffer task failed, retrying: {e}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
 }

@@ -217,6 +217,11 @@ impl HostConfig {
                     if let Some(f) = p.ca_file.as_mut() {
                         fix(f)
                     }
+                    if let Some(b) = p.buffer.as_mut() {
+                        fix(b.path.get_or_insert_with(|| {
+                            PathBuf::from(format!("data/buffer/{name}.redb"))
+                        }));
+                    }
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! queue fills and pushes back on the chain) — a sink never drops a batch. Sinks are
 //! registered by their config `type`; MQTT, Kafka, PostgreSQL and Parquet plug in here.
 
+pub mod buffered;
 pub mod file;
 pub mod mqtt;
 pub mod parquet;
@@ -129,6 +130,30 @@ impl SinkConfig {
     /// Opens the sink (errors here refuse the start) and spawns its task.
     pub fn start(&self, ctx: SinkContext) -> Result<RunningSink, SinkError> {
         match self {
+            SinkConfig::Postgres(c) if c.buffer.is_some() => {
+                let sink = self.build(&ctx.name)?;
+                let b = c.buffer.as_ref().expect("checked");
+                let path = b
+                    .path
+                    .clone()
+                    .expect("the config loader resolves the buffer path");
+                let buffer =
+                    DurableBuffer::open(&ctx.name, &path, b).map_err(|e| SinkError::Io {
+                        sink: ctx.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                Ok(RunningSink {
+                    task: tokio::spawn(buffered::run(
+                        ctx.name,
+                        sink,
+                        buffer.clone(),
+                        ctx.queue,
+                        ctx.written,
+                    )),
+                    buffer: Some(buffer),
+                    link: None,
+                })
+            }
             SinkConfig::File(_) | SinkConfig::Postgres(_) | SinkConfig::Parquet(_) => {
                 let sink = self.build(&ctx.name)?;
                 Ok(RunningSink {

@@ -28,7 +28,7 @@ use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
 
 use super::{LinkStats, SinkError};
-use crate::buffer::{now_ns, Appended, DurableBuffer};
+use crate::buffer::{now_ns, DurableBuffer};
 use crate::mqtt::payload::{self, WireSample};
 use crate::mqtt::topic;
 use crate::pipeline::{DeadLetter, DeadLetterBatch, OutputBatch};
@@ -131,7 +131,7 @@ impl Writer {
             if valid.is_empty() {
                 continue;
             }
-            let seqs = self.commit(&valid).await;
+            let seqs = self.buffer.commit(&valid).await;
             for (seq, b) in seqs.into_iter().zip(valid) {
                 // In memory if the forwarder keeps up; otherwise it reads the record back.
                 let _ = live.try_send((seq, b));
@@ -139,46 +139,6 @@ impl Writer {
             // `valid` is released here: the sources' acknowledgments may now fire.
         }
         let _ = done.send(true);
-    }
-
-    /// Commits the group, waiting while the buffer is full (`refuse-new`) and retrying a
-    /// failing disk; never gives up on a batch.
-    async fn commit(&self, group: &[Arc<OutputBatch>]) -> Vec<u64> {
-        let mut delay = Duration::from_millis(100);
-        let mut warned_full = false;
-        loop {
-            let buffer = self.buffer.clone();
-            let batches = group.to_vec();
-            let r = tokio::task::spawn_blocking(move || buffer.append(&batches)).await;
-            match r {
-                Ok(Ok(Appended::Committed(seqs))) => {
-                    if warned_full {
-                        tracing::info!(sink = %self.name, "buffer has room again");
-                    }
-                    return seqs;
-                }
-                Ok(Ok(Appended::Full)) => {
-                    if !warned_full {
-                        tracing::warn!(
-                            sink = %self.name,
-                            max_bytes = self.buffer.config().max_bytes,
-                            "buffer full (overflow = refuse-new): holding the pipeline back until the broker takes samples"
-                        );
-                        warned_full = true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(sink = %self.name, "buffer write failed, retrying in {delay:?}: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::error!(sink = %self.name, "buffer task failed, retrying: {e}");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
     }
 
     /// Sends samples whose path breaks the topic spec to the dead-letter; returns the rest.

@@ -49,6 +49,13 @@ pub struct PostgresSinkConfig {
     /// Give up on one batch write after this many seconds, drop the connection and retry.
     #[serde(default = "default_write_timeout_s")]
     pub write_timeout_s: u64,
+    /// `[sinks.<name>.buffer]`: put the durable store-and-forward buffer (the MQTT sink's) in
+    /// front of the database: batches are committed locally first (and their sources
+    /// acknowledged), written to PostgreSQL in order, and removed once committed there; a
+    /// database outage fills the buffer instead of holding the pipeline back. Without it, a
+    /// failing write is retried and pushes back on the pipeline.
+    #[serde(default)]
+    pub buffer: Option<crate::buffer::BufferConfig>,
 }
 
 /// How rows reach the table.
@@ -98,6 +105,7 @@ impl std::fmt::Debug for PostgresSinkConfig {
             .field("include_metadata", &self.include_metadata)
             .field("connect_timeout_s", &self.connect_timeout_s)
             .field("write_timeout_s", &self.write_timeout_s)
+            .field("buffer", &self.buffer)
             .finish()
     }
 }
@@ -118,10 +126,14 @@ impl PostgresSinkConfig {
             include_metadata: true,
             connect_timeout_s: default_connect_timeout_s(),
             write_timeout_s: default_write_timeout_s(),
+            buffer: None,
         }
     }
 
     pub fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(b) = &self.buffer {
+            b.validate().map_err(|(k, m)| (format!("buffer.{k}"), m))?;
+        }
         match self.connection.parse::<tokio_postgres::Config>() {
             Err(e) => {
                 return Err(("connection".into(), format!("not a connection string: {e}")));
