@@ -202,10 +202,12 @@ impl HostConfig {
                         .get_or_insert_with(|| PathBuf::from(format!("data/buffer/{name}.redb")));
                     fix(p)
                 }
+                SinkConfig::Kafka(_) => {}
             }
         }
         match self.dead_letter.as_mut() {
             Some(DeadLetterConfig::File(f)) => fix(&mut f.path),
+            Some(DeadLetterConfig::Kafka(_)) => {}
             None => {
                 self.dead_letter = Some(DeadLetterConfig::File(
                     crate::sinks::file::FileSinkConfig::new(base.join("dead-letter.jsonl")),

@@ -4,6 +4,7 @@
 //! registered by their config `type`; MQTT, Kafka, PostgreSQL and Parquet plug in here.
 
 pub mod file;
+pub mod kafka;
 pub mod mqtt;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +26,8 @@ pub enum SinkConfig {
     File(file::FileSinkConfig),
     /// MQTT 5 broker, through a durable store-and-forward buffer.
     Mqtt(Box<mqtt::MqttSinkConfig>),
+    /// Kafka topics by routing rules, idempotent producer, acknowledged before release.
+    Kafka(Box<kafka::KafkaSinkConfig>),
 }
 
 /// `[dead_letter]`, by `type`.
@@ -33,6 +36,8 @@ pub enum SinkConfig {
 pub enum DeadLetterConfig {
     /// JSON lines in a local file (the default: `dead-letter.jsonl` beside the config).
     File(file::FileSinkConfig),
+    /// JSON records on a Kafka topic.
+    Kafka(Box<kafka::KafkaDeadLetterConfig>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,8 @@ pub struct LinkStats {
     pub published: AtomicU64,
     /// Publishes the broker refused (sent again after a reconnect).
     pub refused: AtomicU64,
+    /// Samples dropped as repeats of one already forwarded (dedup).
+    pub deduplicated: AtomicU64,
 }
 
 /// What the host status shows of a sink.
@@ -76,6 +83,8 @@ pub struct SinkStatus {
     pub reconnects: u64,
     pub published_messages: u64,
     pub refused_by_broker: u64,
+    #[serde(default)]
+    pub deduplicated: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buffer: Option<BufferStatus>,
 }
@@ -101,6 +110,7 @@ impl SinkConfig {
         match self {
             SinkConfig::File(c) => c.validate(),
             SinkConfig::Mqtt(c) => c.validate(),
+            SinkConfig::Kafka(c) => c.validate(),
         }
     }
 
@@ -133,6 +143,20 @@ impl SinkConfig {
                     link: Some(link),
                 })
             }
+            SinkConfig::Kafka(c) => {
+                let link = Arc::new(LinkStats::default());
+                let sink = Box::new(kafka::KafkaSink::open(
+                    &ctx.name,
+                    c,
+                    ctx.dead_letters,
+                    link.clone(),
+                )?);
+                Ok(RunningSink {
+                    task: tokio::spawn(run_sink(ctx.name, sink, ctx.queue, ctx.written)),
+                    buffer: None,
+                    link: Some(link),
+                })
+            }
         }
     }
 }
@@ -141,11 +165,13 @@ impl DeadLetterConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             DeadLetterConfig::File(c) => c.validate(),
+            DeadLetterConfig::Kafka(c) => c.validate(),
         }
     }
     pub fn build(&self) -> Result<Box<dyn DeadLetterSink>, SinkError> {
         match self {
             DeadLetterConfig::File(c) => Ok(Box::new(file::FileSink::open("dead_letter", c)?)),
+            DeadLetterConfig::Kafka(c) => Ok(Box::new(kafka::KafkaDeadLetterSink::open(c)?)),
         }
     }
 }
