@@ -372,3 +372,89 @@ async fn two_bridges_on_one_shared_subscription_split_the_load_and_deliver_every
     }
     assert_eq!(seen, expected);
 }
+
+fn ferrule_bin() -> std::path::PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/ferrule
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("ferrule");
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo test --workspace` builds it",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_killed_with_sigkill_mid_stream_loses_no_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = mosquitto(
+        dir.path(),
+        "max_queued_messages 0\nmax_inflight_messages 0\n",
+    );
+    let k = kafka_with_topics();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        bridge_config(broker.port, k.port, "\"plant/#\"", "bridge-k"),
+    )
+    .unwrap();
+    let bin = ferrule_bin();
+    let start = || {
+        std::process::Command::new(&bin)
+            .arg("run")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // The first start creates the persistent MQTT session.
+    let mut child = start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = 10_000u64;
+    let port = broker.port;
+    let publisher = tokio::spawn(async move {
+        let all = traffic(n);
+        for chunk in all.chunks(500) {
+            publish_all(port, "test-pub", chunk.to_vec()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    for run_ms in [400, 700, 300, 900, 500] {
+        tokio::time::sleep(Duration::from_millis(run_ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        child = start();
+    }
+    publisher.await.unwrap();
+    let expected: HashSet<(String, u64)> = traffic(n)
+        .into_iter()
+        .map(|(t, _)| t)
+        .zip(0..n)
+        .map(|(t, i)| (t, START_NS + i))
+        .collect();
+    // Read until every sample is there (duplicates allowed: at-least-once).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (records, keys) = loop {
+        let records = kafka::read(k.port, &["plant.telemetry"], n as usize, 30);
+        let keys: HashSet<(String, u64)> = records
+            .iter()
+            .map(|r| (r.key.clone(), r.value["ts_ns"].as_u64().unwrap()))
+            .collect();
+        if keys.len() >= expected.len() || Instant::now() > deadline {
+            break (records, keys);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let missing = expected.difference(&keys).count();
+    assert_eq!(missing, 0, "{missing} samples lost");
+    assert_eq!(keys.len(), expected.len(), "unexpected samples");
+    eprintln!(
+        "sigkill x5: {n} samples, {} duplicates (at-least-once window)",
+        records.len() - keys.len()
+    );
+}

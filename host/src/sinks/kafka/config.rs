@@ -232,3 +232,28 @@ impl KafkaDeadLetterConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> KafkaSinkConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_checks() {
+        let base = "brokers = \"k:9092\"\n[[routes]]\nmatch = \"plant/**\"\ntopics = [\"plant.telemetry\"]\n";
+        let c = parse(base);
+        assert_eq!(c.compression, Compression::Lz4);
+        assert_eq!(c.dedup, DedupConfig::default());
+        assert_eq!(c.validate(), Ok(()));
+        let bad = parse(&format!("{base}[properties]\n\"acks\" = \"1\"\n"));
+        assert_eq!(bad.validate().unwrap_err().0, "properties.\"acks\"");
+        let bad = parse(&base.replace("plant.telemetry", "plant/telemetry"));
+        assert_eq!(bad.validate().unwrap_err().0, "routes[0].topics[0]");
+        let bad = parse(&base.replace("plant/**", "plant/a**"));
+        assert_eq!(bad.validate().unwrap_err().0, "routes[0].match");
+        assert!(toml::from_str::<KafkaSinkConfig>(&format!("acks = 1\n{base}")).is_err());
+    }
+}
