@@ -458,3 +458,113 @@ async fn the_bridge_killed_with_sigkill_mid_stream_loses_no_sample() {
         records.len() - keys.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_kafka_source_instances_in_one_group_rebalance_mid_stream_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = kafka::tansu();
+    kafka::create_topic(k.port, "plant.telemetry", 4);
+    let n = 12_000u64;
+    // An independent producer writes for ~12 s while instances join and leave.
+    let mut producer = std::process::Command::new(ferrule_tests::peers::python())
+        .arg(ferrule_tests::repo_root().join("tests/peers/kafka_produce.py"))
+        .arg(format!("127.0.0.1:{}", k.port))
+        .arg("plant.telemetry")
+        .arg(n.to_string())
+        .arg("1000")
+        .arg(START_NS.to_string())
+        .spawn()
+        .unwrap();
+    let instance = |i: usize| {
+        let d = dir.path().join(format!("c{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let text = format!(
+            r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+[admin]
+enabled = false
+[sources.kafka]
+type = "kafka"
+brokers = "127.0.0.1:{port}"
+group_id = "storage"
+topics = ["plant.telemetry"]
+client_id = "consumer-{i}"
+linger_ms = 10
+[sources.kafka.properties]
+"session.timeout.ms" = "6000"
+"max.poll.interval.ms" = "10000"
+[sinks.files]
+type = "file"
+path = "samples.jsonl"
+"#,
+            port = k.port
+        );
+        (d.clone(), load(&d, &text))
+    };
+    let (d0, c0) = instance(0);
+    let (d1, c1) = instance(1);
+    let a = pipeline::start(&c0).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A second member joins mid-stream: the group rebalances.
+    let b = pipeline::start(&c1).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.handle.status().produced["kafka"] == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let a_mid = a.handle.status().produced["kafka"];
+    let b_mid = b.handle.status().produced["kafka"];
+    // The first member leaves mid-stream: its partitions move to the second.
+    a.handle.stop();
+    a.wait().await.unwrap();
+    assert!(producer.wait().unwrap().success(), "producer failed");
+    let expected: HashSet<(String, u64)> = (0..n)
+        .map(|i| {
+            (
+                format!("plant/site1/area1/line1/dev{}/flow", i % 20),
+                START_NS + i,
+            )
+        })
+        .collect();
+    let keys = |d: &Path| -> Vec<(String, u64)> {
+        ferrule_tests::read_jsonl(&d.join("samples.jsonl"))
+            .iter()
+            .map(|v| {
+                (
+                    v["vendor_path"].as_str().unwrap().to_string(),
+                    v["ts_ns"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: HashSet<(String, u64)> = keys(&d0).into_iter().chain(keys(&d1)).collect();
+        if got.len() >= expected.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} samples arrived",
+            got.len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.handle.stop();
+    b.wait().await.unwrap();
+    let all: Vec<(String, u64)> = keys(&d0).into_iter().chain(keys(&d1)).collect();
+    let got: HashSet<(String, u64)> = all.iter().cloned().collect();
+    assert_eq!(got, expected, "samples lost or invented");
+    eprintln!(
+        "consumer group: {} samples, {} re-read after rebalances; mid-stream A {a_mid}, B {b_mid}",
+        n,
+        all.len() - got.len()
+    );
+    assert!(
+        a_mid > 0 && b_mid > 0,
+        "both members consumed: {a_mid} {b_mid}"
+    );
+}

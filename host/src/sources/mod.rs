@@ -3,6 +3,7 @@
 //! Sources are registered by their config `type`; protocol sources (Modbus, OPC UA, MQTT)
 //! plug in beside the simulator.
 
+pub mod kafka;
 pub mod mqtt;
 pub mod simulator;
 
@@ -23,6 +24,8 @@ pub enum SourceConfig {
     Simulator(simulator::SimulatorConfig),
     /// MQTT 5 subscription (the bridge input).
     Mqtt(mqtt::MqttSourceConfig),
+    /// Kafka consumer-group member (scale-out past one machine).
+    Kafka(Box<kafka::KafkaSourceConfig>),
 }
 
 /// What a running source gets from the pipeline.
@@ -50,6 +53,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulator(c) => c.validate(),
             SourceConfig::Mqtt(c) => c.validate(),
+            SourceConfig::Kafka(c) => c.validate(),
         }
     }
 
@@ -58,6 +62,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulator(c) => simulator::run(c, ctx).await,
             SourceConfig::Mqtt(c) => mqtt::run(c, ctx).await,
+            SourceConfig::Kafka(c) => kafka::run(*c, ctx).await,
         }
     }
 }
