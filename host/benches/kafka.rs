@@ -8,7 +8,8 @@
 //!    samples/s from the first publish to the last Kafka acknowledgment, and the latency from
 //!    publish to the record being readable by a consumer (p50/p99; an upper bound of
 //!    MQTT-to-Kafka-ack: it includes the consumer's fetch);
-//! 3. the same intake with a file sink on /dev/null instead of Kafka (what MQTT intake and
+//! 3. the bridge again with the publisher paced at 100 k samples/s (latency below saturation);
+//! 4. the same intake with a file sink on /dev/null instead of Kafka (what MQTT intake and
 //!    parsing alone cost).
 //!
 //! Run: `cargo bench -p ferrule --bench kafka` (after `scripts/peers`).
@@ -87,7 +88,7 @@ fn tansu() -> (Kill, u16) {
         .spawn()
         .expect("tansu");
     wait_port(port);
-    for t in ["raw", "plant.telemetry"] {
+    for t in ["raw", "plant.telemetry", "paced"] {
         let ok = Command::new(tansu_binary())
             .args(["topic", "create", t, "--broker", &url, "--partitions", "3"])
             .status()
@@ -190,13 +191,19 @@ async fn raw_producer(port: u16) -> f64 {
 }
 
 /// Publishes the test traffic at QoS 1; returns when the broker acknowledged everything.
-async fn publish(port: u16) {
+/// `pace`: messages per second (None: as fast as the broker takes them).
+async fn publish(port: u16, pace: Option<u64>) {
     let mut o = MqttOptions::new("bench-pub", "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_outgoing_inflight_upper_limit(1000);
     let (client, mut events) = AsyncClient::new(o, 2000);
     let sender = tokio::spawn(async move {
+        let t0 = Instant::now();
         for m in 0..MESSAGES {
+            if let Some(rate) = pace {
+                let due = t0 + Duration::from_secs_f64(m as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
             let tag = m % TAGS;
             let t = now_ns();
             let mut body = String::with_capacity(8192);
@@ -231,8 +238,12 @@ async fn publish(port: u16) {
     let _ = client.disconnect().await;
 }
 
-/// Reads `plant.telemetry` as records arrive; returns publish → readable latencies, ms.
-fn latency_reader(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<f64>> {
+/// Reads `topic` as records arrive; returns publish → readable latencies, ms.
+fn latency_reader(
+    port: u16,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<f64>> {
     std::thread::spawn(move || {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", format!("127.0.0.1:{port}"))
@@ -243,7 +254,7 @@ fn latency_reader(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<V
             .unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in 0..3 {
-            tpl.add_partition_offset("plant.telemetry", p, Offset::Beginning)
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
                 .unwrap();
         }
         c.assign(&tpl).unwrap();
@@ -293,6 +304,7 @@ client_id = "bench-bridge"
 async fn bridge(
     dir: &Path,
     mqtt: u16,
+    pace: Option<u64>,
     sink: &str,
     done: impl Fn(&ferrule::sinks::SinkStatus) -> bool,
 ) -> (f64, ferrule::sinks::SinkStatus) {
@@ -300,7 +312,7 @@ async fn bridge(
     let running = pipeline::start(&config).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let start = Instant::now();
-    publish(mqtt).await;
+    publish(mqtt, pace).await;
     let status = loop {
         let s = running.handle.status().sinks["out"].clone();
         if done(&s) {
@@ -328,7 +340,6 @@ fn main() {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let (_kafka, kport) = tansu();
-        let (_mqtt, mport) = mosquitto(dir.path());
         println!(
             "MQTT → Kafka bridge: {SAMPLES} samples, {MESSAGES} QoS 1 messages of {PER_MESSAGE} samples over {TAGS} tags; Kafka idempotent, acks=all, lz4, linger 5 ms, 3 partitions"
         );
@@ -336,33 +347,39 @@ fn main() {
         let raw = raw_producer(kport).await;
         println!("1. raw producer (same client, settings, payload, key, headers): {raw:>9.0} records/s");
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let reader = latency_reader(kport, stop.clone());
-        let sink = format!(
-            "[sinks.out]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{kport}\"\ncompression = \"lz4\"\nlinger_ms = 5\ninclude_metadata = false\n[[sinks.out.routes]]\nmatch = \"plant/**\"\ntopics = [\"plant.telemetry\"]\n"
-        );
-        let (rate, st) = bridge(dir.path(), mport, &sink, |s| {
-            s.published_messages + s.deduplicated >= SAMPLES
-        })
-        .await;
-        let waited = Instant::now();
-        while !reader.is_finished() && waited.elapsed() < Duration::from_secs(30) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        for (label, topic, pace) in [
+            ("2. bridge MQTT QoS 1 → Kafka, publisher unpaced", "plant.telemetry", None),
+            ("3. bridge at 100 k samples/s (paced publisher)", "paced", Some(1000)),
+        ] {
+            let (_m, mport) = mosquitto(dir.path());
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = latency_reader(kport, topic, stop.clone());
+            let sink = format!(
+                "[sinks.out]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{kport}\"\ncompression = \"lz4\"\nlinger_ms = 5\ninclude_metadata = false\n[[sinks.out.routes]]\nmatch = \"plant/**\"\ntopics = [\"{topic}\"]\n"
+            );
+            let (rate, st) = bridge(dir.path(), mport, pace, &sink, |s| {
+                s.published_messages + s.deduplicated >= SAMPLES
+            })
+            .await;
+            let waited = Instant::now();
+            while !reader.is_finished() && waited.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            stop.store(true, Ordering::Relaxed);
+            let mut l = reader.join().unwrap();
+            println!(
+                "{label}: {rate:>9.0} samples/s ({:.2} of the raw producer); publish → readable latency p50 {:.1} ms, p99 {:.1} ms over {} records; {} deduplicated",
+                rate / raw,
+                pct(&mut l, 0.5),
+                pct(&mut l, 0.99),
+                l.len(),
+                st.deduplicated
+            );
         }
-        stop.store(true, Ordering::Relaxed);
-        let mut l = reader.join().unwrap();
-        println!(
-            "2. bridge MQTT QoS 1 → Kafka: {rate:>9.0} samples/s ({:.2} of the raw producer); publish → readable latency p50 {:.1} ms, p99 {:.1} ms over {} records; {} deduplicated",
-            rate / raw,
-            pct(&mut l, 0.5),
-            pct(&mut l, 0.99),
-            l.len(),
-            st.deduplicated
-        );
 
         let (_mqtt2, mport2) = mosquitto(dir.path());
         let sink = "[sinks.out]\ntype = \"file\"\npath = \"/dev/null\"\n";
-        let (intake, _) = bridge(dir.path(), mport2, sink, |s| s.written >= SAMPLES).await;
-        println!("3. same MQTT intake, file sink on /dev/null: {intake:>9.0} samples/s");
+        let (intake, _) = bridge(dir.path(), mport2, None, sink, |s| s.written >= SAMPLES).await;
+        println!("4. same MQTT intake, file sink on /dev/null: {intake:>9.0} samples/s");
     });
 }
