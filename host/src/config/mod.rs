@@ -223,10 +223,12 @@ impl HostConfig {
                         }));
                     }
                 }
+                SinkConfig::Kafka(_) => {}
             }
         }
         match self.dead_letter.as_mut() {
             Some(DeadLetterConfig::File(f)) => fix(&mut f.path),
+            Some(DeadLetterConfig::Kafka(_)) => {}
             None => {
                 self.dead_letter = Some(DeadLetterConfig::File(
                     crate::sinks::file::FileSinkConfig::new(base.join("dead-letter.jsonl")),

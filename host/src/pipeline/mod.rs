@@ -274,6 +274,7 @@ fn sink_status(v: &SinkView, written: u64) -> crate::sinks::SinkStatus {
         reconnects: get(|l| &l.reconnects),
         published_messages: get(|l| &l.published),
         refused_by_broker: get(|l| &l.refused),
+        deduplicated: get(|l| &l.deduplicated),
         buffer: v.buffer.as_ref().map(|b| b.status()),
     }
 }

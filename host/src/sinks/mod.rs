@@ -5,6 +5,7 @@
 
 pub mod buffered;
 pub mod file;
+pub mod kafka;
 pub mod mqtt;
 pub mod parquet;
 pub mod postgres;
@@ -32,6 +33,8 @@ pub enum SinkConfig {
     Postgres(postgres::PostgresSinkConfig),
     /// Rolling Parquet files partitioned by hour, in a directory or an object store.
     Parquet(parquet::ParquetSinkConfig),
+    /// Kafka topics by routing rules, idempotent producer, acknowledged before release.
+    Kafka(Box<kafka::KafkaSinkConfig>),
 }
 
 /// `[dead_letter]`, by `type`.
@@ -40,6 +43,8 @@ pub enum SinkConfig {
 pub enum DeadLetterConfig {
     /// JSON lines in a local file (the default: `dead-letter.jsonl` beside the config).
     File(file::FileSinkConfig),
+    /// JSON records on a Kafka topic.
+    Kafka(Box<kafka::KafkaDeadLetterConfig>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,8 @@ pub struct LinkStats {
     pub published: AtomicU64,
     /// Publishes the broker refused (sent again after a reconnect).
     pub refused: AtomicU64,
+    /// Samples dropped as repeats of one already forwarded (dedup).
+    pub deduplicated: AtomicU64,
 }
 
 /// What the host status shows of a sink.
@@ -83,6 +90,8 @@ pub struct SinkStatus {
     pub reconnects: u64,
     pub published_messages: u64,
     pub refused_by_broker: u64,
+    #[serde(default)]
+    pub deduplicated: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buffer: Option<BufferStatus>,
 }
@@ -110,6 +119,7 @@ impl SinkConfig {
             SinkConfig::Mqtt(c) => c.validate(),
             SinkConfig::Postgres(c) => c.validate(),
             SinkConfig::Parquet(c) => c.validate(),
+            SinkConfig::Kafka(c) => c.validate(),
         }
     }
 
@@ -120,9 +130,9 @@ impl SinkConfig {
             SinkConfig::File(c) => Ok(Box::new(file::FileSink::open(name, c)?)),
             SinkConfig::Postgres(c) => Ok(Box::new(postgres::PostgresSink::open(name, c)?)),
             SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::open(name, c)?)),
-            SinkConfig::Mqtt(_) => Err(SinkError::Io {
+            SinkConfig::Mqtt(_) | SinkConfig::Kafka(_) => Err(SinkError::Io {
                 sink: name.into(),
-                message: "the MQTT sink runs through its buffer; start it with `start`".into(),
+                message: "this sink needs the pipeline's context; start it with `start`".into(),
             }),
         }
     }
@@ -180,6 +190,20 @@ impl SinkConfig {
                     link: Some(link),
                 })
             }
+            SinkConfig::Kafka(c) => {
+                let link = Arc::new(LinkStats::default());
+                let sink = Box::new(kafka::KafkaSink::open(
+                    &ctx.name,
+                    c,
+                    ctx.dead_letters,
+                    link.clone(),
+                )?);
+                Ok(RunningSink {
+                    task: tokio::spawn(run_sink(ctx.name, sink, ctx.queue, ctx.written)),
+                    buffer: None,
+                    link: Some(link),
+                })
+            }
         }
     }
 }
@@ -188,11 +212,13 @@ impl DeadLetterConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             DeadLetterConfig::File(c) => c.validate(),
+            DeadLetterConfig::Kafka(c) => c.validate(),
         }
     }
     pub fn build(&self) -> Result<Box<dyn DeadLetterSink>, SinkError> {
         match self {
             DeadLetterConfig::File(c) => Ok(Box::new(file::FileSink::open("dead_letter", c)?)),
+            DeadLetterConfig::Kafka(c) => Ok(Box::new(kafka::KafkaDeadLetterSink::open(c)?)),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Sources are registered by their config `type`; protocol sources (Modbus, OPC UA, MQTT)
 //! plug in beside the simulator.
 
+pub mod kafka;
 pub mod modbus;
 pub mod mqtt;
 pub mod opcua;
@@ -29,6 +30,8 @@ pub enum SourceConfig {
     Modbus(modbus::ModbusConfig),
     /// An OPC UA server (subscriptions, or polled reads per node).
     Opcua(opcua::OpcUaConfig),
+    /// Kafka consumer-group member (scale-out past one machine).
+    Kafka(Box<kafka::KafkaSourceConfig>),
 }
 
 /// What a running source gets from the pipeline.
@@ -58,6 +61,7 @@ impl SourceConfig {
             SourceConfig::Mqtt(c) => c.validate(),
             SourceConfig::Modbus(c) => c.validate(),
             SourceConfig::Opcua(c) => c.validate(),
+            SourceConfig::Kafka(c) => c.validate(),
         }
     }
 
@@ -68,6 +72,7 @@ impl SourceConfig {
             SourceConfig::Mqtt(c) => mqtt::run(c, ctx).await,
             SourceConfig::Modbus(c) => modbus::run(c, ctx).await,
             SourceConfig::Opcua(c) => opcua::run(c, ctx).await,
+            SourceConfig::Kafka(c) => kafka::run(*c, ctx).await,
         }
     }
 }

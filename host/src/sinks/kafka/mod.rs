@@ -1,0 +1,317 @@
+//! The Kafka sink and the Kafka dead-letter. The sink renders each sample once, routes it by
+//! its tag path to one or more topics (key: the path, so per-tag order holds within a
+//! partition), drops (tag, source timestamp) repeats seen within the dedup window, and hands
+//! the records to an idempotent producer. `write` enqueues; `flush` returns only when Kafka
+//! acknowledged every record, and the pipeline holds each batch (so its upstream
+//! acknowledgment, e.g. the MQTT PUBACK) until `flush` returned: a Kafka outage backs up into
+//! the source, never into memory past the bounded window.
+//!
+//! At-least-once window: a record Kafka reports failed is sent again by us (idempotence only
+//! covers librdkafka's own retries), and a crash before the upstream acknowledgment makes the
+//! source redeliver what may already be in Kafka; dedup catches the latter only within one
+//! process's lifetime.
+
+mod config;
+pub mod dedup;
+mod producer;
+pub mod route;
+
+pub use config::{Compression, DedupConfig, KafkaDeadLetterConfig, KafkaSinkConfig, RouteConfig};
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rdkafka::message::{Header, OwnedHeaders};
+use tokio::sync::mpsc;
+
+use super::{DeadLetterSink, LinkStats, Sink, SinkError};
+use crate::model::Quality;
+use crate::mqtt::payload::{self, WireSample};
+use crate::pipeline::{DeadLetter, DeadLetterBatch, OutputBatch, ResolvedTag};
+use producer::{Producer, Settings};
+
+/// What a tag's samples become, worked out once per tag table.
+struct Plan {
+    /// Normalized tag path: the record key.
+    key: String,
+    /// The payload's tag fields (`"unit":…,…,"path":…`).
+    fields: String,
+    unit: String,
+    topics: Vec<String>,
+}
+
+pub struct KafkaSink {
+    name: String,
+    config: KafkaSinkConfig,
+    producer: Producer,
+    dedup: Option<dedup::Dedup>,
+    plans: Vec<Option<Arc<Plan>>>,
+    plans_of: usize,
+    dead_letters: mpsc::Sender<DeadLetterBatch>,
+    link: Arc<LinkStats>,
+}
+
+impl KafkaSink {
+    pub fn open(
+        name: &str,
+        config: &KafkaSinkConfig,
+        dead_letters: mpsc::Sender<DeadLetterBatch>,
+        link: Arc<LinkStats>,
+    ) -> Result<Self, SinkError> {
+        let producer = Producer::new(
+            name,
+            Settings {
+                brokers: &config.brokers,
+                client_id: config
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("ferrule-{name}")),
+                compression: config.compression,
+                linger_ms: config.linger_ms,
+                message_timeout_ms: config.message_timeout_ms,
+                max_inflight: config.max_inflight,
+                properties: &config.properties,
+            },
+            link.clone(),
+        )?;
+        let dedup = (config.dedup.window_s > 0).then(|| {
+            dedup::Dedup::new(
+                Duration::from_secs(config.dedup.window_s),
+                config.dedup.max_keys,
+            )
+        });
+        Ok(KafkaSink {
+            name: name.into(),
+            config: config.clone(),
+            producer,
+            dedup,
+            plans: Vec::new(),
+            plans_of: 0,
+            dead_letters,
+            link,
+        })
+    }
+
+    fn plan(&mut self, batch: &OutputBatch, id: usize) -> Option<Arc<Plan>> {
+        let table = Arc::as_ptr(&batch.tags) as usize;
+        if table != self.plans_of {
+            self.plans.clear();
+            self.plans_of = table;
+        }
+        if self.plans.len() < batch.tags.len() {
+            self.plans.resize(batch.tags.len(), None);
+        }
+        let slot = self.plans.get_mut(id)?;
+        if slot.is_none() {
+            let tag: &ResolvedTag = batch.tags.get(id)?.as_deref()?;
+            let mut fields = payload::tag_fields(tag, self.config.include_metadata);
+            fields.push_str(",\"path\":");
+            fields.push_str(&serde_json::to_string(&tag.path).expect("a string serializes"));
+            *slot = Some(Arc::new(Plan {
+                key: tag.path.clone(),
+                fields,
+                unit: tag.unit.clone(),
+                topics: route::topics_for(&self.config.routes, &tag.path),
+            }));
+        }
+        slot.clone()
+    }
+}
+
+fn headers(quality: u32, unit: &str) -> OwnedHeaders {
+    let status = quality.to_string();
+    OwnedHeaders::new_with_capacity(4)
+        .insert(Header {
+            key: "quality",
+            value: Some(Quality(quality).level()),
+        })
+        .insert(Header {
+            key: "status",
+            value: Some(status.as_str()),
+        })
+        .insert(Header {
+            key: "unit",
+            value: Some(unit),
+        })
+        .insert(Header {
+            key: "contract",
+            value: Some(payload::CONTRACT),
+        })
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, batch: &OutputBatch) -> Result<(), SinkError> {
+        let now = Instant::now();
+        if let Some(d) = self.dedup.as_mut() {
+            d.expire(now);
+        }
+        let s = &batch.samples;
+        let mut extras = s.extras.iter().peekable();
+        // (index, reason, detail) of samples that go to the dead-letter instead.
+        let mut refused: Vec<(usize, &'static str, String)> = Vec::new();
+        for i in 0..s.len() {
+            let mut extra = None;
+            while let Some(e) = extras.next_if(|e| e.index as usize <= i) {
+                if e.index as usize == i {
+                    extra = Some(e.value.clone());
+                }
+            }
+            let Some(plan) = self.plan(batch, s.tag_ids[i] as usize) else {
+                refused.push((i, "no-route", "tag unknown to the tag table".into()));
+                continue;
+            };
+            if plan.topics.is_empty() {
+                refused.push((i, "no-route", format!("no route matches `{}`", plan.key)));
+                continue;
+            }
+            if let Some(d) = self.dedup.as_mut() {
+                if !d.first_time(dedup::key(&plan.key, s.timestamps[i]), now) {
+                    self.link.deduplicated.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            let body = payload::render(
+                &plan.fields,
+                &[WireSample {
+                    value: s.values[i],
+                    extra,
+                    status: s.quality[i],
+                    ts_ns: s.timestamps[i],
+                }],
+            );
+            let h = headers(s.quality[i], &plan.unit);
+            for topic in &plan.topics {
+                if let Err(e) = self
+                    .producer
+                    .send(topic, plan.key.as_bytes(), &body, h.clone())
+                    .await
+                {
+                    refused.push((i, "kafka-refused", format!("{topic}: {e}")));
+                    break;
+                }
+            }
+        }
+        if !refused.is_empty() {
+            self.dead_letter(batch, refused).await;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        self.producer.settle_all().await;
+        Ok(())
+    }
+}
+
+impl KafkaSink {
+    async fn dead_letter(&self, batch: &OutputBatch, refused: Vec<(usize, &'static str, String)>) {
+        let s = &batch.samples;
+        let letters = refused
+            .into_iter()
+            .map(|(i, reason, detail)| {
+                let tag = batch.tags.get(s.tag_ids[i] as usize).cloned().flatten();
+                DeadLetter {
+                    stage: format!("sink.{}", self.name),
+                    plugin: String::new(),
+                    plugin_version: String::new(),
+                    reason: reason.into(),
+                    reason_code: None,
+                    detail: Some(detail),
+                    tag_id: s.tag_ids[i],
+                    source: tag.as_ref().map(|t| t.source.clone()).unwrap_or_default(),
+                    vendor_path: tag
+                        .as_ref()
+                        .map(|t| t.vendor_path.clone())
+                        .unwrap_or_default(),
+                    path: tag.as_ref().map(|t| t.path.clone()).unwrap_or_default(),
+                    value: s.values[i].is_finite().then_some(s.values[i]),
+                    extra: s.extra(i).map(|e| format!("{e:?}")),
+                    quality: s.quality[i],
+                    timestamp_ns: s.timestamps[i],
+                }
+            })
+            .collect();
+        if self
+            .dead_letters
+            .send(DeadLetterBatch::new(letters, s.ack.clone()))
+            .await
+            .is_err()
+        {
+            tracing::error!(sink = %self.name, "the dead-letter sink stopped");
+        }
+    }
+}
+
+/// Dead-letters as JSON records on a Kafka topic.
+pub struct KafkaDeadLetterSink {
+    topic: String,
+    instance: String,
+    producer: Producer,
+}
+
+impl KafkaDeadLetterSink {
+    pub fn open(config: &KafkaDeadLetterConfig) -> Result<Self, SinkError> {
+        let client_id = config
+            .client_id
+            .clone()
+            .unwrap_or_else(|| "ferrule-dead-letter".into());
+        let instance = config.instance.clone().unwrap_or_else(|| client_id.clone());
+        let producer = Producer::new(
+            "dead_letter",
+            Settings {
+                brokers: &config.brokers,
+                client_id,
+                compression: config.compression,
+                linger_ms: config.linger_ms,
+                message_timeout_ms: config.message_timeout_ms,
+                max_inflight: 10_000,
+                properties: &config.properties,
+            },
+            Arc::new(LinkStats::default()),
+        )?;
+        Ok(KafkaDeadLetterSink {
+            topic: config.topic.clone(),
+            instance,
+            producer,
+        })
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for KafkaDeadLetterSink {
+    async fn write(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
+        for l in letters {
+            let mut v = serde_json::to_value(l).map_err(|e| SinkError::Io {
+                sink: "dead_letter".into(),
+                message: e.to_string(),
+            })?;
+            v["instance"] = self.instance.clone().into();
+            let body = v.to_string();
+            let h = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: "reason",
+                    value: Some(l.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "instance",
+                    value: Some(self.instance.as_str()),
+                });
+            self.producer
+                .send(&self.topic, l.path.as_bytes(), body.as_bytes(), h)
+                .await
+                .map_err(|e| SinkError::Io {
+                    sink: "dead_letter".into(),
+                    message: format!("{}: {e}", self.topic),
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        self.producer.settle_all().await;
+        Ok(())
+    }
+}

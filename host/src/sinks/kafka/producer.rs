@@ -1,0 +1,159 @@
+//! The producer shared by the Kafka sink and the Kafka dead-letter: an idempotent
+//! (`enable.idempotence=true`, `acks=all`) rdkafka `FutureProducer` with a bounded window of
+//! records awaiting acknowledgment. A record Kafka reports as failed (after librdkafka's own
+//! retries, i.e. `message.timeout.ms`) is sent again, never dropped.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use super::config::Compression;
+use crate::sinks::{LinkStats, SinkError};
+
+/// What the producer is built from.
+pub struct Settings<'a> {
+    pub brokers: &'a str,
+    pub client_id: String,
+    pub compression: Compression,
+    pub linger_ms: u64,
+    pub message_timeout_ms: u64,
+    pub max_inflight: usize,
+    pub properties: &'a BTreeMap<String, String>,
+}
+
+pub struct Producer {
+    name: String,
+    inner: FutureProducer,
+    pending: VecDeque<DeliveryFuture>,
+    max_inflight: usize,
+    link: Arc<LinkStats>,
+}
+
+impl Producer {
+    pub fn new(name: &str, s: Settings<'_>, link: Arc<LinkStats>) -> Result<Self, SinkError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", s.brokers)
+            .set("client.id", &s.client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", s.compression.as_str())
+            .set("linger.ms", s.linger_ms.to_string())
+            .set("message.timeout.ms", s.message_timeout_ms.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                s.max_inflight.max(1000).to_string(),
+            );
+        for (k, v) in s.properties {
+            c.set(k, v);
+        }
+        let inner: FutureProducer = c.create().map_err(|e| SinkError::Io {
+            sink: name.into(),
+            message: format!("cannot create the Kafka producer: {e}"),
+        })?;
+        Ok(Producer {
+            name: name.into(),
+            inner,
+            pending: VecDeque::new(),
+            max_inflight: s.max_inflight,
+            link,
+        })
+    }
+
+    /// Hands a record to the producer, first waiting for room in the window. An error is a
+    /// refusal of this record for good (e.g. larger than the broker takes).
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), KafkaError> {
+        while self.pending.len() >= self.max_inflight {
+            self.settle_one().await;
+        }
+        let mut record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        loop {
+            match self.inner.send_result(record) {
+                Ok(f) => {
+                    self.pending.push_back(f);
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    if !self.pending.is_empty() {
+                        self.settle_one().await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until Kafka acknowledged every record handed over so far.
+    pub async fn settle_all(&mut self) {
+        while !self.pending.is_empty() {
+            self.settle_one().await;
+        }
+    }
+
+    async fn settle_one(&mut self) {
+        let Some(f) = self.pending.pop_front() else {
+            return;
+        };
+        match f.await {
+            Ok(Ok(_)) => {
+                self.link.published.fetch_add(1, Ordering::Relaxed);
+                self.link.connected.store(true, Ordering::Relaxed);
+            }
+            Ok(Err((e, msg))) => {
+                self.link.refused.fetch_add(1, Ordering::Relaxed);
+                if self.link.connected.swap(false, Ordering::Relaxed) {
+                    self.link.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(sink = %self.name, topic = msg.topic(), "Kafka did not acknowledge a record, sending it again: {e}");
+                self.resend(msg).await;
+            }
+            Err(_) => {
+                // The producer is owned here and outlives its futures.
+                tracing::error!(sink = %self.name, "a delivery report was lost");
+            }
+        }
+    }
+
+    /// Sends a failed record again (at the back of the window).
+    async fn resend(&mut self, msg: OwnedMessage) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut record =
+                FutureRecord::to(msg.topic()).payload(msg.payload().unwrap_or_default());
+            if let Some(k) = msg.key() {
+                record = record.key(k);
+            }
+            if let Some(h) = msg.headers() {
+                record = record.headers(h.clone());
+            }
+            match self.inner.send_result(record) {
+                Ok(f) => {
+                    self.pending.push_back(f);
+                    return;
+                }
+                Err((e, _)) => {
+                    tracing::warn!(sink = %self.name, "cannot hand a record to the producer again, retrying in {delay:?}: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
