@@ -8,6 +8,9 @@
 //!
 //! Run: `cargo bench -p ferrule --bench modbus`
 
+mod common;
+
+use common::{cpu_seconds, rss_mib};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command};
@@ -36,39 +39,6 @@ fn server_config(k: u32, port: u16) -> SimulatorServerConfig {
         interval_ms: 100,
         poll_interval_ms: 1000,
     }
-}
-
-/// (user + system CPU seconds) of process `pid` ("self" for this one), from /proc.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// (current RSS, peak RSS) of this process in MiB.
-fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn now_ns() -> u64 {

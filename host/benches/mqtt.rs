@@ -11,6 +11,8 @@
 //!
 //! Run: `cargo bench -p ferrule --bench mqtt` (needs `mosquitto` on PATH or in /usr/sbin).
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -61,14 +63,7 @@ fn batch(tags: &Arc<TagTable>, k: u64) -> Arc<OutputBatch> {
 }
 
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    common::rss_mib().1
 }
 
 fn buffer_config(dir: &Path, name: &str) -> BufferConfig {

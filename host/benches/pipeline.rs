@@ -5,6 +5,8 @@
 //!
 //! Run: `scripts/build-plugins && cargo bench -p ferrule --bench pipeline`
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,31 +20,9 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// (user + system CPU seconds, peak RSS in MiB) of this process, from /proc.
+/// (user + system CPU seconds, peak RSS in MiB) of this process.
 fn cpu_and_peak_rss() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command name: state is field 3 (index 0 here); utime 14 → 11, stime 15 → 12.
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (cpu, hwm / 1024.0)
+    (common::cpu_seconds("self"), common::rss_mib().1)
 }
 
 fn config(dir: &Path, scans: u64, interval_ms: u64) -> HostConfig {

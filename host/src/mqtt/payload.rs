@@ -123,6 +123,44 @@ pub struct Parsed {
     pub samples: Vec<WireSample>,
 }
 
+impl Parsed {
+    /// The tag a source registers for a payload that arrived for `path` (its MQTT topic or
+    /// Kafka key): text if any sample carries text, otherwise a double; the payload's
+    /// `vendor_path` is kept as `origin_vendor_path` metadata.
+    pub fn descriptor(&self, source: &str, path: &str) -> crate::model::TagDescriptor {
+        let text = self
+            .samples
+            .iter()
+            .any(|s| matches!(s.extra, Some(ExtraValue::Text(_))));
+        let mut metadata = self.meta.clone();
+        if let Some(v) = &self.vendor_path {
+            metadata.push(("origin_vendor_path".into(), v.clone()));
+        }
+        crate::model::TagDescriptor {
+            source: source.to_string(),
+            vendor_path: path.to_string(),
+            unit: self.unit.clone(),
+            data_type: if text {
+                crate::model::DataType::Text
+            } else {
+                crate::model::DataType::Float64
+            },
+            metadata,
+        }
+    }
+
+    /// Appends the samples to `batch` as tag `id`, in order.
+    pub fn append_to(self, id: crate::model::TagId, batch: &mut crate::model::SampleBatch) {
+        for s in self.samples {
+            let index = batch.len() as u32;
+            batch.push(id, s.value, Quality(s.status), s.ts_ns);
+            if let Some(value) = s.extra {
+                batch.extras.push(crate::model::Extra { index, value });
+            }
+        }
+    }
+}
+
 /// Why a payload was refused: a stable reason name and a detail naming the field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {detail}")]

@@ -30,6 +30,40 @@ pub struct DeadLetter {
     pub timestamp_ns: u64,
 }
 
+impl DeadLetter {
+    /// A dead-letter for sample `i` of a batch that passed the chain and that sink `sink`
+    /// refused (the tag is resolved, so its names come from `tags`).
+    pub fn refused_by_sink(
+        sink: &str,
+        reason: &str,
+        detail: String,
+        batch: &SampleBatch,
+        tags: &super::TagTable,
+        i: usize,
+    ) -> DeadLetter {
+        let tag = tags.get(batch.tag_ids[i] as usize).cloned().flatten();
+        let name = |f: fn(&super::ResolvedTag) -> &String| {
+            tag.as_deref().map(|t| f(t).clone()).unwrap_or_default()
+        };
+        DeadLetter {
+            stage: format!("sink.{sink}"),
+            plugin: String::new(),
+            plugin_version: String::new(),
+            reason: reason.into(),
+            reason_code: None,
+            detail: Some(detail),
+            tag_id: batch.tag_ids[i],
+            source: name(|t| &t.source),
+            vendor_path: name(|t| &t.vendor_path),
+            path: name(|t| &t.path),
+            value: batch.values[i].is_finite().then_some(batch.values[i]),
+            extra: batch.extra(i).map(|e| format!("{e:?}")),
+            quality: batch.quality[i],
+            timestamp_ns: batch.timestamps[i],
+        }
+    }
+}
+
 /// Dead-letters on their way to the dead-letter sink, with the acknowledgment of the batch
 /// they came from (released once they are written).
 #[derive(Debug, Default)]

@@ -212,26 +212,7 @@ impl KafkaSink {
         let letters = refused
             .into_iter()
             .map(|(i, reason, detail)| {
-                let tag = batch.tags.get(s.tag_ids[i] as usize).cloned().flatten();
-                DeadLetter {
-                    stage: format!("sink.{}", self.name),
-                    plugin: String::new(),
-                    plugin_version: String::new(),
-                    reason: reason.into(),
-                    reason_code: None,
-                    detail: Some(detail),
-                    tag_id: s.tag_ids[i],
-                    source: tag.as_ref().map(|t| t.source.clone()).unwrap_or_default(),
-                    vendor_path: tag
-                        .as_ref()
-                        .map(|t| t.vendor_path.clone())
-                        .unwrap_or_default(),
-                    path: tag.as_ref().map(|t| t.path.clone()).unwrap_or_default(),
-                    value: s.values[i].is_finite().then_some(s.values[i]),
-                    extra: s.extra(i).map(|e| format!("{e:?}")),
-                    quality: s.quality[i],
-                    timestamp_ns: s.timestamps[i],
-                }
+                DeadLetter::refused_by_sink(&self.name, reason, detail, s, &batch.tags, i)
             })
             .collect();
         if self

@@ -161,26 +161,14 @@ impl Writer {
         let details: Vec<String> = reasons.into_iter().flatten().collect();
         let letters = (0..refused.len())
             .map(|i| {
-                let tag = b.tags.get(refused.tag_ids[i] as usize).cloned().flatten();
-                DeadLetter {
-                    stage: format!("sink.{}", self.name),
-                    plugin: String::new(),
-                    plugin_version: String::new(),
-                    reason: "topic-spec".into(),
-                    reason_code: None,
-                    detail: Some(details[i].clone()),
-                    tag_id: refused.tag_ids[i],
-                    source: tag.as_ref().map(|t| t.source.clone()).unwrap_or_default(),
-                    vendor_path: tag
-                        .as_ref()
-                        .map(|t| t.vendor_path.clone())
-                        .unwrap_or_default(),
-                    path: tag.as_ref().map(|t| t.path.clone()).unwrap_or_default(),
-                    value: refused.values[i].is_finite().then_some(refused.values[i]),
-                    extra: refused.extra(i).map(|e| format!("{e:?}")),
-                    quality: refused.quality[i],
-                    timestamp_ns: refused.timestamps[i],
-                }
+                DeadLetter::refused_by_sink(
+                    &self.name,
+                    "topic-spec",
+                    details[i].clone(),
+                    &refused,
+                    &b.tags,
+                    i,
+                )
             })
             .collect();
         let ack = refused.ack.clone();

@@ -21,7 +21,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use super::{SourceContext, SourceError};
 use crate::ack::Ack;
 use crate::buffer::now_ns;
-use crate::model::{DataType, Extra, ExtraValue, Quality, SampleBatch, TagDescriptor, TagId};
+use crate::model::{Quality, SampleBatch, TagId};
 use crate::mqtt::payload;
 use crate::pipeline::{DeadLetter, DeadLetterBatch};
 
@@ -175,35 +175,12 @@ impl Reader {
                     .await
             }
         };
-        let text = parsed
-            .samples
-            .iter()
-            .any(|s| matches!(s.extra, Some(ExtraValue::Text(_))));
         let (registry, source) = (&self.ctx.registry, &self.ctx.name);
-        let id = *self.tags.entry(path.clone()).or_insert_with(|| {
-            let mut metadata = parsed.meta.clone();
-            if let Some(v) = &parsed.vendor_path {
-                metadata.push(("origin_vendor_path".into(), v.clone()));
-            }
-            registry.intern(TagDescriptor {
-                source: source.clone(),
-                vendor_path: path.clone(),
-                unit: parsed.unit.clone(),
-                data_type: if text {
-                    DataType::Text
-                } else {
-                    DataType::Float64
-                },
-                metadata,
-            })
-        });
-        for s in parsed.samples {
-            let index = self.batch.len() as u32;
-            self.batch.push(id, s.value, Quality(s.status), s.ts_ns);
-            if let Some(value) = s.extra {
-                self.batch.extras.push(Extra { index, value });
-            }
-        }
+        let id = *self
+            .tags
+            .entry(path.clone())
+            .or_insert_with(|| registry.intern(parsed.descriptor(source, &path)));
+        parsed.append_to(id, &mut self.batch);
         let o = self.offsets.entry(p).or_insert(m.offset());
         *o = (*o).max(m.offset());
         Ok(())

@@ -19,7 +19,7 @@ use rumqttc::v5::{AsyncClient, Event};
 use super::{SourceContext, SourceError};
 use crate::ack::Ack;
 use crate::buffer::now_ns;
-use crate::model::{DataType, Extra, ExtraValue, Quality, SampleBatch, TagDescriptor, TagId};
+use crate::model::{Quality, SampleBatch, TagId};
 use crate::mqtt::{payload, topic};
 use crate::pipeline::{DeadLetter, DeadLetterBatch};
 
@@ -135,34 +135,10 @@ fn take_message(
         Ok(parsed) => parsed,
         Err(e) => return Some((e.reason, e.detail)),
     };
-    let text = parsed
-        .samples
-        .iter()
-        .any(|s| matches!(s.extra, Some(ExtraValue::Text(_))));
-    let id = *tags.entry(topic.clone()).or_insert_with(|| {
-        let mut metadata = parsed.meta.clone();
-        if let Some(v) = &parsed.vendor_path {
-            metadata.push(("origin_vendor_path".into(), v.clone()));
-        }
-        ctx.registry.intern(TagDescriptor {
-            source: ctx.name.clone(),
-            vendor_path: topic.clone(),
-            unit: parsed.unit.clone(),
-            data_type: if text {
-                DataType::Text
-            } else {
-                DataType::Float64
-            },
-            metadata,
-        })
-    });
-    for s in parsed.samples {
-        let index = pending.batch.len() as u32;
-        pending.batch.push(id, s.value, Quality(s.status), s.ts_ns);
-        if let Some(value) = s.extra {
-            pending.batch.extras.push(Extra { index, value });
-        }
-    }
+    let id = *tags
+        .entry(topic.clone())
+        .or_insert_with(|| ctx.registry.intern(parsed.descriptor(&ctx.name, &topic)));
+    parsed.append_to(id, &mut pending.batch);
     if p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce {
         pending.messages.push(Publish {
             payload: Bytes::new(),
