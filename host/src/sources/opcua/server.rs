@@ -34,7 +34,9 @@ fn simulator_builder(tags: u32) -> ServerBuilder {
     let limits = &mut builder.limits_mut().subscriptions;
     limits.max_monitored_items_per_sub = tags as usize + 1000;
     limits.max_notifications_per_publish = 1000;
-    limits.max_queued_notifications = 0;
+    // async-opcua drops the oldest queued notification once `len >= max` (0 would keep at
+    // most one): allow a deep queue so a slow publish cycle never loses data.
+    limits.max_queued_notifications = 100_000;
     // The client uses one subscription per 1000 items.
     limits.max_subscriptions_per_session = tags as usize / 1000 + 10;
     limits.max_pending_publish_requests = 4 * (tags as usize / 1000 + 10);
