@@ -186,8 +186,10 @@ impl HostConfig {
             fix(d)
         }
         for s in self.sources.values_mut() {
-            if let SourceConfig::Mqtt(m) = s {
-                m.broker.resolve_paths(base);
+            match s {
+                SourceConfig::Mqtt(m) => m.broker.resolve_paths(base),
+                SourceConfig::Opcua(o) => fix(&mut o.pki_dir),
+                _ => {}
             }
         }
         for t in self.reference_data.values_mut() {
@@ -195,11 +197,6 @@ impl HostConfig {
         }
         for s in &mut self.stages {
             fix(&mut s.plugin);
-        }
-        for s in self.sources.values_mut() {
-            if let SourceConfig::Opcua(o) = s {
-                fix(&mut o.pki_dir);
-            }
         }
         for (name, s) in self.sinks.iter_mut() {
             match s {

@@ -32,14 +32,7 @@ pub async fn run(
     let writer_buffer = buffer.clone();
     let group_commit = buffer.config().group_commit;
     let writer = tokio::spawn(async move {
-        while let Some(first) = queue.recv().await {
-            let mut group = vec![first];
-            while group.len() < group_commit {
-                match queue.try_recv() {
-                    Ok(b) => group.push(b),
-                    Err(_) => break,
-                }
-            }
+        while let Some(group) = super::next_group(&mut queue, group_commit).await {
             let seqs = writer_buffer.commit(&group).await;
             let _ = appended_tx.send(seqs.last().copied().unwrap_or(0));
         }

@@ -142,16 +142,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Postgres(c) if c.buffer.is_some() => {
                 let sink = self.build(&ctx.name)?;
-                let b = c.buffer.as_ref().expect("checked");
-                let path = b
-                    .path
-                    .clone()
-                    .expect("the config loader resolves the buffer path");
-                let buffer =
-                    DurableBuffer::open(&ctx.name, &path, b).map_err(|e| SinkError::Io {
-                        sink: ctx.name.clone(),
-                        message: e.to_string(),
-                    })?;
+                let buffer = open_buffer(&ctx.name, c.buffer.as_ref().expect("checked"))?;
                 Ok(RunningSink {
                     task: tokio::spawn(buffered::run(
                         ctx.name,
@@ -173,7 +164,7 @@ impl SinkConfig {
                 })
             }
             SinkConfig::Mqtt(c) => {
-                let buffer = mqtt::open_buffer(&ctx.name, c)?;
+                let buffer = open_buffer(&ctx.name, &c.buffer)?;
                 let link = Arc::new(LinkStats::default());
                 let task = tokio::spawn(mqtt::run(mqtt::MqttSinkParts {
                     name: ctx.name,
@@ -206,6 +197,37 @@ impl SinkConfig {
             }
         }
     }
+}
+
+/// Opens a sink's durable buffer (at start, so a bad path refuses the start).
+fn open_buffer(
+    name: &str,
+    config: &crate::buffer::BufferConfig,
+) -> Result<Arc<DurableBuffer>, SinkError> {
+    let path = config
+        .path
+        .as_ref()
+        .expect("the config loader resolves the buffer path");
+    DurableBuffer::open(name, path, config).map_err(|e| SinkError::Io {
+        sink: name.into(),
+        message: e.to_string(),
+    })
+}
+
+/// The next batch from `queue` and whatever else is already waiting, `max` at most (a group
+/// the buffer commits with one fsync); None once the queue is closed.
+async fn next_group(
+    queue: &mut mpsc::Receiver<Arc<OutputBatch>>,
+    max: usize,
+) -> Option<Vec<Arc<OutputBatch>>> {
+    let mut group = vec![queue.recv().await?];
+    while group.len() < max {
+        match queue.try_recv() {
+            Ok(b) => group.push(b),
+            Err(_) => break,
+        }
+    }
+    Some(group)
 }
 
 impl DeadLetterConfig {

@@ -27,7 +27,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
 
-use super::{LinkStats, SinkError};
+use super::LinkStats;
 use crate::buffer::{now_ns, DurableBuffer};
 use crate::mqtt::payload::{self, WireSample};
 use crate::mqtt::topic;
@@ -114,14 +114,7 @@ impl Writer {
         live: mpsc::Sender<(u64, Arc<OutputBatch>)>,
         done: watch::Sender<bool>,
     ) {
-        while let Some(first) = queue.recv().await {
-            let mut group = vec![first];
-            while group.len() < self.group_commit {
-                match queue.try_recv() {
-                    Ok(b) => group.push(b),
-                    Err(_) => break,
-                }
-            }
+        while let Some(group) = super::next_group(&mut queue, self.group_commit).await {
             let mut valid = Vec::with_capacity(group.len());
             for b in group {
                 if let Some(b) = self.split_off_spec_violations(b).await {
@@ -759,17 +752,4 @@ fn rand_jitter(max_ms: u64) -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now_ns());
     h.finish() % (max_ms + 1)
-}
-
-/// Builds the buffer of an MQTT sink (at start, so a bad path is a start error).
-pub fn open_buffer(name: &str, config: &MqttSinkConfig) -> Result<Arc<DurableBuffer>, SinkError> {
-    let path = config
-        .buffer
-        .path
-        .clone()
-        .expect("the config loader resolves the buffer path");
-    DurableBuffer::open(name, &path, &config.buffer).map_err(|e| SinkError::Io {
-        sink: name.into(),
-        message: e.to_string(),
-    })
 }
