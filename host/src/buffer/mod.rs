@@ -505,6 +505,11 @@ impl DurableBuffer {
         self.lock().index.front().map(|m| m.seq)
     }
 
+    /// The highest buffered seq, if any.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.lock().index.back().map(|m| m.seq)
+    }
+
     pub fn config(&self) -> &BufferConfig {
         &self.config
     }

@@ -435,8 +435,8 @@ impl Forwarder {
 
     fn last_committed(&self) -> u64 {
         self.buffer
-            .first_seq()
-            .map_or(0, |f| f + self.buffer.depth().0.saturating_sub(1))
+            .last_seq()
+            .unwrap_or(0)
             .max(self.ready.back().map_or(0, |r| r.0))
     }
 
