@@ -2,9 +2,15 @@
 //! `ferrule plugin swap|rollback|release` and `ferrule status`.
 //! Read-only: `GET /` (the status page), `GET /status`, `GET /dead-letters` (the latest), `GET /metrics` (Prometheus),
 //! `GET /health` (live), `GET /ready` (sinks connected, buffers not full).
+//! `GET /stages` (stages with plugin version, digest, state, limits, candidate, shadow, call
+//! costs), `GET /stages/{stage}/shadow` (the shadow run's report).
 //! Mutating, each needing `Authorization: Bearer <admin.token>` (401 otherwise):
-//! `POST /stages/{stage}/swap` (`{"plugin": "<path>"}`), `POST /stages/{stage}/rollback`,
-//! `POST /stages/{stage}/release`.
+//! `POST /stages/{stage}/load` (`{"plugin": "<path>", "config": {..}}`: check and keep as the
+//! candidate), `POST /stages/{stage}/swap` (`{"plugin": "<path>"}`, or `{}` for the candidate),
+//! `POST /stages/{stage}/rollback`, `POST /stages/{stage}/quarantine` (`{"reason": ".."}`),
+//! `POST /stages/{stage}/release`, `POST /stages/{stage}/shadow` (`{"plugin": "<path>"}`, or
+//! `{}` for the candidate), `POST /stages/{stage}/shadow/promote`,
+//! `POST /stages/{stage}/shadow/abandon`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,14 +22,29 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{InstallReport, PipelineError, PipelineHandle};
+use crate::pipeline::{
+    InstallReport, LoadedVersion, PipelineError, PipelineHandle, ShadowReport, StageStatus,
+};
 
-#[derive(Deserialize, Serialize)]
+/// Body of `swap`, `load` and `shadow`.
+#[derive(Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct SwapRequest {
-    pub plugin: PathBuf,
+    /// Component (or package) path on the host; absent: the stage's loaded candidate
+    /// (`load` requires it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PathBuf>,
     /// New plugin config (JSON object); absent keeps the running config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
+}
+
+/// Body of `quarantine`.
+#[derive(Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Result of a swap or rollback.
@@ -114,13 +135,20 @@ async fn require_token(
 pub fn router(handle: PipelineHandle, token: Option<String>) -> Router {
     let token = Token(token.filter(|t| !t.is_empty()).map(Arc::from));
     let mutating = Router::new()
+        .route("/stages/{stage}/load", post(load))
         .route("/stages/{stage}/swap", post(swap))
         .route("/stages/{stage}/rollback", post(rollback))
+        .route("/stages/{stage}/quarantine", post(quarantine))
         .route("/stages/{stage}/release", post(release))
+        .route("/stages/{stage}/shadow", post(shadow_start))
+        .route("/stages/{stage}/shadow/promote", post(shadow_promote))
+        .route("/stages/{stage}/shadow/abandon", post(shadow_abandon))
         .route_layer(axum::middleware::from_fn_with_state(token, require_token));
     Router::new()
         .route("/", get(page))
         .route("/status", get(status))
+        .route("/stages", get(stages))
+        .route("/stages/{stage}/shadow", get(shadow_report))
         .route("/dead-letters", get(dead_letters))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
@@ -194,15 +222,107 @@ async fn status(State(h): State<PipelineHandle>) -> Json<crate::pipeline::Pipeli
     Json(h.status())
 }
 
-async fn swap(
+async fn stages(State(h): State<PipelineHandle>) -> Json<Vec<StageStatus>> {
+    Json(h.status().stages)
+}
+
+/// A body that may be absent (`curl -X POST` without `-d`).
+fn body_or_default<T: Default>(body: Option<Json<T>>) -> T {
+    body.map(|Json(b)| b).unwrap_or_default()
+}
+
+async fn load(
     State(h): State<PipelineHandle>,
     Path(stage): Path<String>,
     Json(req): Json<SwapRequest>,
-) -> Result<Json<SwapResponse>, ApiError> {
-    h.swap(&stage, &req.plugin, req.config.map(|c| c.to_string()))
+) -> Result<Json<LoadedVersion>, ApiError> {
+    let Some(plugin) = req.plugin else {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(ErrorBody {
+                error: "`plugin` (the component's path on the host) is required".into(),
+            }),
+        ));
+    };
+    h.load(&stage, &plugin, req.config.map(|c| c.to_string()))
         .await
-        .map(|r| Json(r.into()))
+        .map(Json)
         .map_err(api_error)
+}
+
+async fn swap(
+    State(h): State<PipelineHandle>,
+    Path(stage): Path<String>,
+    body: Option<Json<SwapRequest>>,
+) -> Result<Json<SwapResponse>, ApiError> {
+    let req = body_or_default(body);
+    let report = match req.plugin {
+        Some(plugin) => {
+            h.swap(&stage, &plugin, req.config.map(|c| c.to_string()))
+                .await
+        }
+        None => h.swap_candidate(&stage).await,
+    };
+    report.map(|r| Json(r.into())).map_err(api_error)
+}
+
+async fn quarantine(
+    State(h): State<PipelineHandle>,
+    Path(stage): Path<String>,
+    body: Option<Json<QuarantineRequest>>,
+) -> Result<StatusCode, ApiError> {
+    let reason = body_or_default(body)
+        .reason
+        .unwrap_or_else(|| "no reason given".into());
+    h.quarantine(&stage, &reason)
+        .await
+        .map(|()| StatusCode::NO_CONTENT)
+        .map_err(api_error)
+}
+
+async fn shadow_start(
+    State(h): State<PipelineHandle>,
+    Path(stage): Path<String>,
+    body: Option<Json<SwapRequest>>,
+) -> Result<Json<ShadowReport>, ApiError> {
+    let req = body_or_default(body);
+    h.shadow(
+        &stage,
+        req.plugin.as_deref(),
+        req.config.map(|c| c.to_string()),
+    )
+    .await
+    .map(Json)
+    .map_err(api_error)
+}
+
+async fn shadow_report(
+    State(h): State<PipelineHandle>,
+    Path(stage): Path<String>,
+) -> Result<Json<ShadowReport>, ApiError> {
+    h.shadow_report(&stage).map(Json).map_err(|e| {
+        let (_, body) = api_error(e);
+        (StatusCode::NOT_FOUND, body)
+    })
+}
+
+async fn shadow_promote(
+    State(h): State<PipelineHandle>,
+    Path(stage): Path<String>,
+) -> Result<Json<SwapResponse>, ApiError> {
+    match h.end_shadow(&stage, true).await {
+        Ok(Some(r)) => Ok(Json(r.into())),
+        Ok(None) => Err(api_error(PipelineError::Stopped)),
+        Err(e) => Err(api_error(e)),
+    }
+}
+
+async fn shadow_abandon(
+    State(h): State<PipelineHandle>,
+    Path(stage): Path<String>,
+) -> Result<Json<ShadowReport>, ApiError> {
+    h.end_shadow(&stage, false).await.map_err(api_error)?;
+    h.shadow_report(&stage).map(Json).map_err(api_error)
 }
 
 async fn rollback(
@@ -296,10 +416,11 @@ impl AdminClient {
         }
     }
 
+    /// Swaps to `plugin`, or with None to the stage's loaded candidate.
     pub async fn swap(
         &self,
         stage: &str,
-        plugin: PathBuf,
+        plugin: Option<PathBuf>,
         config: Option<serde_json::Value>,
     ) -> anyhow::Result<SwapResponse> {
         Ok(self
@@ -310,6 +431,96 @@ impl AdminClient {
             .await?
             .json()
             .await?)
+    }
+
+    pub async fn load(
+        &self,
+        stage: &str,
+        plugin: PathBuf,
+        config: Option<serde_json::Value>,
+    ) -> anyhow::Result<LoadedVersion> {
+        let body = SwapRequest {
+            plugin: Some(plugin),
+            config,
+        };
+        Ok(self
+            .post(&format!("/stages/{stage}/load"), Some(&body))
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn quarantine(&self, stage: &str, reason: Option<String>) -> anyhow::Result<()> {
+        self.post(
+            &format!("/stages/{stage}/quarantine"),
+            Some(&QuarantineRequest { reason }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Starts a shadow run of `plugin`, or with None of the stage's loaded candidate.
+    pub async fn shadow(
+        &self,
+        stage: &str,
+        plugin: Option<PathBuf>,
+        config: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        Ok(self
+            .post(
+                &format!("/stages/{stage}/shadow"),
+                Some(&SwapRequest { plugin, config }),
+            )
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn shadow_promote(&self, stage: &str) -> anyhow::Result<SwapResponse> {
+        Ok(self
+            .post::<()>(&format!("/stages/{stage}/shadow/promote"), None)
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn shadow_abandon(&self, stage: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(self
+            .post::<()>(&format!("/stages/{stage}/shadow/abandon"), None)
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn shadow_report(&self, stage: &str) -> anyhow::Result<serde_json::Value> {
+        self.get(&format!("/stages/{stage}/shadow")).await
+    }
+
+    pub async fn stages(&self) -> anyhow::Result<serde_json::Value> {
+        self.get("/stages").await
+    }
+
+    pub async fn dead_letters(&self) -> anyhow::Result<serde_json::Value> {
+        self.get("/dead-letters").await
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot reach the admin endpoint at {}: {e}", self.base)
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body: ErrorBody = resp.json().await.unwrap_or(ErrorBody {
+                error: status.to_string(),
+            });
+            anyhow::bail!("{}", body.error)
+        }
+        Ok(resp.json().await?)
     }
 
     pub async fn rollback(&self, stage: &str) -> anyhow::Result<SwapResponse> {
@@ -327,14 +538,6 @@ impl AdminClient {
     }
 
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
-        let resp = self
-            .http
-            .get(format!("{}/status", self.base))
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("cannot reach the admin endpoint at {}: {e}", self.base)
-            })?;
-        Ok(resp.json().await?)
+        self.get("/status").await
     }
 }

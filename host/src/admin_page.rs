@@ -1,11 +1,12 @@
 //! The status page (`GET /` on the admin endpoint): one self-contained HTML page rendered on
-//! the server from the pipeline's status — sources, stages with plugin versions and digests,
-//! sinks with their link and buffer — refreshed by the browser every 5 s. No script, no
-//! external assets, so it works on an air-gapped plant network.
+//! the server from the pipeline's status — sources; stages with plugin versions, digests,
+//! call latency and any shadow run; sinks with their link and buffer — refreshed by the
+//! browser every 5 s. No script, no external assets, so it works on an air-gapped plant
+//! network.
 
 use std::fmt::Write;
 
-use crate::pipeline::{PipelineStatus, StageState};
+use crate::pipeline::{PipelineStatus, ShadowState, StageState};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -35,7 +36,7 @@ pub fn render(status: &PipelineStatus) -> String {
     for (name, n) in &status.produced {
         let _ = write!(h, "<tr><td>{}</td><td>{n}</td></tr>", esc(name));
     }
-    h.push_str("</table><h2>Pipeline</h2><table id=\"stages\"><tr><th>stage</th><th>plugin</th><th>version</th><th>digest</th><th>state</th><th>in</th><th>out</th><th>rejected</th><th>failures</th><th>swaps</th></tr>");
+    h.push_str("</table><h2>Pipeline</h2><table id=\"stages\"><tr><th>stage</th><th>plugin</th><th>version</th><th>digest</th><th>state</th><th>in</th><th>out</th><th>rejected</th><th>failures</th><th>swaps</th><th>on-batch p99</th><th>shadow</th></tr>");
     for st in &status.stages {
         let state = match &st.state {
             StageState::Running => "<span class=\"ok\">running</span>".to_string(),
@@ -45,9 +46,30 @@ pub fn render(status: &PipelineStatus) -> String {
                 esc(reason)
             ),
         };
+        let p99 = match st.calls.sample_plane.quantile_bound(0.99) {
+            Some(b) if b.is_finite() => format!("≤ {} µs", (b * 1e6).round()),
+            Some(_) => "> 1 s".into(),
+            None => "–".into(),
+        };
+        let shadow = match &st.shadow {
+            Some(sh) => format!(
+                "{} ({}): {} of {} samples differ, {} tags",
+                esc(&sh.plugin),
+                match &sh.state {
+                    ShadowState::Running => "running",
+                    ShadowState::Failed { .. } => "failed",
+                    ShadowState::Promoted => "promoted",
+                    ShadowState::Abandoned => "abandoned",
+                },
+                sh.samples_differing,
+                sh.samples_compared,
+                sh.tags_differing
+            ),
+            None => "–".into(),
+        };
         let _ = write!(
             h,
-            "<tr class=\"stage\"><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"stage\"><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{p99}</td><td class=\"shadow\">{shadow}</td></tr>",
             esc(&st.name),
             esc(&st.plugin),
             esc(&st.version),

@@ -39,6 +39,66 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7878")]
         admin: String,
     },
+    /// List a running host's stages: plugin version, digest, state, limits, candidate,
+    /// shadow run, call costs.
+    Stages {
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        admin: String,
+    },
+    /// Show a running host's latest dead-letters (at most 200).
+    DeadLetters {
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        admin: String,
+    },
+}
+
+/// Where the admin endpoint is and the token its mutating calls need.
+#[derive(clap::Args)]
+struct Remote {
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    admin: String,
+    /// The admin endpoint's bearer token (its config's `admin.token`).
+    #[arg(long, env = "FERRULE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn client(self) -> AdminClient {
+        AdminClient::new(&self.admin).with_token(self.token)
+    }
+}
+
+#[derive(Subcommand)]
+enum ShadowCommand {
+    /// Run FILE (or, without it, the stage's loaded candidate) in shadow beside the live
+    /// version: same batches, outputs compared, nothing delivered.
+    Start {
+        stage: String,
+        file: Option<PathBuf>,
+        /// Plugin config as JSON (default: the live version's config, or the candidate's).
+        #[arg(long)]
+        config: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print the shadow run's report: counts of differing samples and tags, the latest diffs.
+    Report {
+        stage: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Install the shadow version as the live one (with the state it built).
+    Promote {
+        stage: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Drop the shadow version.
+    Abandon {
+        stage: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]
@@ -52,34 +112,52 @@ enum PluginCommand {
         #[arg(long, default_value = "{}")]
         config: String,
     },
-    /// Swap a stage of a running host to the component at FILE.
-    Swap {
+    /// Load FILE for a stage of a running host and check it (digest pin, contract, init,
+    /// tag plane) without installing it; `swap` or `shadow start` without FILE use it.
+    Load {
         stage: String,
         file: PathBuf,
+        /// Plugin config as JSON (default: keep the running config).
+        #[arg(long)]
+        config: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Swap a stage of a running host to the component at FILE (without FILE: to the
+    /// version `load` checked).
+    Swap {
+        stage: String,
+        file: Option<PathBuf>,
         /// New plugin config as JSON (default: keep the running config).
         #[arg(long)]
         config: Option<String>,
-        #[arg(long, default_value = "127.0.0.1:7878")]
-        admin: String,
-        /// The admin endpoint's bearer token (its config's `admin.token`).
-        #[arg(long, env = "FERRULE_ADMIN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Roll a stage of a running host back to its previous version.
     Rollback {
         stage: String,
-        #[arg(long, default_value = "127.0.0.1:7878")]
-        admin: String,
-        #[arg(long, env = "FERRULE_ADMIN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Quarantine a stage of a running host by hand (its quarantine policy applies).
+    Quarantine {
+        stage: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Lift a stage's quarantine on a running host.
     Release {
         stage: String,
-        #[arg(long, default_value = "127.0.0.1:7878")]
-        admin: String,
-        #[arg(long, env = "FERRULE_ADMIN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Shadow runs: a new version beside the live one, compared, then promoted or abandoned.
+    Shadow {
+        #[command(subcommand)]
+        command: ShadowCommand,
     },
 }
 
@@ -121,8 +199,65 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Stages { admin } => {
+            let stages = AdminClient::new(&admin).stages().await?;
+            println!("{}", serde_json::to_string_pretty(&stages)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetters { admin } => {
+            let letters = AdminClient::new(&admin).dead_letters().await?;
+            println!("{}", serde_json::to_string_pretty(&letters)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin { command } => plugin(command).await,
     }
+}
+
+/// A path as the host will read it (the host may run in another directory).
+fn host_path(file: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))
+}
+
+fn json_arg(config: Option<String>) -> anyhow::Result<Option<serde_json::Value>> {
+    config
+        .map(|c| serde_json::from_str(&c).context("--config is not valid JSON"))
+        .transpose()
+}
+
+async fn shadow(command: ShadowCommand) -> anyhow::Result<ExitCode> {
+    let print = |v: &serde_json::Value| -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    };
+    match command {
+        ShadowCommand::Start {
+            stage,
+            file,
+            config,
+            remote,
+        } => {
+            let file = file.as_deref().map(host_path).transpose()?;
+            let report = remote
+                .client()
+                .shadow(&stage, file, json_arg(config)?)
+                .await?;
+            print(&report)?;
+        }
+        ShadowCommand::Report { stage, remote } => {
+            print(&remote.client().shadow_report(&stage).await?)?;
+        }
+        ShadowCommand::Promote { stage, remote } => {
+            let r = remote.client().shadow_promote(&stage).await?;
+            println!(
+                "stage {}: promoted the shadow {} -> {} (stall {} µs, {} tags re-decided)",
+                r.stage, r.from, r.to, r.stall_us, r.retagged
+            );
+        }
+        ShadowCommand::Abandon { stage, remote } => {
+            print(&remote.client().shadow_abandon(&stage).await?)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<HostConfig> {
@@ -272,21 +407,32 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        PluginCommand::Load {
+            stage,
+            file,
+            config,
+            remote,
+        } => {
+            let v = remote
+                .client()
+                .load(&stage, host_path(&file)?, json_arg(config)?)
+                .await?;
+            println!(
+                "stage {}: loaded {}@{} ({}, contract {}) from {}; not installed",
+                v.stage, v.plugin, v.version, v.digest, v.contract, v.path
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         PluginCommand::Swap {
             stage,
             file,
-            admin,
-            token,
             config,
+            remote,
         } => {
-            let file =
-                std::fs::canonicalize(&file).with_context(|| format!("{}", file.display()))?;
-            let config = config
-                .map(|c| serde_json::from_str(&c).context("--config is not valid JSON"))
-                .transpose()?;
-            let r = AdminClient::new(&admin)
-                .with_token(token)
-                .swap(&stage, file, config)
+            let file = file.as_deref().map(host_path).transpose()?;
+            let r = remote
+                .client()
+                .swap(&stage, file, json_arg(config)?)
                 .await?;
             println!(
                 "stage {}: {} -> {} (stall {} µs, {} tags re-decided)",
@@ -294,32 +440,28 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        PluginCommand::Rollback {
-            stage,
-            admin,
-            token,
-        } => {
-            let r = AdminClient::new(&admin)
-                .with_token(token)
-                .rollback(&stage)
-                .await?;
+        PluginCommand::Rollback { stage, remote } => {
+            let r = remote.client().rollback(&stage).await?;
             println!(
                 "stage {}: rolled back {} -> {} (stall {} µs)",
                 r.stage, r.from, r.to, r.stall_us
             );
             Ok(ExitCode::SUCCESS)
         }
-        PluginCommand::Release {
+        PluginCommand::Quarantine {
             stage,
-            admin,
-            token,
+            reason,
+            remote,
         } => {
-            AdminClient::new(&admin)
-                .with_token(token)
-                .release(&stage)
-                .await?;
+            remote.client().quarantine(&stage, reason).await?;
+            println!("stage {stage}: quarantined");
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Release { stage, remote } => {
+            remote.client().release(&stage).await?;
             println!("stage {stage}: released");
             Ok(ExitCode::SUCCESS)
         }
+        PluginCommand::Shadow { command } => shadow(command).await,
     }
 }

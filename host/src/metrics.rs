@@ -1,20 +1,60 @@
 //! Prometheus metrics (`GET /metrics` on the admin endpoint), rendered at each scrape from the
 //! pipeline's status with the official Prometheus client's text encoder: samples in/out/
-//! rejected per source, stage and sink, plugin failures (traps, limits), quarantines, swaps,
-//! recycles, sink links and the store-and-forward buffers (depth, age, drops).
+//! rejected per source, stage and sink, plugin call latency (histogram per plane), CPU, fuel
+//! and memory, failures by kind (traps, limits), quarantines, swaps, recycles, shadow-run
+//! comparisons, sink links and the store-and-forward buffers (depth, age, drops).
+
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::pipeline::{PipelineStatus, StageState};
+use crate::pipeline::{PipelineStatus, ShadowState, StageState};
+use crate::plugin::HistogramSnapshot;
+
+/// A histogram already counted elsewhere (the stage's call meter), encoded as one.
+#[derive(Clone, Debug, Default)]
+struct CountedHistogram(Arc<Mutex<HistogramSnapshot>>);
+
+impl CountedHistogram {
+    fn set(&self, h: &HistogramSnapshot) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = h.clone();
+    }
+}
+
+impl TypedMetric for CountedHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for CountedHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        encoder.encode_histogram::<NoLabelSet>(h.sum_s, h.count, &h.buckets, None)
+    }
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 type Labels = Vec<(String, String)>;
 
 fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
     let f = Family::<Labels, Counter>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+fn counter_family_f64(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>> {
+    let f = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
     registry.register(name, help, f.clone());
     f
 }
@@ -78,8 +118,84 @@ pub fn render(status: &PipelineStatus) -> String {
         "stage_plugin_info",
         "The plugin a stage runs (always 1)",
     );
+    let call_latency = Family::<Labels, CountedHistogram>::default();
+    r.register(
+        "plugin_call_seconds",
+        "Latency of calls into a stage's plugin, by plane (tag: describe/init/on-tags; sample: on-batch)",
+        call_latency.clone(),
+    );
+    let cpu = counter_family_f64(
+        &mut r,
+        "plugin_cpu_seconds",
+        "CPU time spent in a stage's plugin calls",
+    );
+    let fuel = counter_family(
+        &mut r,
+        "plugin_fuel",
+        "Wasm fuel a stage's plugin consumed (cpu_limit = fuel only)",
+    );
+    let memory = gauge_family(
+        &mut r,
+        "plugin_memory_bytes",
+        "Linear memory of a stage's plugin instance",
+    );
+    let failures = counter_family(&mut r, "plugin_failures", "Failed plugin calls by kind (cpu-limit, memory-limit, trap, malformed, plugin-error, poisoned)");
+    let shadow_compared = counter_family(
+        &mut r,
+        "shadow_samples_compared",
+        "Samples a shadow run compared with the live version",
+    );
+    let shadow_differing = counter_family(
+        &mut r,
+        "shadow_samples_differing",
+        "Samples the shadow version treated differently from the live one",
+    );
+    let shadow_tags = gauge_family(
+        &mut r,
+        "shadow_tags_differing",
+        "Tags the shadow version decides differently from the live one",
+    );
+    let shadow_running = gauge_family(
+        &mut r,
+        "shadow_running",
+        "1 while a shadow run is active on a stage",
+    );
     for st in &status.stages {
         let stage = l(&[("stage", &st.name)]);
+        for (plane, h) in [
+            ("tag", &st.calls.tag_plane),
+            ("sample", &st.calls.sample_plane),
+        ] {
+            call_latency
+                .get_or_create(&l(&[("stage", &st.name), ("plane", plane)]))
+                .set(h);
+        }
+        cpu.get_or_create(&stage).inc_by(st.calls.cpu_seconds);
+        fuel.get_or_create(&stage).inc_by(st.calls.fuel);
+        memory
+            .get_or_create(&stage)
+            .set(st.calls.memory_bytes as f64);
+        for (kind, n) in &st.calls.failures {
+            failures
+                .get_or_create(&l(&[("stage", &st.name), ("kind", kind)]))
+                .inc_by(*n);
+        }
+        if let Some(shadow) = &st.shadow {
+            let labels = l(&[("stage", &st.name), ("shadow", &shadow.plugin)]);
+            shadow_compared
+                .get_or_create(&labels)
+                .inc_by(shadow.samples_compared);
+            shadow_differing
+                .get_or_create(&labels)
+                .inc_by(shadow.samples_differing);
+            shadow_tags
+                .get_or_create(&labels)
+                .set(shadow.tags_differing as f64);
+            let running = matches!(shadow.state, ShadowState::Running);
+            shadow_running
+                .get_or_create(&stage)
+                .set(if running { 1.0 } else { 0.0 });
+        }
         s_in.get_or_create(&stage).inc_by(st.samples_in);
         s_out.get_or_create(&stage).inc_by(st.samples_out);
         s_rej.get_or_create(&stage).inc_by(st.rejected);

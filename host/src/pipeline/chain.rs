@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::dead_letter::{DeadLetter, DeadLetterBatch, Refusal, TagNames};
+use super::shadow::{live_outcomes, reason_name, ShadowRun, ShadowState, SharedReport};
 use super::stage::{
     any_reject, changed_decisions, decide, Decisions, PrepareKind, Prepared, StageHandle,
     StageState,
@@ -65,6 +66,24 @@ pub enum Control {
         stage: usize,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Quarantine a stage by hand (its policy applies as after failures).
+    Quarantine {
+        stage: usize,
+        reason: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Run a prepared instance in shadow beside the stage's live one (replaces any shadow).
+    StartShadow {
+        stage: usize,
+        prepared: Box<Prepared>,
+        reply: oneshot::Sender<Result<SharedReport, String>>,
+    },
+    /// End the stage's shadow run: install it (`promote`) or drop it.
+    EndShadow {
+        stage: usize,
+        promote: bool,
+        reply: oneshot::Sender<Result<Option<InstallReport>, String>>,
+    },
     /// Stop: dead-letter anything held, drain the queue, flush.
     Shutdown,
 }
@@ -79,6 +98,10 @@ struct StageRuntime {
     consecutive_failures: u32,
     quarantined: Option<String>,
     recycle_pending: bool,
+    shadow: Option<ShadowRun>,
+    /// Sample-plane refusals of the last live call (index, reason name), kept only while a
+    /// shadow needs them.
+    live_refusals: Vec<(u32, String)>,
 }
 
 impl StageRuntime {
@@ -109,6 +132,15 @@ impl StageRuntime {
 
     fn label(&self) -> String {
         format!("{}@{}", self.loaded.name(), self.loaded.version())
+    }
+
+    /// Runs the shadow's tag plane on changed or new inputs (`ids`) and recounts the tags
+    /// the two versions decide differently among the first `known`.
+    fn shadow_decide(&mut self, ids: &[u32], inputs: &[Option<TagInfo>], known: usize) {
+        if let Some(shadow) = &mut self.shadow {
+            shadow.decide_tags(&self.handle, ids, inputs);
+            shadow.compare_tags(&self.handle, &self.decisions, known);
+        }
     }
 }
 
@@ -182,6 +214,8 @@ impl Chain {
                     consecutive_failures: 0,
                     quarantined: None,
                     recycle_pending: false,
+                    shadow: None,
+                    live_refusals: Vec::new(),
                 };
                 rt.sample_plane = rt.loaded.info().planes.contains(Planes::SAMPLE);
                 rt
@@ -302,8 +336,127 @@ impl Chain {
                 let _ = reply.send(result);
                 ok
             }
+            Control::Quarantine {
+                stage,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.quarantine_by_operator(stage, reason));
+                false
+            }
+            Control::StartShadow {
+                stage,
+                prepared,
+                reply,
+            } => {
+                let _ = reply.send(self.start_shadow(stage, *prepared));
+                false
+            }
+            Control::EndShadow {
+                stage,
+                promote,
+                reply,
+            } => {
+                let result = self.end_shadow(stage, promote);
+                let installed = matches!(result, Ok(Some(_)));
+                let _ = reply.send(result);
+                installed
+            }
             Control::Shutdown => false,
         }
+    }
+
+    fn quarantine_by_operator(&mut self, k: usize, reason: String) -> Result<(), String> {
+        let st = &mut self.stages[k];
+        if st.quarantined.is_some() {
+            return Err("already quarantined".into());
+        }
+        let reason = format!("{}: quarantined by the operator: {reason}", st.label());
+        st.quarantined = Some(reason.clone());
+        st.handle.stats.quarantines.fetch_add(1, Ordering::Relaxed);
+        let policy = st.handle.policy;
+        st.handle.set_state(StageState::Quarantined {
+            reason: reason.clone(),
+            policy: policy.as_str().into(),
+        });
+        tracing::warn!(stage = %st.handle.name, policy = policy.as_str(), "{reason}");
+        Ok(())
+    }
+
+    fn start_shadow(&mut self, k: usize, mut p: Prepared) -> Result<SharedReport, String> {
+        let known = self.known_tags;
+        let st = &mut self.stages[k];
+        // Bring the shadow's decisions up to the tags known now, as an install does.
+        if p.generation != st.handle.generation() {
+            p.decisions = st
+                .handle
+                .with_inputs(|inputs| decide(&mut p.instance, &inputs[..known.min(inputs.len())]))
+                .map_err(|e| format!("tag plane of the shadow version failed: {e}"))?;
+        } else if p.decisions.len() < known {
+            let from = p.decisions.len();
+            let tail = st
+                .handle
+                .with_inputs(|inputs| decide(&mut p.instance, &inputs[from..known]))
+                .map_err(|e| format!("tag plane of the shadow version failed: {e}"))?;
+            p.decisions.extend(tail);
+        }
+        p.decisions.resize(known, None);
+        let shadow = ShadowRun::start(&st.handle, st.label(), p);
+        shadow.compare_tags(&st.handle, &st.decisions, known);
+        let report = shadow.report.clone();
+        st.handle.set_shadow_report(report.clone());
+        if let Some(old) = st.shadow.replace(shadow) {
+            old.set_state(ShadowState::Abandoned);
+            self.reaper.retire(Box::new(old.instance));
+        }
+        tracing::info!(stage = %self.stages[k].handle.name, "shadow run started");
+        Ok(report)
+    }
+
+    fn end_shadow(&mut self, k: usize, promote: bool) -> Result<Option<InstallReport>, String> {
+        let st = &mut self.stages[k];
+        let Some(shadow) = st.shadow.take() else {
+            return Err("no shadow run on this stage".into());
+        };
+        st.live_refusals = Vec::new();
+        if !promote {
+            shadow.set_state(ShadowState::Abandoned);
+            tracing::info!(stage = %st.handle.name, "shadow run abandoned");
+            self.reaper.retire(Box::new(shadow.instance));
+            return Ok(None);
+        }
+        if !shadow.active() || shadow.instance.is_poisoned() {
+            let reason = shadow
+                .report
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_failure
+                .clone()
+                .unwrap_or_default();
+            st.shadow = Some(shadow);
+            return Err(format!(
+                "the shadow version failed ({reason}); abandon it instead"
+            ));
+        }
+        let mut instance = shadow.instance;
+        instance.set_meter(st.handle.meter.clone());
+        let any_reject = any_reject(&shadow.decisions);
+        let prepared = Prepared {
+            kind: PrepareKind::Swap,
+            loaded: shadow.loaded,
+            config_json: shadow.config_json,
+            instance,
+            decisions: shadow.decisions,
+            generation: st.handle.generation(),
+            // Not the running decisions: the install compares them itself.
+            diffed_against: Arc::new(Vec::new()),
+            changed: Vec::new(),
+            any_reject,
+        };
+        let report = shadow.report;
+        let installed = self.install(k, prepared)?;
+        report.lock().unwrap_or_else(|e| e.into_inner()).state = ShadowState::Promoted;
+        Ok(Some(installed))
     }
 
     fn release(&mut self, k: usize) -> Result<(), String> {
@@ -368,6 +521,10 @@ impl Chain {
         if !changed.is_empty() {
             self.propagate(k, &changed);
         }
+        let st = &self.stages[k];
+        if let Some(shadow) = &st.shadow {
+            shadow.compare_tags(&st.handle, &st.decisions, known);
+        }
         let stall = started.elapsed();
         self.stages[k].handle.record_stall(stall);
         // Tear the old instance down only now: unmapping its memory contends with the chain.
@@ -396,6 +553,7 @@ impl Chain {
                     .collect()
             })
         };
+        let known = self.known_tags;
         for j in k + 1..self.stages.len() {
             self.stages[j].handle.set_inputs(current.clone());
             let present: Vec<Option<TagInfo>> = current.iter().map(|(_, t)| t.clone()).collect();
@@ -407,6 +565,7 @@ impl Chain {
                 mine[*id as usize] = d;
             }
             st.publish_decisions();
+            st.shadow_decide(ids, &present, known);
         }
         let table = Arc::make_mut(&mut self.table);
         for (id, info) in current {
@@ -446,6 +605,7 @@ impl Chain {
             );
             let decisions = self.decide_or_reject(k, &inputs);
             let st = &mut self.stages[k];
+            let shadow_inputs = st.shadow.is_some().then(|| inputs.clone());
             let mine = st.decisions_mut();
             mine.resize(base, None);
             for (input, d) in inputs.iter_mut().zip(decisions) {
@@ -453,6 +613,10 @@ impl Chain {
                 mine.push(d);
             }
             st.publish_decisions();
+            if let Some(shadow_inputs) = shadow_inputs {
+                let ids: Vec<u32> = (base..base + new.len()).map(|i| i as u32).collect();
+                st.shadow_decide(&ids, &shadow_inputs, base + new.len());
+            }
         }
         let table = Arc::make_mut(&mut self.table);
         table.extend(
@@ -503,35 +667,21 @@ impl Chain {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.samples_in.fetch_add(n, Ordering::Relaxed);
             }
-            if self.stages[k].any_tag_rejected {
-                self.drop_rejected_tags(k, &mut batch)?;
-                if batch.is_empty() {
-                    return Ok(Flow::Done);
+            let entering = match &self.stages[k].shadow {
+                Some(shadow) if shadow.active() => {
+                    let mut copy = batch.clone();
+                    copy.ack = None;
+                    Some(copy)
                 }
+                _ => None,
+            };
+            let (step, live_finished) = self.run_stage(k, &mut batch)?;
+            if let Some(entering) = entering {
+                self.shadow_compare(k, &entering, &batch, live_finished);
             }
-            if let Some(reason) = self.stages[k].quarantined.clone() {
-                match self.stages[k].handle.policy {
-                    QuarantinePolicy::Hold => return Ok(Flow::Held(batch, k)),
-                    QuarantinePolicy::PassThrough => {
-                        self.count_out(k, batch.len());
-                        continue;
-                    }
-                    QuarantinePolicy::DeadLetter => {
-                        self.dead_letter_all(&batch, k, "stage-quarantined", Some(reason))?;
-                        return Ok(Flow::Done);
-                    }
-                }
+            if let Some(flow) = step {
+                return Ok(flow);
             }
-            if !self.stages[k].sample_plane {
-                self.count_out(k, batch.len());
-                continue;
-            }
-            match self.call_stage(k, &mut batch)? {
-                Flow::Done => {}
-                other => return Ok(other),
-            }
-            self.count_out(k, batch.len());
-            self.maybe_recycle(k);
         }
         if !batch.is_empty() {
             let out = Arc::new(OutputBatch {
@@ -547,6 +697,73 @@ impl Chain {
             }
         }
         Ok(Flow::Done)
+    }
+
+    /// Runs stage `k` on the batch. Returns the flow if the batch stops here (None: on to the
+    /// next stage) and whether the live version processed it (so a shadow can compare).
+    fn run_stage(
+        &mut self,
+        k: usize,
+        batch: &mut SampleBatch,
+    ) -> Result<(Option<Flow>, bool), String> {
+        if self.stages[k].any_tag_rejected {
+            self.drop_rejected_tags(k, batch)?;
+            if batch.is_empty() {
+                return Ok((Some(Flow::Done), true));
+            }
+        }
+        if let Some(reason) = self.stages[k].quarantined.clone() {
+            return match self.stages[k].handle.policy {
+                QuarantinePolicy::Hold => Ok((Some(Flow::Held(std::mem::take(batch), k)), false)),
+                QuarantinePolicy::PassThrough => {
+                    self.count_out(k, batch.len());
+                    Ok((None, false))
+                }
+                QuarantinePolicy::DeadLetter => {
+                    self.dead_letter_all(batch, k, "stage-quarantined", Some(reason))?;
+                    Ok((Some(Flow::Done), false))
+                }
+            };
+        }
+        if !self.stages[k].sample_plane {
+            self.count_out(k, batch.len());
+            return Ok((None, true));
+        }
+        match self.call_stage(k, batch)? {
+            Flow::Done => {}
+            other => return Ok((Some(other), false)),
+        }
+        // A quarantine during the call passed or dead-lettered the batch unprocessed.
+        let processed = self.stages[k].quarantined.is_none();
+        if !processed && batch.is_empty() {
+            return Ok((Some(Flow::Done), false));
+        }
+        self.count_out(k, batch.len());
+        self.maybe_recycle(k);
+        Ok((None, processed))
+    }
+
+    /// Runs stage `k`'s shadow on the batch as it entered the stage and compares with what the
+    /// live version made of it (`out`), if the live version processed it.
+    fn shadow_compare(
+        &mut self,
+        k: usize,
+        entering: &SampleBatch,
+        out: &SampleBatch,
+        live_finished: bool,
+    ) {
+        let st = &mut self.stages[k];
+        let label = st.label();
+        let Some(shadow) = &mut st.shadow else {
+            return;
+        };
+        if !live_finished {
+            shadow.skipped();
+            return;
+        }
+        let live = live_outcomes(entering, &st.decisions, &st.live_refusals, out);
+        st.live_refusals.clear();
+        shadow.process(&st.handle, label, entering, &live);
     }
 
     fn count_out(&self, k: usize, n: usize) {
@@ -572,6 +789,15 @@ impl Chain {
             let error = match st.instance.on_batch(cols) {
                 Ok(out) => {
                     st.consecutive_failures = 0;
+                    if st.shadow.is_some() {
+                        let info = st.loaded.info();
+                        st.live_refusals = out
+                            .rejected
+                            .iter()
+                            .map(|r| (r.index, reason_name(info, r.reason)))
+                            .collect();
+                        st.live_refusals.sort_by_key(|r| r.0);
+                    }
                     if let Some(v) = out.values {
                         batch.values = v;
                     }

@@ -6,11 +6,13 @@
 mod chain;
 mod config;
 mod dead_letter;
+mod shadow;
 mod stage;
 
 pub use chain::{next_input, InstallReport, OutputBatch, ResolvedTag, TagTable};
 pub use config::{PipelineConfig, QuarantinePolicy, StageConfig};
 pub use dead_letter::{DeadLetter, DeadLetterBatch};
+pub use shadow::{Outcome, SampleDiff, ShadowReport, ShadowState, TagDiff};
 pub use stage::{PrepareKind, StageHandle, StageState, StageStats};
 
 use std::collections::BTreeMap;
@@ -88,8 +90,15 @@ pub struct StageStatus {
     pub previous: Option<String>,
     pub quarantine_policy: &'static str,
     pub grants: Vec<crate::plugin::Grant>,
+    pub limits: crate::plugin::PluginLimits,
     #[serde(flatten)]
     pub state: StageState,
+    /// A version loaded for a later swap or shadow run (`name@version`).
+    pub candidate: Option<String>,
+    /// The current or last shadow run: `name@version` and its state.
+    pub shadow: Option<ShadowSummary>,
+    /// Cost of the live version's calls: latency histograms, CPU, fuel, memory, failures.
+    pub calls: crate::plugin::MeterSnapshot,
     pub samples_in: u64,
     pub samples_out: u64,
     pub rejected: u64,
@@ -98,6 +107,28 @@ pub struct StageStatus {
     pub swaps: u64,
     pub recycles: u64,
     pub quarantines: u64,
+}
+
+/// A shadow run in a stage's status (the full report is at `/stages/{stage}/shadow`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ShadowSummary {
+    pub plugin: String,
+    #[serde(flatten)]
+    pub state: ShadowState,
+    pub samples_compared: u64,
+    pub samples_differing: u64,
+    pub tags_differing: u64,
+}
+
+/// What `load` checked and kept for a stage.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct LoadedVersion {
+    pub stage: String,
+    pub plugin: String,
+    pub version: String,
+    pub digest: String,
+    pub contract: String,
+    pub path: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -147,41 +178,184 @@ impl PipelineHandle {
     ) -> Result<InstallReport, PipelineError> {
         let (k, stage) = self.stage(name)?;
         let _guard = stage.change_lock.lock().await;
-        let refused = |message: String| PipelineError::Refused {
+        let prepared = self
+            .load_and_prepare(&stage, PrepareKind::Swap, path, config_json)
+            .await?;
+        self.install(k, prepared)
+            .await
+            .map_err(|m| refused(name, m))
+    }
+
+    /// Loads the component at `path` for stage `name` and checks it fully (digest pin,
+    /// contract, init with its config, tag plane for every known tag) without installing it;
+    /// keeps it as the stage's candidate for `swap_candidate` or `shadow_candidate`.
+    pub async fn load(
+        &self,
+        name: &str,
+        path: &Path,
+        config_json: Option<String>,
+    ) -> Result<LoadedVersion, PipelineError> {
+        let (_, stage) = self.stage(name)?;
+        let _guard = stage.change_lock.lock().await;
+        let prepared = self
+            .load_and_prepare(&stage, PrepareKind::Swap, path, config_json)
+            .await?;
+        let loaded = prepared.loaded.clone();
+        let config = prepared.config_json.clone();
+        // The prepared instance is not needed: swap and shadow prepare a fresh one.
+        tokio::task::spawn_blocking(move || drop(prepared));
+        let version = LoadedVersion {
             stage: name.into(),
-            message,
+            plugin: loaded.name().into(),
+            version: loaded.version().into(),
+            digest: loaded.digest().to_string(),
+            contract: loaded.contract_version().into(),
+            path: loaded.origin().into(),
         };
+        stage.set_candidate(Some((loaded, config)));
+        tracing::info!(stage = %name, plugin = %version.plugin, version = %version.version, "candidate loaded");
+        Ok(version)
+    }
+
+    /// Installs the stage's candidate (see `load`).
+    pub async fn swap_candidate(&self, name: &str) -> Result<InstallReport, PipelineError> {
+        let (k, stage) = self.stage(name)?;
+        let _guard = stage.change_lock.lock().await;
+        let (loaded, config) = stage
+            .candidate()
+            .ok_or_else(|| refused(name, NO_CANDIDATE.into()))?;
+        let prepared = prepare(&stage, PrepareKind::Swap, loaded, config).await?;
+        let report = self
+            .install(k, prepared)
+            .await
+            .map_err(|m| refused(name, m))?;
+        stage.set_candidate(None);
+        Ok(report)
+    }
+
+    /// Starts a shadow run of the component at `path` (or, with None, of the stage's
+    /// candidate) beside stage `name`'s live version. Replaces a running shadow.
+    pub async fn shadow(
+        &self,
+        name: &str,
+        path: Option<&Path>,
+        config_json: Option<String>,
+    ) -> Result<ShadowReport, PipelineError> {
+        let (k, stage) = self.stage(name)?;
+        let _guard = stage.change_lock.lock().await;
+        let prepared = match path {
+            Some(path) => {
+                self.load_and_prepare(&stage, PrepareKind::Shadow, path, config_json)
+                    .await?
+            }
+            None => {
+                let (loaded, config) = stage
+                    .candidate()
+                    .ok_or_else(|| refused(name, NO_CANDIDATE.into()))?;
+                let config = config_json.unwrap_or(config);
+                prepare(&stage, PrepareKind::Shadow, loaded, config).await?
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        self.send(Control::StartShadow {
+            stage: k,
+            prepared: Box::new(prepared),
+            reply: tx,
+        })
+        .await?;
+        let report = rx
+            .await
+            .map_err(|_| PipelineError::Stopped)?
+            .map_err(|m| refused(name, m))?;
+        let snapshot = report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(snapshot)
+    }
+
+    /// The current or last shadow run of stage `name`.
+    pub fn shadow_report(&self, name: &str) -> Result<ShadowReport, PipelineError> {
+        let (_, stage) = self.stage(name)?;
+        let report = stage
+            .shadow_report()
+            .ok_or_else(|| refused(name, "no shadow run on this stage".into()))?;
+        let snapshot = report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(snapshot)
+    }
+
+    /// Ends stage `name`'s shadow run: `promote` installs the shadow instance (with the state
+    /// it built on the live traffic) as the live version; otherwise it is dropped.
+    pub async fn end_shadow(
+        &self,
+        name: &str,
+        promote: bool,
+    ) -> Result<Option<InstallReport>, PipelineError> {
+        let (k, stage) = self.stage(name)?;
+        let _guard = stage.change_lock.lock().await;
+        let (tx, rx) = oneshot::channel();
+        self.send(Control::EndShadow {
+            stage: k,
+            promote,
+            reply: tx,
+        })
+        .await?;
+        rx.await
+            .map_err(|_| PipelineError::Stopped)?
+            .map_err(|m| refused(name, m))
+    }
+
+    /// Quarantines stage `name` by hand; its quarantine policy applies until `release`.
+    pub async fn quarantine(&self, name: &str, reason: &str) -> Result<(), PipelineError> {
+        let (k, _) = self.stage(name)?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Control::Quarantine {
+            stage: k,
+            reason: reason.into(),
+            reply: tx,
+        })
+        .await?;
+        rx.await
+            .map_err(|_| PipelineError::Stopped)?
+            .map_err(|m| refused(name, m))
+    }
+
+    async fn send(&self, control: Control) -> Result<(), PipelineError> {
+        self.inner
+            .control
+            .send(control)
+            .await
+            .map_err(|_| PipelineError::Stopped)
+    }
+
+    /// Loads `path` with the stage's pin and prepares an instance off the hot path.
+    async fn load_and_prepare(
+        &self,
+        stage: &Arc<StageHandle>,
+        kind: PrepareKind,
+        path: &Path,
+        config_json: Option<String>,
+    ) -> Result<stage::Prepared, PipelineError> {
         let path = path.to_path_buf();
         let s = stage.clone();
         let config = config_json.unwrap_or_else(|| stage.current_config());
-        let prepared = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let loaded = s.engine().load_file(&path, s.pin.as_ref())?;
-            s.prepare(PrepareKind::Swap, loaded, config)
+            s.prepare(kind, loaded, config)
         })
         .await
-        .map_err(|e| refused(e.to_string()))?
-        .map_err(|e| refused(e.to_string()))?;
-        self.install(k, prepared).await.map_err(refused)
+        .map_err(|e| refused(&stage.name, e.to_string()))?
+        .map_err(|e| refused(&stage.name, e.to_string()))
     }
 
     /// Reinstalls the previous version of stage `name`.
     pub async fn rollback(&self, name: &str) -> Result<InstallReport, PipelineError> {
         let (k, stage) = self.stage(name)?;
         let _guard = stage.change_lock.lock().await;
-        let refused = |message: String| PipelineError::Refused {
-            stage: name.into(),
-            message,
-        };
         let (previous, config) = stage
             .previous_with_config()
-            .ok_or_else(|| refused("no previous version to roll back to".into()))?;
-        let s = stage.clone();
-        let prepared =
-            tokio::task::spawn_blocking(move || s.prepare(PrepareKind::Rollback, previous, config))
-                .await
-                .map_err(|e| refused(e.to_string()))?
-                .map_err(|e| refused(e.to_string()))?;
-        self.install(k, prepared).await.map_err(refused)
+            .ok_or_else(|| refused(name, "no previous version to roll back to".into()))?;
+        let prepared = prepare(&stage, PrepareKind::Rollback, previous, config).await?;
+        self.install(k, prepared)
+            .await
+            .map_err(|m| refused(name, m))
     }
 
     /// Lifts stage `name`'s quarantine: the plugin is tried again (held batches first).
@@ -294,7 +468,22 @@ fn stage_status(s: &StageHandle) -> StageStatus {
             .map(|p| format!("{}@{}", p.name(), p.version())),
         quarantine_policy: s.policy.as_str(),
         grants: s.limits.grants.clone(),
+        limits: s.limits.clone(),
         state: s.state(),
+        candidate: s
+            .candidate()
+            .map(|(c, _)| format!("{}@{}", c.name(), c.version())),
+        shadow: s.shadow_report().map(|r| {
+            let r = r.lock().unwrap_or_else(|e| e.into_inner());
+            ShadowSummary {
+                plugin: format!("{}@{}", r.plugin, r.version),
+                state: r.state.clone(),
+                samples_compared: r.samples_compared,
+                samples_differing: r.samples_differing,
+                tags_differing: r.tags_differing,
+            }
+        }),
+        calls: s.meter.snapshot(),
         samples_in: get(&st.samples_in),
         samples_out: get(&st.samples_out),
         rejected: get(&st.rejected),
@@ -304,6 +493,30 @@ fn stage_status(s: &StageHandle) -> StageStatus {
         recycles: get(&st.recycles),
         quarantines: get(&st.quarantines),
     }
+}
+
+const NO_CANDIDATE: &str =
+    "no version loaded for this stage: load one first (POST /stages/{stage}/load)";
+
+fn refused(stage: &str, message: String) -> PipelineError {
+    PipelineError::Refused {
+        stage: stage.into(),
+        message,
+    }
+}
+
+/// Prepares an instance of `loaded` for `stage` off the hot path.
+async fn prepare(
+    stage: &Arc<StageHandle>,
+    kind: PrepareKind,
+    loaded: crate::plugin::LoadedPlugin,
+    config: String,
+) -> Result<stage::Prepared, PipelineError> {
+    let s = stage.clone();
+    tokio::task::spawn_blocking(move || s.prepare(kind, loaded, config))
+        .await
+        .map_err(|e| refused(&stage.name, e.to_string()))?
+        .map_err(|e| refused(&stage.name, e.to_string()))
 }
 
 /// A started pipeline.

@@ -12,9 +12,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::config::QuarantinePolicy;
+use super::shadow::SharedReport;
 use crate::plugin::{
-    Digest, HostBackends, LoadError, LoadedPlugin, PluginEngine, PluginInstance, PluginLimits,
-    TagDecision, TagInfo,
+    CallMeter, Digest, HostBackends, LoadError, LoadedPlugin, PluginEngine, PluginInstance,
+    PluginLimits, TagDecision, TagInfo,
 };
 
 /// Tags passed to one `on-tags` call. Small enough that a call stays well inside the CPU budget
@@ -48,6 +49,8 @@ pub enum PrepareKind {
     Swap,
     Rollback,
     Recycle,
+    /// A shadow run beside the live version (installed only by a promotion, as a swap).
+    Shadow,
 }
 
 /// A new instance, initialised and with tag decisions for the tags known when it was made.
@@ -112,7 +115,14 @@ pub struct StageHandle {
     state: Mutex<StageState>,
     pub stats: StageStats,
     swap_stalls: Mutex<VecDeque<Duration>>,
-    /// Serialises swaps, rollbacks and recycles of this stage.
+    /// Cost of every call into this stage's live instances (latency, CPU, fuel, memory).
+    pub meter: Arc<CallMeter>,
+    /// A version loaded and checked for this stage but not installed (`load`), for a later
+    /// swap or shadow run.
+    candidate: Mutex<Option<(LoadedPlugin, String)>>,
+    /// The report of the current (or last) shadow run.
+    shadow: Mutex<Option<SharedReport>>,
+    /// Serialises swaps, rollbacks, shadow runs and recycles of this stage.
     pub(super) change_lock: tokio::sync::Mutex<()>,
 }
 
@@ -149,6 +159,9 @@ impl StageHandle {
             state: Mutex::new(StageState::Running),
             stats: StageStats::default(),
             swap_stalls: Mutex::new(VecDeque::new()),
+            meter: Arc::new(CallMeter::default()),
+            candidate: Mutex::new(None),
+            shadow: Mutex::new(None),
             change_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -183,6 +196,30 @@ impl StageHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The version loaded for a later swap or shadow run, with its config.
+    pub fn candidate(&self) -> Option<(LoadedPlugin, String)> {
+        self.candidate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_candidate(&self, candidate: Option<(LoadedPlugin, String)>) {
+        *self.candidate.lock().unwrap_or_else(|e| e.into_inner()) = candidate;
+    }
+
+    /// The report of the current or last shadow run.
+    pub fn shadow_report(&self) -> Option<SharedReport> {
+        self.shadow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_shadow_report(&self, report: SharedReport) {
+        *self.shadow.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
     }
 
     pub fn state(&self) -> StageState {
@@ -220,6 +257,7 @@ impl StageHandle {
             &self.limits,
             self.backends.clone(),
         )?;
+        instance.set_meter(self.meter.clone());
         let (inputs, generation) = {
             let inputs = self.inputs.read().unwrap_or_else(|e| e.into_inner());
             (inputs.clone(), self.generation.load(Ordering::Acquire))

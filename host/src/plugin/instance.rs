@@ -2,7 +2,8 @@
 //! services), the CPU budget armed before every call, and the checks on everything a call
 //! returns. A trap or limit hit poisons the instance; the owner replaces it.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::Store;
@@ -12,6 +13,7 @@ use super::bindings::{BatchOutput, Extra, Plugin, PluginPre, TagDecision, TagInf
 use super::engine::{CpuLimitMode, PluginEngine};
 use super::host_api::{HostBackends, HostServices, PluginLabel};
 use super::limits::{Grant, MemoryLimiter, PluginLimits};
+use super::meter::{thread_cpu_time, CallCost, CallMeter, Plane};
 use super::{CallError, Columns, Planes, PluginInfo};
 
 /// What a store holds for one instance.
@@ -101,6 +103,7 @@ pub struct PluginInstance {
     limits: PluginLimits,
     poisoned: bool,
     timings: InstanceTimings,
+    meter: Option<Arc<CallMeter>>,
 }
 
 impl PluginInstance {
@@ -133,6 +136,7 @@ impl PluginInstance {
             limits: limits.clone(),
             poisoned: false,
             timings: InstanceTimings::default(),
+            meter: None,
         })
     }
 
@@ -167,49 +171,95 @@ impl PluginInstance {
         &self.limits
     }
 
+    /// Records the cost and failures of every later call into `meter`.
+    pub fn set_meter(&mut self, meter: Arc<CallMeter>) {
+        self.meter = Some(meter);
+    }
+
+    /// Counts a failure in the meter and hands it back.
+    fn failed(&mut self, e: CallError) -> CallError {
+        if !matches!(e, CallError::Plugin(_)) {
+            self.poisoned = true;
+        }
+        if let Some(m) = &self.meter {
+            m.record_failure(&e);
+        }
+        e
+    }
+
     fn call<R>(
         &mut self,
+        plane: Plane,
         f: impl FnOnce(&Plugin, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         if self.poisoned {
-            return Err(CallError::Poisoned);
+            return Err(self.failed(CallError::Poisoned));
         }
         arm(&self.engine, &mut self.store, &self.limits);
-        match f(&self.bindings, &mut self.store) {
+        let metered = self.meter.is_some();
+        let (started, cpu_before) = if metered {
+            (Some(Instant::now()), thread_cpu_time())
+        } else {
+            (None, Duration::ZERO)
+        };
+        let result = f(&self.bindings, &mut self.store);
+        if let (Some(meter), Some(started)) = (&self.meter, started) {
+            let fuel = match self.engine.config().cpu_limit {
+                CpuLimitMode::Fuel => self
+                    .limits
+                    .fuel_per_call
+                    .saturating_sub(self.store.get_fuel().unwrap_or(0)),
+                CpuLimitMode::Epoch => 0,
+            };
+            meter.record(
+                plane,
+                CallCost {
+                    wall: started.elapsed(),
+                    cpu: thread_cpu_time().saturating_sub(cpu_before),
+                    fuel,
+                    memory_bytes: self.store.data().limiter.current_memory(),
+                },
+            );
+        }
+        match result {
             Ok(r) => Ok(r),
             Err(e) => {
-                self.poisoned = true;
-                Err(classify(e, &mut self.store, &self.limits))
+                let e = classify(e, &mut self.store, &self.limits);
+                Err(self.failed(e))
             }
         }
     }
 
     pub(super) fn describe(&mut self) -> Result<PluginInfo, CallError> {
-        self.call(|b, s| b.ferrule_plugin_transform().call_describe(s))
+        self.call(Plane::Tag, |b, s| {
+            b.ferrule_plugin_transform().call_describe(s)
+        })
     }
 
     pub(super) fn init(&mut self, config_json: &str) -> Result<Result<(), String>, CallError> {
-        self.call(|b, s| b.ferrule_plugin_transform().call_init(s, config_json))
+        self.call(Plane::Tag, |b, s| {
+            b.ferrule_plugin_transform().call_init(s, config_json)
+        })
     }
 
     /// Tag plane: one decision per tag, checked for count and size.
     pub fn on_tags(&mut self, tags: &[TagInfo]) -> Result<Vec<TagDecision>, CallError> {
-        let decisions = self.call(|b, s| b.ferrule_plugin_transform().call_on_tags(s, tags))?;
+        let decisions = self.call(Plane::Tag, |b, s| {
+            b.ferrule_plugin_transform().call_on_tags(s, tags)
+        })?;
         if decisions.len() != tags.len() {
-            self.poisoned = true;
-            return Err(CallError::Malformed(format!(
+            return Err(self.failed(CallError::Malformed(format!(
                 "on-tags returned {} decisions for {} tags",
                 decisions.len(),
                 tags.len()
-            )));
+            ))));
         }
         let bytes: usize = decisions.iter().map(decision_bytes).sum();
         if bytes as u64 > self.limits.max_output_bytes {
-            self.poisoned = true;
-            return Err(CallError::Malformed(format!(
+            return Err(self.failed(CallError::Malformed(format!(
                 "on-tags returned {bytes} bytes, over the {} byte limit",
                 self.limits.max_output_bytes
-            )));
+            ))));
         }
         Ok(decisions)
     }
@@ -241,18 +291,20 @@ impl PluginInstance {
             &[]
         };
         let tag_ids = cols.tag_ids;
-        let result = self.call(|b, s| {
+        let result = self.call(Plane::Sample, |b, s| {
             b.ferrule_plugin_transform()
                 .call_on_batch(s, tag_ids, values, quality, timestamps, extras)
         })?;
-        let output = result.map_err(|message| CallError::Plugin(truncate(message, 1024)))?;
+        let output = match result {
+            Ok(output) => output,
+            Err(message) => return Err(self.failed(CallError::Plugin(truncate(message, 1024)))),
+        };
         let info = self.info.as_ref().expect("checked above");
         if let Err(reason) =
             check_output(info, tag_ids.len(), &output, self.limits.max_output_bytes)
         {
-            // The plugin broke the contract; do not trust its state any more.
-            self.poisoned = true;
-            return Err(CallError::Malformed(reason));
+            // The plugin broke the contract; do not trust its state any more (`failed` poisons).
+            return Err(self.failed(CallError::Malformed(reason)));
         }
         Ok(output)
     }

@@ -18,7 +18,7 @@ pub enum Grant {
 }
 
 /// Limits for one stage's plugin. Every field has a safe default.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginLimits {
     /// Largest linear memory an instance may grow to, in MiB.

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod host_api;
 pub mod instance;
 pub mod limits;
+pub mod meter;
 
 pub use bindings::{
     BatchOutput, Columns, DataType, Extra, ExtraValue, Planes, PluginInfo, Rejection, TagAccept,
@@ -20,6 +21,7 @@ pub use engine::{CpuLimitMode, EngineConfig, LoadTimings, LoadedPlugin, PluginEn
 pub use host_api::{HostBackends, PluginLabel};
 pub use instance::{BatchColumns, PluginInstance};
 pub use limits::{Grant, PluginLimits};
+pub use meter::{CallMeter, HistogramSnapshot, MeterSnapshot};
 
 /// Why a plugin was refused at load.
 #[derive(Debug, thiserror::Error)]
