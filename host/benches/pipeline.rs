@@ -1,7 +1,8 @@
 //! The whole pipeline: simulated plant of 30 k tags → the four reference plugins → file sink
 //! (JSON lines) + dead-letter. Reports samples/s (wall), samples per CPU-second of the process
-//! (the one-core figure), peak RSS; then the hot-swap stall (time the chain waits at an
-//! install) over 200 swaps of the validator under load, p50/p99/max.
+//! (the one-core figure), peak RSS, the validator's call latency; the same with a shadow run
+//! beside the validator (the ratio is the cost of a shadow run); then the hot-swap stall (time
+//! the chain waits at an install) over 200 swaps of the validator under load, p50/p99/max.
 //!
 //! Run: `scripts/build-plugins && cargo bench -p ferrule --bench pipeline`
 
@@ -65,6 +66,103 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Steady-state figures of one throughput run.
+struct Throughput {
+    first_scan: Duration,
+    wall: f64,
+    rate: f64,
+    cpu: f64,
+    per_cpu: f64,
+    rss: f64,
+    bytes_per_sample: f64,
+    nothing_lost: bool,
+    /// on-batch latency of `validate` (p50, p99 bucket bounds, s) and its CPU seconds.
+    validate_calls: (f64, f64, f64),
+    compared: u64,
+}
+
+impl Throughput {
+    fn print(&self, what: &str) {
+        println!("{what}, 30 000 tags, simulator as fast as it is taken, file sink (JSON lines with metadata):");
+        println!(
+            "  start-up to the first full scan delivered: {:.2?}",
+            self.first_scan
+        );
+        println!(
+            "  steady state over {:.1} s: {:.2} M samples/s delivered (sink + dead-letter)",
+            self.wall,
+            self.rate / 1e6
+        );
+        println!(
+            "  CPU, all threads: {:.2} s -> {:.2} M samples per CPU-second",
+            self.cpu,
+            self.per_cpu / 1e6
+        );
+        println!(
+            "  peak RSS {:.0} MiB; sink file {:.0} bytes/sample; nothing lost: {}",
+            self.rss, self.bytes_per_sample, self.nothing_lost
+        );
+        let (p50, p99, cpu) = self.validate_calls;
+        println!("  `validate` on-batch (1024 samples): p50 <= {:.0} us, p99 <= {:.0} us; plugin CPU {cpu:.2} s in all", p50 * 1e6, p99 * 1e6);
+        if self.compared > 0 {
+            println!("  shadow compared {} samples", self.compared);
+        }
+    }
+}
+
+async fn throughput(shadow: Option<&str>) -> Throughput {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), u64::MAX, 0);
+    let t_start = Instant::now();
+    let running = pipeline::start(&cfg).await.unwrap();
+    let h = running.handle.clone();
+    let written = || {
+        h.stats().written["samples"].load(std::sync::atomic::Ordering::Relaxed)
+            + h.stats()
+                .dead_letters
+                .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    while written() < 30_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first_scan = t_start.elapsed();
+    if let Some(stage) = shadow {
+        let copy = dir.path().join("shadow.wasm");
+        std::fs::copy(repo().join("dist/plugins/validator.wasm"), &copy).unwrap();
+        h.shadow(stage, Some(&copy), None).await.unwrap();
+    }
+    let (cpu0, _) = cpu_and_peak_rss();
+    let (w0, t0) = (written(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (w1, wall) = (written(), t0.elapsed().as_secs_f64());
+    let (cpu1, rss) = cpu_and_peak_rss();
+    let compared = shadow.map_or(0, |s| h.shadow_report(s).unwrap().samples_compared);
+    h.stop();
+    let status = running.wait().await.unwrap();
+    let n = (w1 - w0) as f64;
+    let bytes = std::fs::metadata(dir.path().join("samples.jsonl"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let validate = status.stages.iter().find(|s| s.name == "validate").unwrap();
+    let calls = &validate.calls.sample_plane;
+    Throughput {
+        first_scan,
+        wall,
+        rate: n / wall,
+        cpu: cpu1 - cpu0,
+        per_cpu: n / (cpu1 - cpu0),
+        rss,
+        bytes_per_sample: bytes as f64 / status.written["samples"].max(1) as f64,
+        nothing_lost: status.produced["plant"] == status.written["samples"] + status.dead_letters,
+        validate_calls: (
+            calls.quantile_bound(0.5).unwrap_or(0.0),
+            calls.quantile_bound(0.99).unwrap_or(0.0),
+            validate.calls.cpu_seconds,
+        ),
+        compared,
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -72,37 +170,17 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        // Throughput: as fast as the pipeline takes it. Steady state is measured after the
-        // first scan (start-up: compiling 4 components, tag plane for 30 000 tags x 4 stages).
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = config(dir.path(), u64::MAX, 0);
-        let t_start = Instant::now();
-        let running = pipeline::start(&cfg).await.unwrap();
-        let h = running.handle.clone();
-        let written = || {
-            h.stats().written["samples"].load(std::sync::atomic::Ordering::Relaxed)
-                + h.stats().dead_letters.load(std::sync::atomic::Ordering::Relaxed)
-        };
-        while written() < 30_000 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let first_scan = t_start.elapsed();
-        let (cpu0, _) = cpu_and_peak_rss();
-        let (w0, t0) = (written(), Instant::now());
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let (w1, wall) = (written(), t0.elapsed().as_secs_f64());
-        let (cpu1, rss) = cpu_and_peak_rss();
-        h.stop();
-        let status = running.wait().await.unwrap();
-        let n = (w1 - w0) as f64;
-        let bytes = std::fs::metadata(dir.path().join("samples.jsonl")).map(|m| m.len()).unwrap_or(0);
-        println!("whole pipeline, 30 000 tags, simulator as fast as it is taken, file sink (JSON lines with metadata):");
-        println!("  start-up to the first full scan delivered: {first_scan:.2?}");
-        println!("  steady state over {wall:.1} s: {:.2} M samples/s delivered (sink + dead-letter)", n / wall / 1e6);
-        println!("  CPU, all threads: {:.2} s -> {:.2} M samples per CPU-second", cpu1 - cpu0, n / (cpu1 - cpu0) / 1e6);
-        println!("  peak RSS {rss:.0} MiB; sink file {:.0} bytes/sample; nothing lost: {}",
-            bytes as f64 / status.written["samples"].max(1) as f64,
-            status.produced["plant"] == status.written["samples"] + status.dead_letters);
+        // Throughput: as fast as the pipeline takes it, then the same with a shadow run of the
+        // validator (the most expensive sample-plane stage) beside the live one, same run.
+        let plain = throughput(None).await;
+        plain.print("whole pipeline");
+        let shadowed = throughput(Some("validate")).await;
+        shadowed.print("same, with a shadow run of `validate` (same component) beside the live one");
+        println!(
+            "  shadow/plain: throughput {:.2}x, samples per CPU-second {:.2}x",
+            shadowed.rate / plain.rate,
+            shadowed.per_cpu / plain.per_cpu
+        );
 
         // Hot-swap stall under load: 30 k tags at 10 Hz (300 k samples/s).
         let dir = tempfile::tempdir().unwrap();
