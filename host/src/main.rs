@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 
 use ferrule::admin::AdminClient;
 use ferrule::config::HostConfig;
-use ferrule::plugin::{conformance, EngineConfig, HostBackends, PluginEngine};
+use ferrule::plugin::package::{self, NeededLimits, PackageOptions};
+use ferrule::plugin::{conformance, EngineConfig, Grant, HostBackends, PluginEngine, StageTerms};
 
 #[derive(Parser)]
 #[command(
@@ -103,9 +104,35 @@ enum ShadowCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Print a component's self-description, contract version, digest and imports.
+    /// Print a component's self-description, contract version, digest and imports; for a
+    /// package directory also its manifest and whether it passes the package checks.
     Inspect { file: PathBuf },
-    /// Run the conformance kit against a component.
+    /// Write a plugin package (a directory: the component and its manifest) from a component.
+    Package {
+        /// The component (.wasm); name, version and contract are read from it.
+        component: PathBuf,
+        /// The package directory to write (new, empty, or an older package).
+        #[arg(long)]
+        out: PathBuf,
+        /// A capability the plugin needs: clock, random or stdio (repeat for several).
+        #[arg(long = "capability", value_name = "NAME")]
+        capabilities: Vec<Grant>,
+        /// Least `limits.memory_mib` a stage must allow.
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// Least `limits.cpu_ms_per_call` a stage must allow.
+        #[arg(long = "cpu-ms")]
+        cpu_ms: Option<u64>,
+        /// Least `limits.fuel_per_call` a stage must allow (fuel mode).
+        #[arg(long)]
+        fuel: Option<u64>,
+        #[arg(long)]
+        vendor: Option<String>,
+        /// Default: the component's own description.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Run the conformance kit against a component or package.
     Test {
         file: PathBuf,
         /// Plugin config as JSON (what `[stages.config]` would hold).
@@ -326,7 +353,7 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
             .map(ferrule::plugin::Digest::parse)
             .transpose()
             .map_err(anyhow::Error::msg)?;
-        match engine.load_file(&s.plugin, pin.as_ref()) {
+        match StageTerms::new(&s.name, pin, s.sandbox()).load(&engine, &s.plugin) {
             Err(e) => {
                 eprintln!("`stages[{i}].plugin`: {e}");
                 failed = true;
@@ -363,7 +390,14 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginCommand::Inspect { file } => {
             let engine = PluginEngine::new(EngineConfig::default())?;
-            let p = engine.load_file(&file, None)?;
+            let p = if package::is_package(&file) {
+                match inspect_package(&engine, &file) {
+                    Some(p) => p,
+                    None => return Ok(ExitCode::FAILURE),
+                }
+            } else {
+                engine.load_file(&file, None)?
+            };
             let info = p.info();
             println!("plugin:      {}@{}", info.name, info.version);
             println!("description: {}", info.description);
@@ -391,6 +425,32 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
                 "load:        {:?} ({:?}), link {:?}",
                 t.compile_or_load, t.cache, t.link
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Package {
+            component,
+            out,
+            capabilities,
+            memory_mib,
+            cpu_ms,
+            fuel,
+            vendor,
+            description,
+        } => {
+            let engine = PluginEngine::new(EngineConfig::default())?;
+            let options = PackageOptions {
+                capabilities,
+                limits: NeededLimits {
+                    memory_mib,
+                    cpu_ms_per_call: cpu_ms,
+                    fuel_per_call: fuel,
+                },
+                vendor,
+                description,
+            };
+            let manifest = package::write_package(&engine, &component, &out, options)?;
+            println!("{}", manifest.to_toml());
+            println!("package {} written to {}", manifest.label(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Test { file, config } => {
@@ -463,5 +523,66 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Shadow { command } => shadow(command).await,
+    }
+}
+
+/// Prints a package's manifest and the result of its checks; the plugin unless refused.
+fn inspect_package(
+    engine: &PluginEngine,
+    dir: &std::path::Path,
+) -> Option<ferrule::plugin::LoadedPlugin> {
+    let pkg = match package::Package::read(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("checks:      refused: {e}");
+            return None;
+        }
+    };
+    let m = &pkg.manifest;
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let needs = [
+        ("memory_mib", m.limits.memory_mib),
+        ("cpu_ms_per_call", m.limits.cpu_ms_per_call),
+        ("fuel_per_call", m.limits.fuel_per_call),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| format!("{k} ≥ {v}")))
+    .collect();
+    println!("package:     {} ({})", m.label(), dir.display());
+    println!("  contract:     {}", m.contract);
+    println!("  component:    {}", m.component);
+    println!("  digest:       {}", m.digest);
+    println!(
+        "  capabilities: {}",
+        list(m.capabilities.iter().map(|c| c.to_string()).collect())
+    );
+    println!("  needs:        {}", list(needs));
+    if let Some(v) = &m.vendor {
+        println!("  vendor:       {v}");
+    }
+    if let Some(d) = &m.description {
+        println!("  description:  {d}");
+    }
+    match package::load_unstaged(engine, dir) {
+        Ok(p) => {
+            println!("checks:      ok (manifest, contract spoken and exported, digest, name and version)");
+            if !m.capabilities.is_empty() {
+                println!(
+                    "             a stage must grant {} (its `grants`)",
+                    list(m.capabilities.iter().map(|c| format!("\"{c}\"")).collect())
+                );
+            }
+            Some(p)
+        }
+        Err(e) => {
+            println!("checks:      refused: {e}");
+            None
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! The `ferrule` binary: `check` names the offending key and line; `plugin inspect` and
-//! `plugin test` work on a built component (from dist/plugins, written by scripts/build-plugins).
+//! The `ferrule` binary: `check` names the offending key and line; `plugin inspect`,
+//! `plugin test` and `plugin package` work on a built component (from dist/plugins, written by
+//! scripts/build-plugins) or a package.
 
 use std::path::Path;
 use std::process::Command;
@@ -113,6 +114,90 @@ fn plugin_inspect_and_test() {
     ]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("FAIL") && text.contains("trapped"), "{text}");
+}
+
+/// `ferrule plugin package` writes a package from a component; `inspect` shows its manifest
+/// and checks, `test` runs the kit on it, `check` refuses a stage that does not grant what it
+/// asks for, and `inspect` refuses a tampered one.
+#[test]
+fn plugin_package_inspect_test_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("validator-pkg");
+    let pkg_s = pkg.to_str().unwrap();
+    let (code, text) = ferrule(&[
+        "plugin",
+        "package",
+        &dist("validator"),
+        "--out",
+        pkg_s,
+        "--capability",
+        "clock",
+        "--memory-mib",
+        "32",
+        "--vendor",
+        "Acme",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("name = \"validator\""), "{text}");
+    assert!(text.contains("capabilities = [\"clock\"]"), "{text}");
+    let manifest = std::fs::read_to_string(pkg.join("ferrule-plugin.toml")).unwrap();
+    assert!(
+        manifest.contains("contract = \"ferrule:plugin@0.1.0\""),
+        "{manifest}"
+    );
+    assert!(manifest.contains("memory_mib = 32"), "{manifest}");
+    assert_eq!(
+        std::fs::read(pkg.join("plugin.wasm")).unwrap(),
+        std::fs::read(dist("validator")).unwrap()
+    );
+
+    let (code, text) = ferrule(&["plugin", "inspect", pkg_s]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("package:     validator "), "{text}");
+    assert!(text.contains("capabilities: clock"), "{text}");
+    assert!(text.contains("needs:        memory_mib ≥ 32"), "{text}");
+    assert!(text.contains("checks:      ok"), "{text}");
+    assert!(text.contains("plugin:      validator@"), "{text}");
+
+    let (code, text) = ferrule(&["plugin", "test", pkg_s]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("0 failed"), "{text}");
+
+    let (code, text) = ferrule(&[
+        "plugin",
+        "package",
+        &dist("validator"),
+        "--out",
+        pkg_s,
+        "--capability",
+        "network",
+    ]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("unknown capability `network`"), "{text}");
+
+    let cfg = dir.path().join("plant.toml");
+    std::fs::write(
+        &cfg,
+        format!("[sources.plant]\ntype = \"simulator\"\n[[stages]]\nname = \"v\"\nplugin = \"{pkg_s}\"\n[sinks.out]\ntype = \"file\"\npath = \"o.jsonl\"\n"),
+    )
+    .unwrap();
+    let (code, text) = ferrule(&["check", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("`stages[0].plugin`: package validator ")
+            && text.contains("asks for capability `clock`, which stage `v` does not grant"),
+        "{text}"
+    );
+
+    std::fs::copy(dist("unit_converter"), pkg.join("plugin.wasm")).unwrap();
+    let (code, text) = ferrule(&["plugin", "inspect", pkg_s]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("package:     validator "), "{text}");
+    assert!(
+        text.contains("checks:      refused: package validator ")
+            && text.contains("tampered with or corrupt"),
+        "{text}"
+    );
 }
 
 /// `ferrule run` as an operator runs it, steered by `ferrule plugin swap|rollback` and

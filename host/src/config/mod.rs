@@ -287,10 +287,13 @@ impl HostConfig {
                     format!("stage `{}` is defined twice", s.name),
                 ));
             }
-            if !s.plugin.is_file() {
+            if !s.plugin.is_file() && !s.plugin.is_dir() {
                 p.push((
                     format!("stages[{i}].plugin"),
-                    format!("no plugin file at {}", s.plugin.display()),
+                    format!(
+                        "no plugin file or package directory at {}",
+                        s.plugin.display()
+                    ),
                 ));
             }
             if let Some(d) = &s.digest {

@@ -37,9 +37,11 @@ impl QuarantinePolicy {
 pub struct StageConfig {
     /// Unique stage name (used by `ferrule plugin swap <stage>` and in dead-letters).
     pub name: String,
-    /// Path of the plugin component (.wasm), relative to the config file.
+    /// Path of the plugin, relative to the config file: a component (.wasm), or a package
+    /// directory (`ferrule-plugin.toml` + component; see the README, "Plugin packages").
     pub plugin: PathBuf,
-    /// Optional pin `sha256:<hex>`: a component with another digest is refused.
+    /// Optional pin `sha256:<hex>` of the component: a component with another digest is
+    /// refused (for a package, the digest of the component inside it).
     #[serde(default)]
     pub digest: Option<String>,
     /// `hold` (default), `pass-through` or `dead-letter`.

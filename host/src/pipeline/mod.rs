@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::HostConfig;
 use crate::model::TagRegistry;
 use crate::plugin::host_api::{PluginCounters, StaticReferenceData};
+use crate::plugin::package::source_stamp;
 use crate::plugin::{Digest, HostBackends, PluginEngine};
 use chain::{Chain, Control, InitialStage};
 use stage::StageSpec;
@@ -89,7 +90,11 @@ pub struct StageStatus {
     pub path: String,
     pub previous: Option<String>,
     pub quarantine_policy: &'static str,
+    /// Capabilities the operator granted the stage.
     pub grants: Vec<crate::plugin::Grant>,
+    /// Capabilities the running version's instances get: the grants, narrowed to what a
+    /// package declares.
+    pub capabilities: Vec<crate::plugin::Grant>,
     pub limits: crate::plugin::PluginLimits,
     #[serde(flatten)]
     pub state: StageState,
@@ -167,7 +172,8 @@ impl PipelineHandle {
             .ok_or_else(|| PipelineError::NoStage(name.into()))
     }
 
-    /// Loads the component at `path` for stage `name`, prepares it off the hot path and
+    /// Loads the component or package at `path` for stage `name` (`StageHandle::load`: the
+    /// stage's pin, grants and limits apply), prepares it off the hot path and
     /// installs it between batches. On any error the running version stays.
     /// `config_json` replaces the stage's plugin config (none keeps the running one).
     pub async fn swap(
@@ -337,7 +343,7 @@ impl PipelineHandle {
         let s = stage.clone();
         let config = config_json.unwrap_or_else(|| stage.current_config());
         tokio::task::spawn_blocking(move || {
-            let loaded = s.engine().load_file(&path, s.pin.as_ref())?;
+            let loaded = s.load(&path)?;
             s.prepare(kind, loaded, config)
         })
         .await
@@ -468,6 +474,7 @@ fn stage_status(s: &StageHandle) -> StageStatus {
             .map(|p| format!("{}@{}", p.name(), p.version())),
         quarantine_policy: s.policy.as_str(),
         grants: s.limits.grants.clone(),
+        capabilities: current.capabilities(&s.limits.grants),
         limits: s.limits.clone(),
         state: s.state(),
         candidate: s
@@ -564,8 +571,8 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
         };
         let e = engine.clone();
         let path = s.plugin.clone();
-        let pin2 = pin.clone();
-        let loaded = tokio::task::spawn_blocking(move || e.load_file(&path, pin2.as_ref()))
+        let terms = crate::plugin::StageTerms::new(&s.name, pin.clone(), s.sandbox());
+        let loaded = tokio::task::spawn_blocking(move || terms.load(&e, &path))
             .await
             .map_err(|e| start_err(key.clone(), e.to_string()))?
             .map_err(|e| start_err(key.clone(), e.to_string()))?;
@@ -753,27 +760,25 @@ impl RunningPipeline {
     }
 }
 
-/// Swaps a stage's plugin when its file changes (a new digest); the pin, if any, applies.
+/// Swaps a stage's plugin when its file or package changes (a new digest or manifest); the
+/// pin, if any, and a package's checks apply.
 async fn watch_plugin_files(handle: PipelineHandle, every: Duration) {
     let mut seen: Vec<(PathBuf, Option<(SystemTime, u64)>)> = handle
         .stages()
         .iter()
-        .map(|s| (s.plugin_path.clone(), file_stamp(&s.plugin_path)))
+        .map(|s| (s.plugin_path.clone(), source_stamp(&s.plugin_path)))
         .collect();
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         for (i, stage) in handle.stages().iter().enumerate() {
-            let stamp = file_stamp(&stage.plugin_path);
+            let stamp = source_stamp(&stage.plugin_path);
             if stamp.is_none() || stamp == seen[i].1 {
                 continue;
             }
             seen[i].1 = stamp;
-            let Ok(bytes) = std::fs::read(&stage.plugin_path) else {
-                continue;
-            };
-            if Digest::of(&bytes) == *stage.current().digest() {
+            if stage.source_unchanged() {
                 continue;
             }
             tracing::info!(stage = %stage.name, path = %stage.plugin_path.display(), "plugin file changed; swapping");
@@ -790,9 +795,4 @@ async fn watch_plugin_files(handle: PipelineHandle, every: Duration) {
             }
         }
     }
-}
-
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }

@@ -4,7 +4,7 @@
 //! for every known tag) for the chain to install between batches.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -14,8 +14,8 @@ use serde::Serialize;
 use super::config::QuarantinePolicy;
 use super::shadow::SharedReport;
 use crate::plugin::{
-    CallMeter, Digest, HostBackends, LoadError, LoadedPlugin, PluginEngine, PluginInstance,
-    PluginLimits, TagDecision, TagInfo,
+    package, CallMeter, Digest, HostBackends, LoadError, LoadedPlugin, PluginEngine,
+    PluginInstance, PluginLimits, StageTerms, TagDecision, TagInfo,
 };
 
 /// Tags passed to one `on-tags` call. Small enough that a call stays well inside the CPU budget
@@ -168,6 +168,17 @@ impl StageHandle {
 
     pub fn engine(&self) -> &PluginEngine {
         &self.engine
+    }
+
+    /// Loads a plugin path for this stage: a package directory checked against the stage's
+    /// pin, grants and limits, or a bare component file (pin checked).
+    pub fn load(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
+        StageTerms::new(&self.name, self.pin.clone(), self.limits.clone()).load(&self.engine, path)
+    }
+
+    /// Whether the stage's plugin path still holds the running version (for the watcher).
+    pub fn source_unchanged(&self) -> bool {
+        package::unchanged(&self.plugin_path, &self.current())
     }
 
     pub fn current(&self) -> LoadedPlugin {

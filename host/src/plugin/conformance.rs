@@ -178,10 +178,10 @@ fn arbitrary_batch(rng: &mut Rng, tags: &[u32], n: usize) -> ArbitraryBatch {
     c
 }
 
-/// Runs the kit against the component at `path`, initialised with `config_json`.
+/// Runs the kit against the component (or package) at `path`, initialised with `config_json`.
 pub fn run(engine: &PluginEngine, path: &Path, config_json: &str) -> Report {
     let mut checks = Vec::new();
-    let loaded = match engine.load_file(path, None) {
+    let loaded = match super::package::load_unstaged(engine, path) {
         Ok(p) => {
             checks.push(Check {
                 invariant: "loads: contract version, imports and self-description valid",

@@ -2,6 +2,8 @@
 //! fuel), one `Linker` with the host capabilities and a WASI context that grants nothing, the
 //! compiled-artifact cache, and `load` which turns a component file into a `LoadedPlugin`
 //! (contract version checked, imports checked, `InstancePre` cached, self-description read).
+//! A `LoadedPlugin` from a package also carries its manifest, and its instances get only the
+//! capabilities the manifest declares (see `package`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +19,8 @@ use super::bindings::{Plugin, PluginPre, CONTRACT_PACKAGE, CONTRACT_VERSION};
 use super::cache::{ArtifactCache, CacheOutcome, Digest};
 use super::host_api::HostBackends;
 use super::instance::{check_info, InstanceTimings, PluginInstance, StoreState};
-use super::limits::PluginLimits;
+use super::limits::{Grant, PluginLimits};
+use super::package::Manifest;
 use super::{CallError, LoadError, PluginInfo};
 
 /// How the CPU budget of a call is enforced.
@@ -172,6 +175,28 @@ impl PluginEngine {
         digest: Digest,
         origin: String,
     ) -> Result<LoadedPlugin, LoadError> {
+        self.load_component(bytes, digest, origin, None)
+    }
+
+    /// `load_bytes` for the component of a package: its instances get only the capabilities
+    /// `manifest` declares. The package's own checks are `package`'s.
+    pub(super) fn load_packaged(
+        &self,
+        bytes: &[u8],
+        digest: Digest,
+        origin: String,
+        manifest: Manifest,
+    ) -> Result<LoadedPlugin, LoadError> {
+        self.load_component(bytes, digest, origin, Some(manifest))
+    }
+
+    fn load_component(
+        &self,
+        bytes: &[u8],
+        digest: Digest,
+        origin: String,
+        package: Option<Manifest>,
+    ) -> Result<LoadedPlugin, LoadError> {
         let inner = &self.inner;
         let started = Instant::now();
         let (component, cache) = inner
@@ -205,6 +230,7 @@ impl PluginEngine {
                 contract,
                 pre,
                 info: None,
+                package,
                 timings: LoadTimings {
                     cache,
                     compile_or_load,
@@ -282,7 +308,7 @@ fn check_contract(
 }
 
 /// Semver compatibility as the component model uses it: same major, and for 0.x same minor.
-fn compatible(found: &str, ours: &str) -> bool {
+pub(super) fn compatible(found: &str, ours: &str) -> bool {
     let parse = |v: &str| -> Option<(u64, u64)> {
         let mut it = v.split('.');
         Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
@@ -308,6 +334,8 @@ struct LoadedInner {
     contract: String,
     pre: PluginPre<StoreState>,
     info: Option<PluginInfo>,
+    /// The manifest, when the component came from a package.
+    package: Option<Manifest>,
     timings: LoadTimings,
 }
 
@@ -334,6 +362,22 @@ impl LoadedPlugin {
     }
     pub fn timings(&self) -> LoadTimings {
         self.inner.timings
+    }
+    /// The package manifest, if the component came from a package.
+    pub fn package(&self) -> Option<&Manifest> {
+        self.inner.package.as_ref()
+    }
+    /// What an instance gets of the capabilities a stage grants: all of them for a bare
+    /// component, only those its manifest also declares for a package (least privilege).
+    pub fn capabilities(&self, granted: &[Grant]) -> Vec<Grant> {
+        match &self.inner.package {
+            None => granted.to_vec(),
+            Some(m) => granted
+                .iter()
+                .copied()
+                .filter(|g| m.capabilities.contains(g))
+                .collect(),
+        }
     }
     /// Import names of the component (for `ferrule plugin inspect`).
     pub fn imports(&self) -> Vec<String> {
@@ -390,6 +434,10 @@ impl LoadedPlugin {
         let (name, version) = match &self.inner.info {
             Some(info) => (info.name.clone(), info.version.clone()),
             None => (self.inner.origin.clone(), "?".into()),
+        };
+        let limits = &PluginLimits {
+            grants: self.capabilities(&limits.grants),
+            ..limits.clone()
         };
         PluginInstance::new(
             self.inner.engine.clone(),

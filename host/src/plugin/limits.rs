@@ -17,6 +17,35 @@ pub enum Grant {
     Stdio,
 }
 
+impl Grant {
+    pub const ALL: [Grant; 3] = [Grant::Clock, Grant::Random, Grant::Stdio];
+
+    /// The name used in configs and manifests (`clock`, `random`, `stdio`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::Clock => "clock",
+            Grant::Random => "random",
+            Grant::Stdio => "stdio",
+        }
+    }
+}
+
+impl std::fmt::Display for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Grant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Grant::ALL
+            .into_iter()
+            .find(|g| g.as_str() == s)
+            .ok_or_else(|| format!("unknown capability `{s}`: expected clock, random or stdio"))
+    }
+}
+
 /// Limits for one stage's plugin. Every field has a safe default.
 #[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(deny_unknown_fields)]

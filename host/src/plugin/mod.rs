@@ -1,7 +1,7 @@
 //! The plugin engine: loading, sandboxing and calling WebAssembly plugin components that
 //! implement the contract in wit/. `engine` loads and caches, `instance` calls under limits,
 //! `host_api` is what plugins may import, `conformance` checks a component against the
-//! contract's invariants.
+//! contract's invariants, `package` loads and checks plugin packages (component + manifest).
 
 pub mod bindings;
 pub mod cache;
@@ -11,6 +11,7 @@ pub mod host_api;
 pub mod instance;
 pub mod limits;
 pub mod meter;
+pub mod package;
 
 pub use bindings::{
     BatchOutput, Columns, DataType, Extra, ExtraValue, Planes, PluginInfo, Rejection, TagAccept,
@@ -22,6 +23,7 @@ pub use host_api::{HostBackends, PluginLabel};
 pub use instance::{BatchColumns, PluginInstance};
 pub use limits::{Grant, PluginLimits};
 pub use meter::{CallMeter, HistogramSnapshot, MeterSnapshot};
+pub use package::{Manifest, NeededLimits, StageTerms};
 
 /// Why a plugin was refused at load.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,70 @@ pub enum LoadError {
     InitCall { plugin: String, error: CallError },
     #[error("plugin {plugin}: tag plane failed: {error}")]
     TagPlane { plugin: String, error: CallError },
+    #[error("package {package}: cannot read {file}: {source}")]
+    ManifestRead {
+        package: String,
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("package {package}: {file}: {reason}")]
+    Manifest {
+        package: String,
+        file: String,
+        reason: String,
+    },
+    #[error(
+        "package {package} declares contract {declared}; this host speaks {}@{}",
+        bindings::CONTRACT_PACKAGE,
+        CONTRACT_VERSION
+    )]
+    PackageContract { package: String, declared: String },
+    #[error(
+        "package {package}: the manifest declares contract {declared}, but the component exports {}@{exported}",
+        bindings::CONTRACT_PACKAGE
+    )]
+    PackageContractMismatch {
+        package: String,
+        declared: String,
+        exported: String,
+    },
+    #[error(
+        "package {package}: component {component} has digest {actual}, but the manifest says {declared}; the package is tampered with or corrupt"
+    )]
+    PackageDigest {
+        package: String,
+        component: String,
+        declared: Digest,
+        actual: Digest,
+    },
+    #[error(
+        "package {package}: the manifest names {manifest}, but the component describes itself as {component}"
+    )]
+    PackageIdentity {
+        package: String,
+        manifest: String,
+        component: String,
+    },
+    #[error(
+        "package {package} asks for {}, which stage `{stage}` does not grant (add {} to the stage's `grants` to allow it)",
+        package::capability_phrase(.missing),
+        package::quoted_list(.missing)
+    )]
+    NotGranted {
+        package: String,
+        stage: String,
+        missing: Vec<Grant>,
+    },
+    #[error(
+        "package {package} needs {limit} ≥ {needs}, stage `{stage}` allows {allows} (raise the stage's `limits.{limit}` to allow it)"
+    )]
+    LimitTooLow {
+        package: String,
+        stage: String,
+        limit: &'static str,
+        needs: u64,
+        allows: u64,
+    },
 }
 
 /// Why one call into a plugin failed.
