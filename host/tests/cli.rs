@@ -200,8 +200,9 @@ fn plugin_package_inspect_test_and_check() {
     );
 }
 
-/// `ferrule run` as an operator runs it, steered by `ferrule plugin swap|rollback` and
-/// `ferrule status` through the admin endpoint, then stopped with Ctrl-C (SIGINT): it drains.
+/// `ferrule run` as an operator runs it, steered through the admin endpoint by `ferrule plugin
+/// swap|rollback|load|shadow|quarantine|release`, `ferrule stages|status|dead-letters`, then
+/// stopped with Ctrl-C (SIGINT): it drains.
 #[test]
 fn run_swap_rollback_status_and_ctrl_c_drain() {
     let dir = tempfile::tempdir().unwrap();
@@ -281,9 +282,78 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
     let (code, text) = ferrule(&["plugin", "rollback", "x", "--admin", &admin]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("-> hostile@1.0.0"), "{text}");
+
+    // Load a version (checked, not installed), run it in shadow, read the report, abandon it.
+    let (code, text) = ferrule(&[
+        "plugin",
+        "load",
+        "x",
+        &dist("unit_converter"),
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("loaded unit-converter@"), "{text}");
+    assert!(text.contains("not installed"), "{text}");
+    let (code, text) = ferrule(&["stages", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
+    let stages: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(stages[0]["plugin"], "hostile");
+    assert!(
+        stages[0]["candidate"]
+            .as_str()
+            .unwrap()
+            .starts_with("unit-converter@"),
+        "{stages}"
+    );
+    let (code, text) = ferrule(&["plugin", "shadow", "start", "x", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
+    let started: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(started["plugin"], "unit-converter");
+    assert_eq!(started["live"], "hostile@1.0.0");
+    let (code, text) = ferrule(&["plugin", "shadow", "report", "x", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["state"],
+        "running"
+    );
+    let (code, text) = ferrule(&["plugin", "shadow", "abandon", "x", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["state"],
+        "abandoned"
+    );
+    let (code, text) = ferrule(&["plugin", "shadow", "promote", "x", "--admin", &admin]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("no shadow run on this stage"), "{text}");
+
+    // Quarantine by hand, seen in the status; release.
+    let (code, text) = ferrule(&[
+        "plugin",
+        "quarantine",
+        "x",
+        "--reason",
+        "cli test",
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let (_, text) = ferrule(&["stages", "--admin", &admin]);
+    let stages: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(stages[0]["state"], "quarantined");
+    assert!(stages[0]["reason"].as_str().unwrap().contains("cli test"));
+    let (code, text) = ferrule(&["plugin", "release", "x", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = ferrule(&["dead-letters", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
+    assert!(serde_json::from_str::<serde_json::Value>(&text)
+        .unwrap()
+        .is_array());
+
     let (code, text) = ferrule(&["status", "--admin", &admin]);
     assert_eq!(code, 0, "{text}");
     let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["stages"][0]["state"], "running");
     assert_eq!(status["stages"][0]["plugin"], "hostile");
     assert_eq!(status["stages"][0]["swaps"], 2);
 
