@@ -384,3 +384,53 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
         "{done} vs {lines} lines written"
     );
 }
+
+/// `--log-format json`: every log line is one JSON object whose fields a log shipper can
+/// index (here: the quarantine of a trapping stage, with its stage and policy).
+#[test]
+fn json_logs_carry_the_event_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("trap.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[pipeline]\nprogress_interval_s = 0\n[admin]\nenabled = false\n\
+             [sources.plant]\ntype = \"simulator\"\ntags = 10\nscans = 3\ninterval_ms = 1\n\
+             [[stages]]\nname = \"x\"\nplugin = \"{}\"\nconfig = {{ mode = \"trap\" }}\n\
+             quarantine = \"dead-letter\"\n\
+             [sinks.out]\ntype = \"file\"\npath = \"out.jsonl\"\n",
+            dist("fixture_hostile")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrule"))
+        .args(["--log-format", "json", "run", cfg.to_str().unwrap()])
+        .env("FERRULE_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(events.len() >= 5, "{stderr}");
+    assert!(events.iter().all(|e| e["timestamp"].is_string()));
+    let quarantine = events
+        .iter()
+        .find(|e| e["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no error event: {stderr}"));
+    assert_eq!(quarantine["fields"]["stage"], "x");
+    assert_eq!(quarantine["fields"]["policy"], "dead-letter");
+    assert!(quarantine["fields"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("quarantined after 3 consecutive failures"));
+    let failures: Vec<i64> = events
+        .iter()
+        .filter(|e| e["level"] == "WARN")
+        .filter_map(|e| e["fields"]["failures"].as_i64())
+        .collect();
+    assert_eq!(failures, [1, 2, 3]);
+}
