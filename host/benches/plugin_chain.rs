@@ -1,7 +1,9 @@
 //! The four reference plugins as one chain over 30 k distinct tags: samples/s through the
 //! Wasm chain (CPU limit on: epoch, and fuel) and through the same plugin logic compiled
 //! natively and called directly, in one run, with the ratio; plus start-up figures
-//! (component compile, load from the artifact cache, instantiate + init).
+//! (component compile, load from the artifact cache, instantiate + init). With the epoch limit
+//! the Wasm chain also runs metered (per-call latency histogram, thread CPU time, memory — what
+//! the pipeline records for `/metrics`), in the same rounds, to show the metering cost.
 //!
 //! The normalizer and the enricher act on the tag plane only, so per batch the host calls
 //! the unit converter and the validator — on both sides of the comparison.
@@ -13,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
 use ferrule::plugin::{
-    BatchColumns, CpuLimitMode, EngineConfig, HostBackends, PluginEngine, PluginInstance,
-    PluginLimits, TagInfo,
+    BatchColumns, CallMeter, CpuLimitMode, EngineConfig, HostBackends, PluginEngine,
+    PluginInstance, PluginLimits, TagInfo,
 };
 use ferrule::sources::simulator::{describe_tag, sample, SimulatorConfig};
 use ferrule_sdk::testing::Harness;
@@ -149,31 +151,40 @@ fn main() {
             ..EngineConfig::default()
         })
         .unwrap();
-        let mut wasm: Vec<PluginInstance> = stage_cfg
-            .iter()
-            .map(|(p, c)| {
-                engine
-                    .load_file(p, None)
-                    .unwrap()
-                    .instantiate(
-                        "bench",
-                        c,
-                        &PluginLimits::default(),
-                        HostBackends::default(),
-                    )
-                    .unwrap()
-            })
-            .collect();
+        let chain = || -> Vec<PluginInstance> {
+            stage_cfg
+                .iter()
+                .map(|(p, c)| {
+                    engine
+                        .load_file(p, None)
+                        .unwrap()
+                        .instantiate(
+                            "bench",
+                            c,
+                            &PluginLimits::default(),
+                            HostBackends::default(),
+                        )
+                        .unwrap()
+                })
+                .collect()
+        };
+        let mut wasm = chain();
+        let mut metered = chain();
+        let meter = std::sync::Arc::new(CallMeter::default());
+        for inst in metered.iter_mut() {
+            inst.set_meter(meter.clone());
+        }
         // Tag plane through the chain; remember each stage's inputs for the native side.
         let mut inputs: Vec<Option<TagInfo>> = inputs0.iter().cloned().map(Some).collect();
         let mut stage_inputs = Vec::new();
         let t0 = Instant::now();
-        for inst in wasm.iter_mut() {
+        for (inst, twin) in wasm.iter_mut().zip(metered.iter_mut()) {
             stage_inputs.push(inputs.clone());
             let present: Vec<TagInfo> = inputs.iter().flatten().cloned().collect();
             let mut decisions = Vec::new();
             for chunk in present.chunks(256) {
                 decisions.extend(inst.on_tags(chunk).unwrap());
+                twin.on_tags(chunk).unwrap();
             }
             let mut it = decisions.iter();
             for slot in inputs.iter_mut() {
@@ -202,10 +213,18 @@ fn main() {
         }
 
         println!("sample plane, units + validate ({mode:?} CPU limit):");
-        println!(
-            "  {:>6}  {:>14}  {:>14}  {:>8}",
-            "batch", "wasm M/s", "native M/s", "ratio"
-        );
+        let epoch = mode == CpuLimitMode::Epoch;
+        if epoch {
+            println!(
+                "  {:>6}  {:>14}  {:>14}  {:>8}  {:>14}  {:>12}",
+                "batch", "wasm M/s", "native M/s", "ratio", "metered M/s", "meter cost"
+            );
+        } else {
+            println!(
+                "  {:>6}  {:>14}  {:>14}  {:>8}",
+                "batch", "wasm M/s", "native M/s", "ratio"
+            );
+        }
         // `-- --profile-wasm=SIZE` runs only the Wasm side at one batch size for ~10 s, for a
         // profiler (e.g. `perf record`) to attach to.
         let profile_size: Option<usize> = std::env::args().find_map(|a| {
@@ -234,28 +253,8 @@ fn main() {
                 }
                 n as f64 / t.elapsed().as_secs_f64() / 1e6
             };
-            let mut run_wasm = |b: &Columns| {
-                let mut values = b.values.clone();
-                let mut quality = b.quality.clone();
-                for k in [1usize, 2] {
-                    let out = wasm[k]
-                        .on_batch(BatchColumns {
-                            tag_ids: &b.tag_ids,
-                            values: &values,
-                            quality: &quality,
-                            timestamps: &b.timestamps,
-                            extras: &[],
-                        })
-                        .unwrap();
-                    if let Some(v) = out.values {
-                        values = v;
-                    }
-                    if let Some(q) = out.quality {
-                        quality = q;
-                    }
-                }
-                std::hint::black_box(&values);
-            };
+            let mut run_wasm = |b: &Columns| run_chain(&mut wasm, b);
+            let mut run_metered = |b: &Columns| run_chain(&mut metered, b);
             let mut run_native = |b: &Columns| {
                 let out = units
                     .on_batch(Batch::new(
@@ -284,15 +283,50 @@ fn main() {
                 return;
             }
             // Best of 10 interleaved rounds of ~0.3 s each: the machine is shared and noisy.
-            let (mut wasm_rate, mut native_rate) = (0.0f64, 0.0f64);
+            let (mut wasm_rate, mut native_rate, mut metered_rate) = (0.0f64, 0.0f64, 0.0f64);
             for _ in 0..10 {
                 wasm_rate = wasm_rate.max(measure(&mut run_wasm));
                 native_rate = native_rate.max(measure(&mut run_native));
+                if epoch {
+                    metered_rate = metered_rate.max(measure(&mut run_metered));
+                }
             }
-            println!(
-                "  {size:>6}  {wasm_rate:>14.2}  {native_rate:>14.2}  {:>8.2}",
-                native_rate / wasm_rate
-            );
+            if epoch {
+                println!(
+                    "  {size:>6}  {wasm_rate:>14.2}  {native_rate:>14.2}  {:>8.2}  {metered_rate:>14.2}  {:>11.1}%",
+                    native_rate / wasm_rate,
+                    (wasm_rate / metered_rate - 1.0) * 100.0
+                );
+            } else {
+                println!(
+                    "  {size:>6}  {wasm_rate:>14.2}  {native_rate:>14.2}  {:>8.2}",
+                    native_rate / wasm_rate
+                );
+            }
         }
     }
+}
+
+/// The sample plane of the chain (units, then validate) over one batch.
+fn run_chain(chain: &mut [PluginInstance], b: &Columns) {
+    let mut values = b.values.clone();
+    let mut quality = b.quality.clone();
+    for k in [1usize, 2] {
+        let out = chain[k]
+            .on_batch(BatchColumns {
+                tag_ids: &b.tag_ids,
+                values: &values,
+                quality: &quality,
+                timestamps: &b.timestamps,
+                extras: &[],
+            })
+            .unwrap();
+        if let Some(v) = out.values {
+            values = v;
+        }
+        if let Some(q) = out.quality {
+            quality = q;
+        }
+    }
+    std::hint::black_box(&values);
 }
