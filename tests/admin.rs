@@ -351,6 +351,10 @@ path = "dead.jsonl"
         );
     }
     assert_eq!(dom.matches("class=\"stage\"").count(), 4);
+    // Call latency: the sample-plane stages show a p99 bound; no shadow runs.
+    assert!(dom.contains("<th>on-batch p99</th>"));
+    assert!(dom.matches(" µs</td>").count() >= 2, "{dom}");
+    assert_eq!(dom.matches("<td class=\"shadow\">–</td>").count(), 4);
     assert!(dom.contains("<td>uplink</td>"));
     assert!(
         dom.contains("disconnected"),
@@ -573,7 +577,19 @@ async fn load_swap_rollback_quarantine_and_release_through_the_api_under_load() 
     assert_eq!(host.stage("validate").path, copy.display().to_string());
     assert!(host.stage("validate").candidate.is_none());
     let (code, _) = host.post("/stages/validate/swap", json!({})).await;
-    assert_eq!(code, 422, "a second swap has no candidate left");
+    assert_eq!(code, 409, "a second swap has no candidate left");
+    // A body is read whatever its Content-Type, and a bad one is named, not ignored.
+    let r = host
+        .http
+        .post(format!("{}/stages/validate/swap", host.base))
+        .bearer_auth(TOKEN)
+        .body(json!({"plugn": copy}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("unknown field `plugn`"), "{text}");
     let (code, back) = host.post("/stages/validate/rollback", json!({})).await;
     assert_eq!(code, 200, "{back}");
     assert_eq!(host.stage("validate").path, running.path);
@@ -614,7 +630,7 @@ async fn load_swap_rollback_quarantine_and_release_through_the_api_under_load() 
         "{ready}"
     );
     let (code, _) = host.post("/stages/validate/quarantine", json!({})).await;
-    assert_eq!(code, 422, "quarantining twice is refused");
+    assert_eq!(code, 409, "quarantining twice is refused");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let held_at = host.written();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -656,6 +672,8 @@ start_ns = 1700000000000000000
     );
     let mut host = Host::start(&source, &stages).await;
     until("traffic", 20, || host.written() > 1_000).await;
+    let live_tag_calls = host.stage("scale").calls.tag_plane.count;
+    assert!(live_tag_calls > 0);
 
     let (code, started) = host
         .post(
@@ -755,6 +773,9 @@ start_ns = 1700000000000000000
         }
     }
     assert!(kinds.2 > 0, "no value differences among the examples");
+    // The shadow's calls are metered apart from the live version's.
+    assert!(report["calls"]["sample_plane"]["count"].as_u64().unwrap() > 0);
+    assert_eq!(host.stage("scale").calls.tag_plane.count, live_tag_calls);
 
     // The live version alone reached the sink so far: every value rounded to one decimal.
     let before = read_jsonl(&host.dir.path().join("samples.jsonl"));
@@ -806,7 +827,7 @@ start_ns = 1700000000000000000
     })
     .await;
     let (code, _) = host.post("/stages/scale/shadow/promote", json!({})).await;
-    assert_eq!(code, 422, "nothing left to promote");
+    assert_eq!(code, 409, "nothing left to promote");
 
     let status = host.stop().await;
     let (samples, dead) = account(host.dir.path(), status.produced["plant"]);
@@ -868,7 +889,7 @@ bad_quality_every = 0
     );
     assert_eq!(report["samples_compared"], 0);
     let (code, refused) = host.post("/stages/scale/shadow/promote", json!({})).await;
-    assert_eq!(code, 422, "{refused}");
+    assert_eq!(code, 409, "{refused}");
     assert!(
         refused["error"].as_str().unwrap().contains("abandon"),
         "{refused}"

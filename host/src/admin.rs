@@ -79,6 +79,7 @@ type ApiError = (StatusCode, Json<ErrorBody>);
 fn api_error(e: PipelineError) -> ApiError {
     let code = match e {
         PipelineError::NoStage(_) => StatusCode::NOT_FOUND,
+        PipelineError::Conflict { .. } => StatusCode::CONFLICT,
         PipelineError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
@@ -226,16 +227,29 @@ async fn stages(State(h): State<PipelineHandle>) -> Json<Vec<StageStatus>> {
     Json(h.status().stages)
 }
 
-/// A body that may be absent (`curl -X POST` without `-d`).
-fn body_or_default<T: Default>(body: Option<Json<T>>) -> T {
-    body.map(|Json(b)| b).unwrap_or_default()
+/// A JSON body, or the default when there is none (`curl -X POST` without `-d`). Parsed
+/// whatever the Content-Type says, so a body is never silently ignored; a bad one is a 400
+/// naming the problem.
+fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(ErrorBody {
+                error: format!("request body: {e}"),
+            }),
+        )
+    })
 }
 
 async fn load(
     State(h): State<PipelineHandle>,
     Path(stage): Path<String>,
-    Json(req): Json<SwapRequest>,
+    body: axum::body::Bytes,
 ) -> Result<Json<LoadedVersion>, ApiError> {
+    let req: SwapRequest = parse_body(&body)?;
     let Some(plugin) = req.plugin else {
         return Err((
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -253,9 +267,9 @@ async fn load(
 async fn swap(
     State(h): State<PipelineHandle>,
     Path(stage): Path<String>,
-    body: Option<Json<SwapRequest>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<SwapResponse>, ApiError> {
-    let req = body_or_default(body);
+    let req: SwapRequest = parse_body(&body)?;
     let report = match req.plugin {
         Some(plugin) => {
             h.swap(&stage, &plugin, req.config.map(|c| c.to_string()))
@@ -269,9 +283,9 @@ async fn swap(
 async fn quarantine(
     State(h): State<PipelineHandle>,
     Path(stage): Path<String>,
-    body: Option<Json<QuarantineRequest>>,
+    body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let reason = body_or_default(body)
+    let reason = parse_body::<QuarantineRequest>(&body)?
         .reason
         .unwrap_or_else(|| "no reason given".into());
     h.quarantine(&stage, &reason)
@@ -283,9 +297,9 @@ async fn quarantine(
 async fn shadow_start(
     State(h): State<PipelineHandle>,
     Path(stage): Path<String>,
-    body: Option<Json<SwapRequest>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<ShadowReport>, ApiError> {
-    let req = body_or_default(body);
+    let req: SwapRequest = parse_body(&body)?;
     h.shadow(
         &stage,
         req.plugin.as_deref(),
@@ -302,6 +316,7 @@ async fn shadow_report(
 ) -> Result<Json<ShadowReport>, ApiError> {
     h.shadow_report(&stage).map(Json).map_err(|e| {
         let (_, body) = api_error(e);
+        // Nothing to show: no shadow run on this stage (or no such stage).
         (StatusCode::NOT_FOUND, body)
     })
 }

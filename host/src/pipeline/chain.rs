@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::dead_letter::{DeadLetter, DeadLetterBatch, Refusal, TagNames};
-use super::shadow::{live_outcomes, reason_name, ShadowRun, ShadowState, SharedReport};
+use super::shadow::{live_outcomes, reason_name, Shadow, ShadowRun, ShadowState, SharedReport};
 use super::stage::{
     any_reject, changed_decisions, decide, Decisions, PrepareKind, Prepared, StageHandle,
     StageState,
@@ -98,7 +98,7 @@ struct StageRuntime {
     consecutive_failures: u32,
     quarantined: Option<String>,
     recycle_pending: bool,
-    shadow: Option<ShadowRun>,
+    shadow: Option<Shadow>,
     /// Sample-plane refusals of the last live call (index, reason name), kept only while a
     /// shadow needs them.
     live_refusals: Vec<(u32, String)>,
@@ -108,9 +108,10 @@ impl StageRuntime {
     /// Takes over a prepared instance; returns the replaced instance and decisions, whose
     /// teardown (unmapping linear memory, freeing 30 k decisions) the caller can move off the
     /// hot path.
-    fn adopt(&mut self, p: Prepared) -> Retired {
+    fn adopt(&mut self, mut p: Prepared) -> Retired {
         self.sample_plane = p.loaded.info().planes.contains(Planes::SAMPLE);
         self.loaded = p.loaded;
+        p.instance.set_meter(self.handle.meter.clone());
         let old_instance = std::mem::replace(&mut self.instance, p.instance);
         let old_decisions = std::mem::replace(&mut self.decisions, Arc::new(p.decisions));
         self.any_tag_rejected = p.any_reject;
@@ -137,10 +138,14 @@ impl StageRuntime {
     /// Runs the shadow's tag plane on changed or new inputs (`ids`) and recounts the tags
     /// the two versions decide differently among the first `known`.
     fn shadow_decide(&mut self, ids: &[u32], inputs: &[Option<TagInfo>], known: usize) {
-        if let Some(shadow) = &mut self.shadow {
-            shadow.decide_tags(&self.handle, ids, inputs);
-            shadow.compare_tags(&self.handle, &self.decisions, known);
+        if let Some(shadow) = self.shadow.as_ref().filter(|s| s.active()) {
+            shadow.tags(ids.to_vec(), inputs.to_vec(), self.decisions.clone(), known);
         }
+    }
+
+    /// Whether a running shadow wants this stage's batches.
+    fn shadowed(&self) -> bool {
+        self.shadow.as_ref().is_some_and(|s| s.active())
     }
 }
 
@@ -204,10 +209,12 @@ impl Chain {
         let stages = stages
             .into_iter()
             .map(|s| {
+                let mut instance = s.prepared.instance;
+                instance.set_meter(s.handle.meter.clone());
                 let mut rt = StageRuntime {
                     handle: s.handle,
                     loaded: s.prepared.loaded.clone(),
-                    instance: s.prepared.instance,
+                    instance,
                     decisions: Arc::new(Vec::new()),
                     any_tag_rejected: false,
                     sample_plane: false,
@@ -401,15 +408,17 @@ impl Chain {
             p.decisions.extend(tail);
         }
         p.decisions.resize(known, None);
-        let shadow = ShadowRun::start(&st.handle, st.label(), p);
-        shadow.compare_tags(&st.handle, &st.decisions, known);
+        let run = ShadowRun::start(&st.handle, st.label(), p);
+        let shadow = Shadow::spawn(st.handle.clone(), run, st.decisions.clone(), known)
+            .map_err(|e| format!("cannot start the shadow's thread: {e}"))?;
         let report = shadow.report.clone();
         st.handle.set_shadow_report(report.clone());
+        st.live_refusals.clear();
         if let Some(old) = st.shadow.replace(shadow) {
+            // Its thread drops the instance once it has drained its queue.
             old.set_state(ShadowState::Abandoned);
-            self.reaper.retire(Box::new(old.instance));
         }
-        tracing::info!(stage = %self.stages[k].handle.name, "shadow run started");
+        tracing::info!(stage = %st.handle.name, "shadow run started");
         Ok(report)
     }
 
@@ -422,24 +431,32 @@ impl Chain {
         if !promote {
             shadow.set_state(ShadowState::Abandoned);
             tracing::info!(stage = %st.handle.name, "shadow run abandoned");
-            self.reaper.retire(Box::new(shadow.instance));
             return Ok(None);
         }
-        if !shadow.active() || shadow.instance.is_poisoned() {
-            let reason = shadow
-                .report
+        let failed = |report: &SharedReport| {
+            let reason = report
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .last_failure
                 .clone()
                 .unwrap_or_default();
+            format!("the shadow version failed ({reason}); abandon it instead")
+        };
+        if !shadow.active() {
+            let message = failed(&shadow.report);
             st.shadow = Some(shadow);
-            return Err(format!(
-                "the shadow version failed ({reason}); abandon it instead"
-            ));
+            return Err(message);
         }
-        let mut instance = shadow.instance;
-        instance.set_meter(st.handle.meter.clone());
+        // Waits for the shadow to work through its queue: its decisions and state are then
+        // those of every batch and tag the chain handed it.
+        let report = shadow.report.clone();
+        let Some(shadow) = shadow.finish() else {
+            return Err("the shadow's thread stopped".into());
+        };
+        if !shadow.active() || shadow.instance.is_poisoned() {
+            return Err(failed(&report));
+        }
+        let instance = shadow.instance;
         let any_reject = any_reject(&shadow.decisions);
         let prepared = Prepared {
             kind: PrepareKind::Swap,
@@ -453,7 +470,6 @@ impl Chain {
             changed: Vec::new(),
             any_reject,
         };
-        let report = shadow.report;
         let installed = self.install(k, prepared)?;
         report.lock().unwrap_or_else(|e| e.into_inner()).state = ShadowState::Promoted;
         Ok(Some(installed))
@@ -521,9 +537,10 @@ impl Chain {
         if !changed.is_empty() {
             self.propagate(k, &changed);
         }
-        let st = &self.stages[k];
+        let st = &mut self.stages[k];
+        st.live_refusals.clear();
         if let Some(shadow) = &st.shadow {
-            shadow.compare_tags(&st.handle, &st.decisions, known);
+            shadow.live_changed(st.decisions.clone(), known);
         }
         let stall = started.elapsed();
         self.stages[k].handle.record_stall(stall);
@@ -605,7 +622,7 @@ impl Chain {
             );
             let decisions = self.decide_or_reject(k, &inputs);
             let st = &mut self.stages[k];
-            let shadow_inputs = st.shadow.is_some().then(|| inputs.clone());
+            let shadow_inputs = st.shadowed().then(|| inputs.clone());
             let mine = st.decisions_mut();
             mine.resize(base, None);
             for (input, d) in inputs.iter_mut().zip(decisions) {
@@ -667,17 +684,16 @@ impl Chain {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.samples_in.fetch_add(n, Ordering::Relaxed);
             }
-            let entering = match &self.stages[k].shadow {
-                Some(shadow) if shadow.active() => {
-                    let mut copy = batch.clone();
-                    copy.ack = None;
-                    Some(copy)
-                }
-                _ => None,
-            };
+            // A shadow needs the batch as it entered and the live decisions it was cut with.
+            let entering = self.stages[k].shadowed().then(|| {
+                let mut copy = batch.clone();
+                copy.ack = None;
+                self.stages[k].live_refusals.clear();
+                (copy, self.stages[k].decisions.clone())
+            });
             let (step, live_finished) = self.run_stage(k, &mut batch)?;
-            if let Some(entering) = entering {
-                self.shadow_compare(k, &entering, &batch, live_finished);
+            if let Some((entering, decisions)) = entering {
+                self.shadow_compare(k, entering, &decisions, &batch, live_finished);
             }
             if let Some(flow) = step {
                 return Ok(flow);
@@ -748,22 +764,23 @@ impl Chain {
     fn shadow_compare(
         &mut self,
         k: usize,
-        entering: &SampleBatch,
+        entering: SampleBatch,
+        decisions: &[Option<TagDecision>],
         out: &SampleBatch,
         live_finished: bool,
     ) {
         let st = &mut self.stages[k];
         let label = st.label();
-        let Some(shadow) = &mut st.shadow else {
+        let Some(shadow) = &st.shadow else {
             return;
         };
         if !live_finished {
             shadow.skipped();
             return;
         }
-        let live = live_outcomes(entering, &st.decisions, &st.live_refusals, out);
+        let live = live_outcomes(&entering, decisions, &st.live_refusals, out);
         st.live_refusals.clear();
-        shadow.process(&st.handle, label, entering, &live);
+        shadow.offer(entering, live, label);
     }
 
     fn count_out(&self, k: usize, n: usize) {
@@ -789,7 +806,7 @@ impl Chain {
             let error = match st.instance.on_batch(cols) {
                 Ok(out) => {
                     st.consecutive_failures = 0;
-                    if st.shadow.is_some() {
+                    if st.shadowed() {
                         let info = st.loaded.info();
                         st.live_refusals = out
                             .rejected

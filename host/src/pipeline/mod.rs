@@ -40,6 +40,10 @@ pub enum PipelineError {
     NoStage(String),
     #[error("stage `{stage}`: {message}")]
     Refused { stage: String, message: String },
+    /// The call does not fit the stage's state (nothing to roll back to, no candidate, no
+    /// shadow run, already quarantined).
+    #[error("stage `{stage}`: {message}")]
+    Conflict { stage: String, message: String },
     #[error("the pipeline is not running")]
     Stopped,
 }
@@ -229,7 +233,7 @@ impl PipelineHandle {
         let _guard = stage.change_lock.lock().await;
         let (loaded, config) = stage
             .candidate()
-            .ok_or_else(|| refused(name, NO_CANDIDATE.into()))?;
+            .ok_or_else(|| conflict(name, NO_CANDIDATE))?;
         let prepared = prepare(&stage, PrepareKind::Swap, loaded, config).await?;
         let report = self
             .install(k, prepared)
@@ -257,7 +261,7 @@ impl PipelineHandle {
             None => {
                 let (loaded, config) = stage
                     .candidate()
-                    .ok_or_else(|| refused(name, NO_CANDIDATE.into()))?;
+                    .ok_or_else(|| conflict(name, NO_CANDIDATE))?;
                 let config = config_json.unwrap_or(config);
                 prepare(&stage, PrepareKind::Shadow, loaded, config).await?
             }
@@ -273,8 +277,7 @@ impl PipelineHandle {
             .await
             .map_err(|_| PipelineError::Stopped)?
             .map_err(|m| refused(name, m))?;
-        let snapshot = report.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(snapshot)
+        Ok(ShadowReport::snapshot(&report))
     }
 
     /// The current or last shadow run of stage `name`.
@@ -282,9 +285,8 @@ impl PipelineHandle {
         let (_, stage) = self.stage(name)?;
         let report = stage
             .shadow_report()
-            .ok_or_else(|| refused(name, "no shadow run on this stage".into()))?;
-        let snapshot = report.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(snapshot)
+            .ok_or_else(|| conflict(name, NO_SHADOW))?;
+        Ok(ShadowReport::snapshot(&report))
     }
 
     /// Ends stage `name`'s shadow run: `promote` installs the shadow instance (with the state
@@ -296,6 +298,20 @@ impl PipelineHandle {
     ) -> Result<Option<InstallReport>, PipelineError> {
         let (k, stage) = self.stage(name)?;
         let _guard = stage.change_lock.lock().await;
+        match stage
+            .shadow_report()
+            .map(|r| ShadowReport::snapshot(&r).state)
+        {
+            Some(ShadowState::Running) => {}
+            Some(ShadowState::Failed { reason }) if promote => {
+                return Err(conflict(
+                    name,
+                    &format!("the shadow version failed ({reason}); abandon it instead"),
+                ))
+            }
+            Some(ShadowState::Failed { .. }) => {}
+            _ => return Err(conflict(name, NO_SHADOW)),
+        }
         let (tx, rx) = oneshot::channel();
         self.send(Control::EndShadow {
             stage: k,
@@ -310,7 +326,11 @@ impl PipelineHandle {
 
     /// Quarantines stage `name` by hand; its quarantine policy applies until `release`.
     pub async fn quarantine(&self, name: &str, reason: &str) -> Result<(), PipelineError> {
-        let (k, _) = self.stage(name)?;
+        let (k, stage) = self.stage(name)?;
+        let _guard = stage.change_lock.lock().await;
+        if let StageState::Quarantined { reason, .. } = stage.state() {
+            return Err(conflict(name, &format!("already quarantined: {reason}")));
+        }
         let (tx, rx) = oneshot::channel();
         self.send(Control::Quarantine {
             stage: k,
@@ -357,7 +377,7 @@ impl PipelineHandle {
         let _guard = stage.change_lock.lock().await;
         let (previous, config) = stage
             .previous_with_config()
-            .ok_or_else(|| refused(name, "no previous version to roll back to".into()))?;
+            .ok_or_else(|| conflict(name, "no previous version to roll back to"))?;
         let prepared = prepare(&stage, PrepareKind::Rollback, previous, config).await?;
         self.install(k, prepared)
             .await
@@ -504,6 +524,14 @@ fn stage_status(s: &StageHandle) -> StageStatus {
 
 const NO_CANDIDATE: &str =
     "no version loaded for this stage: load one first (POST /stages/{stage}/load)";
+const NO_SHADOW: &str = "no shadow run on this stage";
+
+fn conflict(stage: &str, message: &str) -> PipelineError {
+    PipelineError::Conflict {
+        stage: stage.into(),
+        message: message.into(),
+    }
+}
 
 fn refused(stage: &str, message: String) -> PipelineError {
     PipelineError::Refused {

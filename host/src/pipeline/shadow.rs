@@ -2,20 +2,31 @@
 //! batches and the same tags. Its outputs never leave the stage: they are compared with the
 //! live version's, sample by sample and tag by tag, and the differences (counts and the latest
 //! examples) are reported through the admin API. Promotion installs the shadow instance, warm
-//! state and all; abandonment drops it. A failing shadow stops itself; the live path never
-//! waits on it or fails because of it.
+//! state and all; abandonment drops it.
+//!
+//! The shadow runs on a thread of its own, fed by a short queue: the chain hands it each batch
+//! as it entered the stage with the live version's outcome for every sample, and never waits
+//! for it. When the shadow falls behind, batches are skipped (counted); tag-plane updates are
+//! never skipped. A failing shadow is retried on a fresh instance (made on its own thread) and
+//! stops itself after the stage's failure limit.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::stage::{decide, Prepared, StageHandle};
+use super::stage::{decide, Decisions, Prepared, StageHandle};
 use crate::model::SampleBatch;
 use crate::plugin::{
-    BatchColumns, CallMeter, LoadedPlugin, Planes, PluginInfo, PluginInstance, TagDecision, TagInfo,
+    BatchColumns, CallMeter, LoadedPlugin, MeterSnapshot, Planes, PluginInfo, PluginInstance,
+    TagDecision, TagInfo,
 };
+
+/// Messages a shadow's queue holds before the chain skips batches.
+const QUEUE: usize = 8;
 
 /// How many example differences a report keeps (the latest).
 pub const DIFF_EXAMPLES: usize = 100;
@@ -112,6 +123,10 @@ pub struct ShadowReport {
     pub sample_diffs: VecDeque<SampleDiff>,
     /// Differing tag decisions (at most `DIFF_EXAMPLES`).
     pub tag_diffs: Vec<TagDiff>,
+    /// Cost of the shadow's calls (compare with the stage's `calls`).
+    pub calls: MeterSnapshot,
+    #[serde(skip)]
+    meter: Arc<CallMeter>,
 }
 
 impl ShadowReport {
@@ -142,45 +157,181 @@ impl ShadowReport {
             last_failure: None,
             sample_diffs: VecDeque::new(),
             tag_diffs: Vec::new(),
+            calls: MeterSnapshot::default(),
+            meter: Arc::new(CallMeter::default()),
         }
+    }
+
+    /// The report as it stands, with the call costs read now.
+    pub fn snapshot(shared: &SharedReport) -> ShadowReport {
+        let mut r = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        r.calls = r.meter.snapshot();
+        r
     }
 }
 
-/// The report as shared between the chain (writer) and the admin API (reader).
+/// The report as shared between the shadow's thread (writer) and the admin API (reader).
 pub type SharedReport = Arc<Mutex<ShadowReport>>;
 
-/// A shadow instance, owned by the chain beside the live one.
+/// What the chain sends a shadow's thread, in the order the chain saw it.
+enum ToShadow {
+    Batch {
+        entering: SampleBatch,
+        live: Vec<Outcome>,
+        live_label: String,
+    },
+    /// New or changed inputs of the stage, and the live decisions after them.
+    Tags {
+        ids: Vec<u32>,
+        inputs: Vec<Option<TagInfo>>,
+        live: Decisions,
+        known: usize,
+    },
+    /// The live version changed (a swap): compare the tag decisions again.
+    CompareTags { live: Decisions, known: usize },
+    /// Hand the run back (for promotion) and stop.
+    Finish { reply: mpsc::Sender<ShadowRun> },
+}
+
+/// The chain's side of a shadow run: the queue to its thread.
+pub(super) struct Shadow {
+    tx: SyncSender<ToShadow>,
+    pub report: SharedReport,
+    active: Arc<AtomicBool>,
+}
+
+impl Shadow {
+    /// Compares `run`'s tag decisions with `live`, then starts the shadow's thread.
+    pub fn spawn(
+        handle: Arc<StageHandle>,
+        run: ShadowRun,
+        live: Decisions,
+        known: usize,
+    ) -> std::io::Result<Shadow> {
+        let (tx, rx) = mpsc::sync_channel::<ToShadow>(QUEUE);
+        let report = run.report.clone();
+        let active = run.active.clone();
+        let name = format!("ferrule-shadow-{}", handle.name);
+        // Here, so the report the caller gets already has the tag comparison.
+        run.compare_tags(&handle, &live, known);
+        drop(live);
+        std::thread::Builder::new().name(name).spawn(move || {
+            let mut run = run;
+            for msg in rx {
+                match msg {
+                    ToShadow::Batch {
+                        entering,
+                        live,
+                        live_label,
+                    } => run.process(&handle, live_label, &entering, &live),
+                    ToShadow::Tags {
+                        ids,
+                        inputs,
+                        live,
+                        known,
+                    } => {
+                        run.decide_tags(&handle, &ids, &inputs);
+                        run.compare_tags(&handle, &live, known);
+                    }
+                    ToShadow::CompareTags { live, known } => {
+                        run.compare_tags(&handle, &live, known)
+                    }
+                    ToShadow::Finish { reply } => {
+                        let _ = reply.send(run);
+                        return;
+                    }
+                }
+            }
+        })?;
+        Ok(Shadow { tx, report, active })
+    }
+
+    /// Whether it still takes batches (it has not failed).
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Offers a batch; skipped (and counted) when the shadow is behind.
+    pub fn offer(&self, entering: SampleBatch, live: Vec<Outcome>, live_label: String) {
+        let msg = ToShadow::Batch {
+            entering,
+            live,
+            live_label,
+        };
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(msg) {
+            self.skipped();
+        }
+    }
+
+    /// Counts a batch the shadow did not see.
+    pub fn skipped(&self) {
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .batches_skipped += 1;
+    }
+
+    /// Tag-plane inputs that are new or changed; waits for room in the queue (never skipped).
+    pub fn tags(&self, ids: Vec<u32>, inputs: Vec<Option<TagInfo>>, live: Decisions, known: usize) {
+        let _ = self.tx.send(ToShadow::Tags {
+            ids,
+            inputs,
+            live,
+            known,
+        });
+    }
+
+    /// The live decisions changed (a swap of the live version).
+    pub fn live_changed(&self, live: Decisions, known: usize) {
+        let _ = self.tx.send(ToShadow::CompareTags { live, known });
+    }
+
+    pub fn set_state(&self, state: ShadowState) {
+        self.report.lock().unwrap_or_else(|e| e.into_inner()).state = state;
+    }
+
+    /// Stops the thread once it has worked through its queue and returns the run.
+    pub fn finish(self) -> Option<ShadowRun> {
+        let (reply, back) = mpsc::channel();
+        self.tx.send(ToShadow::Finish { reply }).ok()?;
+        back.recv().ok()
+    }
+}
+
+/// A shadow instance and what it decided, owned by the shadow's thread.
 pub(super) struct ShadowRun {
     pub loaded: LoadedPlugin,
     pub config_json: String,
     pub instance: PluginInstance,
     pub decisions: Vec<Option<TagDecision>>,
-    pub meter: Arc<CallMeter>,
+    meter: Arc<CallMeter>,
     pub report: SharedReport,
     consecutive_failures: u32,
-    failed: bool,
+    /// False once it failed `failures_before_quarantine` times in a row.
+    active: Arc<AtomicBool>,
 }
 
 impl ShadowRun {
     /// Takes over a prepared instance (its decisions cover the tags known when prepared).
     pub fn start(handle: &StageHandle, live: String, mut p: Prepared) -> ShadowRun {
-        let meter = Arc::new(CallMeter::default());
+        let report = ShadowReport::new(&handle.name, live, &p.loaded);
+        let meter = report.meter.clone();
         p.instance.set_meter(meter.clone());
         ShadowRun {
-            report: Arc::new(Mutex::new(ShadowReport::new(&handle.name, live, &p.loaded))),
+            report: Arc::new(Mutex::new(report)),
             loaded: p.loaded,
             config_json: p.config_json,
             instance: p.instance,
             decisions: p.decisions,
             meter,
             consecutive_failures: 0,
-            failed: false,
+            active: Arc::new(AtomicBool::new(true)),
         }
     }
 
     /// Whether it still takes batches.
     pub fn active(&self) -> bool {
-        !self.failed
+        self.active.load(Ordering::Relaxed)
     }
 
     fn report(&self) -> std::sync::MutexGuard<'_, ShadowReport> {
@@ -193,7 +344,7 @@ impl ShadowRun {
 
     /// Decides `inputs` (tag ids `ids`) on the shadow's tag plane. A failure stops the shadow.
     pub fn decide_tags(&mut self, handle: &StageHandle, ids: &[u32], inputs: &[Option<TagInfo>]) {
-        if self.failed {
+        if !self.active() {
             return;
         }
         match decide(&mut self.instance, inputs) {
@@ -212,6 +363,9 @@ impl ShadowRun {
 
     /// Recounts the tags whose decisions differ from `live` (the first `known` ids).
     pub fn compare_tags(&self, handle: &StageHandle, live: &[Option<TagDecision>], known: usize) {
+        if !self.active() {
+            return;
+        }
         let mut differing = 0u64;
         let mut examples = Vec::new();
         handle.with_inputs(|inputs| {
@@ -240,11 +394,6 @@ impl ShadowRun {
         r.tag_diffs = examples;
     }
 
-    /// Counts a batch the live version did not finish.
-    pub fn skipped(&self) {
-        self.report().batches_skipped += 1;
-    }
-
     /// Runs the shadow on `entering` (the batch as it entered the stage) and compares each
     /// sample's outcome with the live version's (`live`, by the same index).
     pub fn process(
@@ -254,11 +403,11 @@ impl ShadowRun {
         entering: &SampleBatch,
         live: &[Outcome],
     ) {
-        if self.failed {
+        if !self.active() {
             return;
         }
         let Some(shadow) = self.outcomes(handle, entering) else {
-            self.skipped();
+            self.report().batches_skipped += 1;
             return;
         };
         self.consecutive_failures = 0;
@@ -336,7 +485,8 @@ impl ShadowRun {
 
     /// The shadow's outcome for every sample of `entering`; None if its call failed.
     fn outcomes(&mut self, handle: &StageHandle, entering: &SampleBatch) -> Option<Vec<Outcome>> {
-        let info = self.loaded.info().clone();
+        let loaded = self.loaded.clone();
+        let info = loaded.info();
         let mut tag_refusal: Vec<Option<String>> = entering
             .tag_ids
             .iter()
@@ -369,7 +519,7 @@ impl ShadowRun {
                         kept.quality = q;
                     }
                     for rej in out.rejected {
-                        sample_refusal[rej.index as usize] = Some(reason_name(&info, rej.reason));
+                        sample_refusal[rej.index as usize] = Some(reason_name(info, rej.reason));
                     }
                 }
                 Err(e) => {
@@ -397,8 +547,8 @@ impl ShadowRun {
         Some(outcomes)
     }
 
-    /// Counts a failed call; makes a fresh instance if this one is unusable; stops the shadow
-    /// after the stage's failure limit.
+    /// Counts a failed call; makes a fresh instance if this one is unusable (on the shadow's
+    /// thread: the chain does not wait); stops the shadow after the stage's failure limit.
     fn fail(&mut self, handle: &StageHandle, reason: String, replace_instance: bool) {
         self.consecutive_failures += 1;
         let limit = handle.limits.failures_before_quarantine;
@@ -426,7 +576,7 @@ impl ShadowRun {
             }
         }
         if self.consecutive_failures >= limit {
-            self.failed = true;
+            self.active.store(false, Ordering::Relaxed);
             tracing::error!(stage = %handle.name, "shadow stopped after {limit} consecutive failures: {reason}");
             self.set_state(ShadowState::Failed { reason });
         }

@@ -116,6 +116,8 @@ pub struct StageHandle {
     pub stats: StageStats,
     swap_stalls: Mutex<VecDeque<Duration>>,
     /// Cost of every call into this stage's live instances (latency, CPU, fuel, memory).
+    /// Attached when an instance goes live (`prepare` does not), so candidates, shadows and
+    /// refused versions are not counted here.
     pub meter: Arc<CallMeter>,
     /// A version loaded and checked for this stage but not installed (`load`), for a later
     /// swap or shadow run.
@@ -268,7 +270,6 @@ impl StageHandle {
             &self.limits,
             self.backends.clone(),
         )?;
-        instance.set_meter(self.meter.clone());
         let (inputs, generation) = {
             let inputs = self.inputs.read().unwrap_or_else(|e| e.into_inner());
             (inputs.clone(), self.generation.load(Ordering::Acquire))

@@ -31,7 +31,6 @@ pub enum Plane {
 pub struct LatencyHistogram {
     /// Calls per bucket (not cumulative); the last one counts calls above the last bound.
     buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
-    count: AtomicU64,
     sum_ns: AtomicU64,
 }
 
@@ -43,7 +42,6 @@ impl LatencyHistogram {
             .position(|&b| s <= b)
             .unwrap_or(LATENCY_BUCKETS_S.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_ns
             .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
@@ -59,7 +57,8 @@ impl LatencyHistogram {
             self.buckets[LATENCY_BUCKETS_S.len()].load(Ordering::Relaxed),
         ));
         HistogramSnapshot {
-            count: self.count.load(Ordering::Relaxed),
+            // From the buckets read, so `count` always equals the `+Inf` bucket.
+            count: buckets.iter().map(|b| b.1).sum(),
             sum_s: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
             buckets,
         }
