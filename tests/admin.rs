@@ -260,11 +260,6 @@ path = "dead.jsonl"
             < 1e-6
     );
     assert!(get("ferrule_plugin_call_seconds_count{plane=\"tag\",stage=\"normalize\"}") > 0.0);
-    let cpu = get("ferrule_plugin_cpu_seconds_total{stage=\"validate\"}");
-    assert!(
-        cpu > 0.0 && cpu <= calls.sample_plane.sum_s + calls.tag_plane.sum_s + 0.01,
-        "{cpu}"
-    );
     assert!(get("ferrule_plugin_memory_bytes{stage=\"validate\"}") >= 65536.0);
     assert_eq!(
         get("ferrule_plugin_failures_total{kind=\"trap\",stage=\"validate\"}"),

@@ -1,8 +1,9 @@
 //! Prometheus metrics (`GET /metrics` on the admin endpoint), rendered at each scrape from the
 //! pipeline's status with the official Prometheus client's text encoder: samples in/out/
-//! rejected per source, stage and sink, plugin call latency (histogram per plane), CPU, fuel
-//! and memory, failures by kind (traps, limits), quarantines, swaps, recycles, shadow-run
-//! comparisons, sink links and the store-and-forward buffers (depth, age, drops).
+//! rejected per source, stage and sink, plugin call latency (histogram per plane; its sum is
+//! the time inside the plugin), fuel and memory, failures by kind (traps, limits),
+//! quarantines, swaps, recycles, shadow-run comparisons, sink links and the store-and-forward
+//! buffers (depth, age, drops).
 
 use std::sync::{Arc, Mutex};
 
@@ -45,16 +46,6 @@ type Labels = Vec<(String, String)>;
 
 fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
     let f = Family::<Labels, Counter>::default();
-    registry.register(name, help, f.clone());
-    f
-}
-
-fn counter_family_f64(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-) -> Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>> {
-    let f = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
     registry.register(name, help, f.clone());
     f
 }
@@ -121,13 +112,8 @@ pub fn render(status: &PipelineStatus) -> String {
     let call_latency = Family::<Labels, CountedHistogram>::default();
     r.register(
         "plugin_call_seconds",
-        "Latency of calls into a stage's plugin, by plane (tag: describe/init/on-tags; sample: on-batch)",
+        "Latency of calls into a stage's live plugin instance, by plane (tag: on-tags; sample: on-batch); the sum is the time spent inside the plugin",
         call_latency.clone(),
-    );
-    let cpu = counter_family_f64(
-        &mut r,
-        "plugin_cpu_seconds",
-        "CPU time spent in a stage's plugin calls",
     );
     let fuel = counter_family(
         &mut r,
@@ -170,7 +156,6 @@ pub fn render(status: &PipelineStatus) -> String {
                 .get_or_create(&l(&[("stage", &st.name), ("plane", plane)]))
                 .set(h);
         }
-        cpu.get_or_create(&stage).inc_by(st.calls.cpu_seconds);
         fuel.get_or_create(&stage).inc_by(st.calls.fuel);
         memory
             .get_or_create(&stage)

@@ -13,7 +13,7 @@ use super::bindings::{BatchOutput, Extra, Plugin, PluginPre, TagDecision, TagInf
 use super::engine::{CpuLimitMode, PluginEngine};
 use super::host_api::{HostBackends, HostServices, PluginLabel};
 use super::limits::{Grant, MemoryLimiter, PluginLimits};
-use super::meter::{thread_cpu_time, CallCost, CallMeter, Plane};
+use super::meter::{CallCost, CallMeter, Plane};
 use super::{CallError, Columns, Planes, PluginInfo};
 
 /// What a store holds for one instance.
@@ -196,12 +196,7 @@ impl PluginInstance {
             return Err(self.failed(CallError::Poisoned));
         }
         arm(&self.engine, &mut self.store, &self.limits);
-        let metered = self.meter.is_some();
-        let (started, cpu_before) = if metered {
-            (Some(Instant::now()), thread_cpu_time())
-        } else {
-            (None, Duration::ZERO)
-        };
+        let started = self.meter.is_some().then(Instant::now);
         let result = f(&self.bindings, &mut self.store);
         if let (Some(meter), Some(started)) = (&self.meter, started) {
             let fuel = match self.engine.config().cpu_limit {
@@ -215,7 +210,6 @@ impl PluginInstance {
                 plane,
                 CallCost {
                     wall: started.elapsed(),
-                    cpu: thread_cpu_time().saturating_sub(cpu_before),
                     fuel,
                     memory_bytes: self.store.data().limiter.current_memory(),
                 },

@@ -1,5 +1,6 @@
-//! Metering of plugin calls: a latency histogram per plane, the CPU time and Wasm fuel the
-//! calls used, the instance's linear memory, and failed calls by kind. One `CallMeter` per
+//! Metering of plugin calls: a latency histogram per plane (its sum is the time spent inside
+//! the plugin: on the chain's dedicated thread, the plugin's CPU use), the Wasm fuel the calls
+//! used, the instance's linear memory, and failed calls by kind. One `CallMeter` per
 //! stage (and one per shadow), shared by every instance the stage makes; lock-free, so the
 //! chain thread records without waiting for a scrape.
 
@@ -118,7 +119,6 @@ fn kind_index(e: &CallError) -> usize {
 pub struct CallMeter {
     pub tag_plane: LatencyHistogram,
     pub sample_plane: LatencyHistogram,
-    cpu_ns: AtomicU64,
     fuel: AtomicU64,
     memory_bytes: AtomicU64,
     failures: [AtomicU64; FAILURE_KINDS.len()],
@@ -128,8 +128,6 @@ pub struct CallMeter {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CallCost {
     pub wall: Duration,
-    /// CPU time of the calling thread during the call.
-    pub cpu: Duration,
     /// Fuel consumed (fuel mode only; 0 in epoch mode).
     pub fuel: u64,
     /// Linear memory of the instance after the call.
@@ -142,8 +140,6 @@ impl CallMeter {
             Plane::Tag => self.tag_plane.observe(cost.wall),
             Plane::Sample => self.sample_plane.observe(cost.wall),
         }
-        self.cpu_ns
-            .fetch_add(cost.cpu.as_nanos() as u64, Ordering::Relaxed);
         self.fuel.fetch_add(cost.fuel, Ordering::Relaxed);
         self.memory_bytes
             .store(cost.memory_bytes as u64, Ordering::Relaxed);
@@ -157,7 +153,6 @@ impl CallMeter {
         MeterSnapshot {
             tag_plane: self.tag_plane.snapshot(),
             sample_plane: self.sample_plane.snapshot(),
-            cpu_seconds: self.cpu_ns.load(Ordering::Relaxed) as f64 / 1e9,
             fuel: self.fuel.load(Ordering::Relaxed),
             memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
             failures: FAILURE_KINDS
@@ -174,28 +169,12 @@ impl CallMeter {
 pub struct MeterSnapshot {
     pub tag_plane: HistogramSnapshot,
     pub sample_plane: HistogramSnapshot,
-    /// CPU time spent inside the plugin's calls.
-    pub cpu_seconds: f64,
     /// Wasm fuel consumed (only with `cpu_limit = "fuel"`).
     pub fuel: u64,
     /// Linear memory of the current instance after its last call.
     pub memory_bytes: u64,
     /// Failed calls by kind (see `FAILURE_KINDS`).
     pub failures: Vec<(String, u64)>,
-}
-
-/// CPU time the calling thread has used so far.
-pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer and has no other effect.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[cfg(test)]
@@ -231,16 +210,5 @@ mod tests {
         assert_eq!(s.failures[0], ("cpu-limit".into(), 2));
         assert_eq!(s.failures[2], ("trap".into(), 1));
         assert_eq!(s.failures[1].1, 0);
-    }
-
-    #[test]
-    fn thread_cpu_time_advances_with_work() {
-        let before = thread_cpu_time();
-        let mut x = 0u64;
-        for i in 0..5_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
-        }
-        std::hint::black_box(x);
-        assert!(thread_cpu_time() > before);
     }
 }
