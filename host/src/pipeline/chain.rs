@@ -393,20 +393,8 @@ impl Chain {
     fn start_shadow(&mut self, k: usize, mut p: Prepared) -> Result<SharedReport, String> {
         let known = self.known_tags;
         let st = &mut self.stages[k];
-        // Bring the shadow's decisions up to the tags known now, as an install does.
-        if p.generation != st.handle.generation() {
-            p.decisions = st
-                .handle
-                .with_inputs(|inputs| decide(&mut p.instance, &inputs[..known.min(inputs.len())]))
-                .map_err(|e| format!("tag plane of the shadow version failed: {e}"))?;
-        } else if p.decisions.len() < known {
-            let from = p.decisions.len();
-            let tail = st
-                .handle
-                .with_inputs(|inputs| decide(&mut p.instance, &inputs[from..known]))
-                .map_err(|e| format!("tag plane of the shadow version failed: {e}"))?;
-            p.decisions.extend(tail);
-        }
+        p.catch_up(&st.handle, known)
+            .map_err(|e| format!("tag plane of the shadow version failed: {e}"))?;
         p.decisions.resize(known, None);
         let run = ShadowRun::start(&st.handle, st.label(), p);
         let shadow = Shadow::spawn(st.handle.clone(), run, st.decisions.clone(), known)
@@ -493,20 +481,8 @@ impl Chain {
         let known = self.known_tags;
         let st = &mut self.stages[k];
         let diffed_here = p.decisions.len() != known || p.generation != st.handle.generation();
-        if p.generation != st.handle.generation() {
-            // Upstream decisions changed while this instance was prepared: decide again.
-            p.decisions = st
-                .handle
-                .with_inputs(|inputs| decide(&mut p.instance, &inputs[..known.min(inputs.len())]))
-                .map_err(|e| format!("tag plane of the new version failed: {e}"))?;
-        } else if p.decisions.len() < known {
-            let from = p.decisions.len();
-            let tail = st
-                .handle
-                .with_inputs(|inputs| decide(&mut p.instance, &inputs[from..known]))
-                .map_err(|e| format!("tag plane of the new version failed: {e}"))?;
-            p.decisions.extend(tail);
-        }
+        p.catch_up(&st.handle, known)
+            .map_err(|e| format!("tag plane of the new version failed: {e}"))?;
         if diffed_here {
             p.decisions.truncate(known);
             p.decisions.resize(known, None);

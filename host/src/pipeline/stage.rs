@@ -71,6 +71,29 @@ pub struct Prepared {
     pub any_reject: bool,
 }
 
+impl Prepared {
+    /// Brings the decisions up to the first `known` tags of `handle`'s inputs as they are now:
+    /// decided again if an upstream decision changed since this was prepared, extended if
+    /// tags appeared. Runs on the chain thread, between batches.
+    pub(super) fn catch_up(
+        &mut self,
+        handle: &StageHandle,
+        known: usize,
+    ) -> Result<(), crate::plugin::CallError> {
+        if self.generation != handle.generation() {
+            let instance = &mut self.instance;
+            self.decisions = handle
+                .with_inputs(|inputs| decide(instance, &inputs[..known.min(inputs.len())]))?;
+        } else if self.decisions.len() < known {
+            let from = self.decisions.len();
+            let instance = &mut self.instance;
+            let tail = handle.with_inputs(|inputs| decide(instance, &inputs[from..known]))?;
+            self.decisions.extend(tail);
+        }
+        Ok(())
+    }
+}
+
 /// A stage's tag decisions by tag id, shared between the chain and the stage's handle.
 pub type Decisions = Arc<Vec<Option<TagDecision>>>;
 
