@@ -216,6 +216,11 @@ impl Shadow {
         run.compare_tags(&handle, &live, known);
         drop(live);
         std::thread::Builder::new().name(name).spawn(move || {
+            // Should the shadow's thread die (a bug), the report says so instead of "running".
+            let _stopped = StoppedGuard {
+                report: run.report.clone(),
+                active: run.active.clone(),
+            };
             let mut run = run;
             for msg in rx {
                 match msg {
@@ -295,6 +300,23 @@ impl Shadow {
         let (reply, back) = mpsc::channel();
         self.tx.send(ToShadow::Finish { reply }).ok()?;
         back.recv().ok()
+    }
+}
+
+/// Marks the run failed if its thread unwinds.
+struct StoppedGuard {
+    report: SharedReport,
+    active: Arc<AtomicBool>,
+}
+
+impl Drop for StoppedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.active.store(false, Ordering::Relaxed);
+            self.report.lock().unwrap_or_else(|e| e.into_inner()).state = ShadowState::Failed {
+                reason: "the shadow's thread stopped unexpectedly (see the log)".into(),
+            };
+        }
     }
 }
 
