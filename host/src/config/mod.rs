@@ -364,6 +364,22 @@ mod tests {
     }
 
     #[test]
+    fn a_rotation_too_small_is_refused_naming_the_sink_key() {
+        let e = errors(
+            "[sinks.out]\ntype = \"file\"\npath = \"o.jsonl\"\nrotate_bytes = 100\n\n[dead_letter]\ntype = \"file\"\npath = \"d.jsonl\"\nrotate_bytes = 65536\nkeep_files = 0\n",
+        );
+        let keys: Vec<_> = e.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert!(
+            keys.contains(&("sinks.out.rotate_bytes", Some(4))),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&("dead_letter.keep_files", Some(10))),
+            "{keys:?}"
+        );
+    }
+
+    #[test]
     fn remote_admin_needs_explicit_permission() {
         let e = errors("[admin]\nlisten = \"0.0.0.0:7878\"\n");
         assert!(

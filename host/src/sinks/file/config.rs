@@ -16,10 +16,23 @@ pub struct FileSinkConfig {
     /// Slow each batch down by this many ms (for demonstrating and testing backpressure).
     #[serde(default)]
     pub delay_ms: u64,
+    /// Rotate the file once it holds this many bytes: `path` becomes `path.1`, `path.1`
+    /// becomes `path.2`, …, and a new `path` is started (at a batch boundary, so a line is
+    /// never split). None (the default): the file grows without bound — set it on a host
+    /// that runs unattended.
+    #[serde(default)]
+    pub rotate_bytes: Option<u64>,
+    /// Rotated files kept (`path.1` … `path.N`); the oldest beyond them is deleted.
+    #[serde(default = "default_keep_files")]
+    pub keep_files: u32,
 }
 
 fn default_true() -> bool {
     true
+}
+
+fn default_keep_files() -> u32 {
+    5
 }
 
 impl FileSinkConfig {
@@ -28,11 +41,22 @@ impl FileSinkConfig {
             path: path.into(),
             include_metadata: true,
             delay_ms: 0,
+            rotate_bytes: None,
+            keep_files: default_keep_files(),
         }
     }
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.path.as_os_str().is_empty() {
             return Err(("path".into(), "must not be empty".into()));
+        }
+        if self.rotate_bytes.is_some_and(|b| b < 4096) {
+            return Err(("rotate_bytes".into(), "must be at least 4096".into()));
+        }
+        if self.rotate_bytes.is_some() && self.keep_files == 0 {
+            return Err((
+                "keep_files".into(),
+                "must be at least 1 when rotate_bytes is set".into(),
+            ));
         }
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! The file sink: JSON lines, one per sample, appended and flushed per batch.
+//! The file sink: JSON lines, one per sample, appended and flushed per batch; optionally
+//! rotated by size (`rotate_bytes`, `keep_files`) at a batch boundary.
 //!
 //! A sample line: `{"path":"plant/site1/area1/line1/press1/pressure","unit":"kPa",
 //! "vendor_path":"Site1.Area1.Line1.Press1.Pressure","meta":{"asset_id":"P-1"},
@@ -11,6 +12,7 @@ pub use config::FileSinkConfig;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +26,10 @@ use crate::pipeline::{DeadLetter, OutputBatch, ResolvedTag};
 pub struct FileSink {
     name: String,
     path: String,
+    file: PathBuf,
     out: BufWriter<File>,
+    rotate_bytes: Option<u64>,
+    keep_files: u32,
     include_metadata: bool,
     delay: Duration,
     /// Per tag id, the JSON of its constant fields (path, unit, vendor path, metadata),
@@ -58,20 +63,50 @@ impl FileSink {
             std::fs::create_dir_all(dir)
                 .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&c.path)
+        let file = append_to(&c.path)
             .map_err(|e| err(format!("cannot open {}: {e}", c.path.display())))?;
         Ok(FileSink {
             name: name.into(),
             path: c.path.display().to_string(),
+            file: c.path.clone(),
             out: BufWriter::with_capacity(1 << 20, file),
+            rotate_bytes: c.rotate_bytes,
+            keep_files: c.keep_files,
             include_metadata: c.include_metadata,
             delay: Duration::from_millis(c.delay_ms),
             prefixes: Vec::new(),
             prefixes_of: 0,
         })
+    }
+
+    /// Flushes; then, if the file reached `rotate_bytes`, shifts the rotated files up by one
+    /// (dropping the oldest beyond `keep_files`) and starts a new file.
+    fn flush_and_rotate(&mut self) -> Result<(), SinkError> {
+        self.out.flush().map_err(|e| self.io(e))?;
+        let Some(limit) = self.rotate_bytes else {
+            return Ok(());
+        };
+        let len = self.out.get_ref().metadata().map_err(|e| self.io(e))?.len();
+        if len < limit {
+            return Ok(());
+        }
+        self.out.get_ref().sync_all().map_err(|e| self.io(e))?;
+        let keep = self.keep_files;
+        let dropped = rotated(&self.file, keep);
+        if dropped.exists() {
+            std::fs::remove_file(&dropped).map_err(|e| self.io(e))?;
+        }
+        for n in (1..keep).rev() {
+            let from = rotated(&self.file, n);
+            if from.exists() {
+                std::fs::rename(&from, rotated(&self.file, n + 1)).map_err(|e| self.io(e))?;
+            }
+        }
+        std::fs::rename(&self.file, rotated(&self.file, 1)).map_err(|e| self.io(e))?;
+        let file = append_to(&self.file).map_err(|e| self.io(e))?;
+        self.out = BufWriter::with_capacity(1 << 20, file);
+        tracing::info!(sink = %self.name, path = %self.path, bytes = len, keep, "file rotated");
+        Ok(())
     }
 
     fn io(&self, e: impl std::fmt::Display) -> SinkError {
@@ -176,7 +211,7 @@ impl Sink for FileSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        self.out.flush().map_err(|e| self.io(e))
+        self.flush_and_rotate()
     }
 }
 
@@ -191,8 +226,19 @@ impl DeadLetterSink for FileSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        self.out.flush().map_err(|e| self.io(e))
+        self.flush_and_rotate()
     }
+}
+
+fn append_to(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// `path.n`: the n-th newest rotated file.
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
 }
 
 #[cfg(test)]
@@ -262,5 +308,66 @@ mod tests {
         assert_eq!(lines[2]["quality"], "uncertain");
         assert_eq!(lines[2]["ts_ns"], 12);
         assert_eq!(lines[3]["path"], "plant/a/b/c/d/renamed");
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_every_line_until_the_oldest_file_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        let config = FileSinkConfig {
+            rotate_bytes: Some(4096),
+            keep_files: 2,
+            ..FileSinkConfig::new(&path)
+        };
+        let mut sink = FileSink::open("t", &config).unwrap();
+        let table = Arc::new(vec![tag(0, "plant/a/b/c/d/p")]);
+        // 30 batches of 20 samples, ~110 bytes a line: a rotation every ~2 batches.
+        for b in 0..30u64 {
+            let mut samples = SampleBatch::default();
+            for i in 0..20 {
+                samples.push(0, 1.0, Quality::GOOD, b * 20 + i);
+            }
+            let batch = OutputBatch {
+                samples,
+                tags: table.clone(),
+            };
+            Sink::write(&mut sink, &batch).await.unwrap();
+            Sink::flush(&mut sink).await.unwrap();
+        }
+        let read = |p: &Path| -> Vec<u64> {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["ts_ns"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        assert!(!rotated(&path, 3).exists(), "keep_files = 2");
+        let (older, newer, current) = (
+            read(&rotated(&path, 2)),
+            read(&rotated(&path, 1)),
+            read(&path),
+        );
+        for f in [&older, &newer] {
+            assert_eq!(f.len() % 20, 0, "a rotation split a batch");
+            let bytes = f.len() * 110;
+            assert!(bytes >= 3500, "rotated early: {} lines", f.len());
+        }
+        // Oldest to newest, the kept files hold one contiguous run ending with the last sample.
+        let all: Vec<u64> = older
+            .iter()
+            .chain(&newer)
+            .chain(&current)
+            .copied()
+            .collect();
+        let first = all[0];
+        assert_eq!(all, (first..600).collect::<Vec<_>>());
+        assert!(
+            first > 0,
+            "nothing was dropped: the test did not rotate enough"
+        );
     }
 }
