@@ -143,6 +143,21 @@ impl StageRuntime {
         }
     }
 
+    /// Quarantines the stage (state, counter) and returns the policy that now applies.
+    fn quarantine(&mut self, reason: String) -> QuarantinePolicy {
+        let policy = self.handle.policy;
+        self.handle
+            .stats
+            .quarantines
+            .fetch_add(1, Ordering::Relaxed);
+        self.handle.set_state(StageState::Quarantined {
+            reason: reason.clone(),
+            policy: policy.as_str().into(),
+        });
+        self.quarantined = Some(reason);
+        policy
+    }
+
     /// Whether a running shadow wants this stage's batches.
     fn shadowed(&self) -> bool {
         self.shadow.as_ref().is_some_and(|s| s.active())
@@ -379,13 +394,7 @@ impl Chain {
             return Err("already quarantined".into());
         }
         let reason = format!("{}: quarantined by the operator: {reason}", st.label());
-        st.quarantined = Some(reason.clone());
-        st.handle.stats.quarantines.fetch_add(1, Ordering::Relaxed);
-        let policy = st.handle.policy;
-        st.handle.set_state(StageState::Quarantined {
-            reason: reason.clone(),
-            policy: policy.as_str().into(),
-        });
+        let policy = st.quarantine(reason.clone());
         tracing::warn!(stage = %st.handle.name, policy = policy.as_str(), "{reason}");
         Ok(())
     }
@@ -828,13 +837,7 @@ impl Chain {
             }
             if st.consecutive_failures >= limit {
                 let reason = format!("{}: {error}", st.label());
-                st.quarantined = Some(reason.clone());
-                st.handle.stats.quarantines.fetch_add(1, Ordering::Relaxed);
-                let policy = st.handle.policy;
-                st.handle.set_state(StageState::Quarantined {
-                    reason: reason.clone(),
-                    policy: policy.as_str().into(),
-                });
+                let policy = st.quarantine(reason.clone());
                 tracing::error!(
                     stage = %st.handle.name,
                     policy = policy.as_str(),
