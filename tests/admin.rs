@@ -784,7 +784,24 @@ start_ns = 1700000000000000000
         }
     }
 
-    // The shadow run shows in /stages and in the metrics.
+    // The shadow run shows on the status page, in /stages and in the metrics.
+    let page = host
+        .http
+        .get(format!("{}/", host.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<td class=\"shadow\">scaler@2.0.0 (running): "),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("samples differ, {} tags</td>", plc.len())),
+        "{page}"
+    );
     let (_, stages) = host.get("/stages").await;
     assert_eq!(stages[0]["shadow"]["plugin"], "scaler@2.0.0");
     let (_, metrics) = (
