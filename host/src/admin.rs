@@ -417,18 +417,36 @@ impl AdminClient {
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.send(req).await
+    }
+
+    /// `post` whose answer is JSON.
+    async fn post_json<B: Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<R> {
+        Ok(self.post(path, body).await?.json().await?)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let req = self.http.get(format!("{}{path}", self.base));
+        Ok(self.send(req).await?.json().await?)
+    }
+
+    /// Sends `req`; a refusal becomes an error carrying the endpoint's `error` text.
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| {
             anyhow::anyhow!("cannot reach the admin endpoint at {}: {e}", self.base)
         })?;
         if resp.status().is_success() {
-            Ok(resp)
-        } else {
-            let status = resp.status();
-            let body: ErrorBody = resp.json().await.unwrap_or(ErrorBody {
-                error: status.to_string(),
-            });
-            anyhow::bail!("{}", body.error)
+            return Ok(resp);
         }
+        let status = resp.status();
+        let body: ErrorBody = resp.json().await.unwrap_or(ErrorBody {
+            error: status.to_string(),
+        });
+        anyhow::bail!("{}", body.error)
     }
 
     /// Swaps to `plugin`, or with None to the stage's loaded candidate.
@@ -438,14 +456,11 @@ impl AdminClient {
         plugin: Option<PathBuf>,
         config: Option<serde_json::Value>,
     ) -> anyhow::Result<SwapResponse> {
-        Ok(self
-            .post(
-                &format!("/stages/{stage}/swap"),
-                Some(&SwapRequest { plugin, config }),
-            )
-            .await?
-            .json()
-            .await?)
+        self.post_json(
+            &format!("/stages/{stage}/swap"),
+            Some(&SwapRequest { plugin, config }),
+        )
+        .await
     }
 
     pub async fn load(
@@ -458,11 +473,8 @@ impl AdminClient {
             plugin: Some(plugin),
             config,
         };
-        Ok(self
-            .post(&format!("/stages/{stage}/load"), Some(&body))
-            .await?
-            .json()
-            .await?)
+        self.post_json(&format!("/stages/{stage}/load"), Some(&body))
+            .await
     }
 
     pub async fn quarantine(&self, stage: &str, reason: Option<String>) -> anyhow::Result<()> {
@@ -481,30 +493,21 @@ impl AdminClient {
         plugin: Option<PathBuf>,
         config: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
-        Ok(self
-            .post(
-                &format!("/stages/{stage}/shadow"),
-                Some(&SwapRequest { plugin, config }),
-            )
-            .await?
-            .json()
-            .await?)
+        self.post_json(
+            &format!("/stages/{stage}/shadow"),
+            Some(&SwapRequest { plugin, config }),
+        )
+        .await
     }
 
     pub async fn shadow_promote(&self, stage: &str) -> anyhow::Result<SwapResponse> {
-        Ok(self
-            .post::<()>(&format!("/stages/{stage}/shadow/promote"), None)
-            .await?
-            .json()
-            .await?)
+        self.post_json::<(), _>(&format!("/stages/{stage}/shadow/promote"), None)
+            .await
     }
 
     pub async fn shadow_abandon(&self, stage: &str) -> anyhow::Result<serde_json::Value> {
-        Ok(self
-            .post::<()>(&format!("/stages/{stage}/shadow/abandon"), None)
-            .await?
-            .json()
-            .await?)
+        self.post_json::<(), _>(&format!("/stages/{stage}/shadow/abandon"), None)
+            .await
     }
 
     pub async fn shadow_report(&self, stage: &str) -> anyhow::Result<serde_json::Value> {
@@ -519,31 +522,9 @@ impl AdminClient {
         self.get("/dead-letters").await
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("cannot reach the admin endpoint at {}: {e}", self.base)
-            })?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body: ErrorBody = resp.json().await.unwrap_or(ErrorBody {
-                error: status.to_string(),
-            });
-            anyhow::bail!("{}", body.error)
-        }
-        Ok(resp.json().await?)
-    }
-
     pub async fn rollback(&self, stage: &str) -> anyhow::Result<SwapResponse> {
-        Ok(self
-            .post::<()>(&format!("/stages/{stage}/rollback"), None)
-            .await?
-            .json()
-            .await?)
+        self.post_json::<(), _>(&format!("/stages/{stage}/rollback"), None)
+            .await
     }
 
     pub async fn release(&self, stage: &str) -> anyhow::Result<()> {

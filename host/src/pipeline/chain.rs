@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::dead_letter::{DeadLetter, DeadLetterBatch, Refusal, TagNames};
-use super::shadow::{live_outcomes, reason_name, Shadow, ShadowRun, ShadowState, SharedReport};
+use super::dead_letter::{reason_name, DeadLetter, DeadLetterBatch, Refusal, TagNames};
+use super::shadow::{live_outcomes, Shadow, ShadowRun, ShadowState, SharedReport};
 use super::stage::{
     any_reject, changed_decisions, decide, Decisions, PrepareKind, Prepared, StageHandle,
     StageState,
@@ -798,7 +798,7 @@ impl Chain {
                         st.live_refusals = out
                             .rejected
                             .iter()
-                            .map(|r| (r.index, reason_name(info, r.reason)))
+                            .map(|r| (r.index, reason_name(info, r.reason).to_string()))
                             .collect();
                         st.live_refusals.sort_by_key(|r| r.0);
                     }
@@ -942,12 +942,7 @@ impl Chain {
                 .into_iter()
                 .enumerate()
                 .map(|(i, (code, detail))| {
-                    let name = info
-                        .reasons
-                        .iter()
-                        .find(|r| r.code == code)
-                        .map(|r| r.name.as_str())
-                        .unwrap_or("rejected");
+                    let name = reason_name(info, code);
                     let refusal = Refusal {
                         stage: &st.handle.name,
                         plugin: &info.name,

@@ -266,17 +266,14 @@ impl PipelineHandle {
                 prepare(&stage, PrepareKind::Shadow, loaded, config).await?
             }
         };
-        let (tx, rx) = oneshot::channel();
-        self.send(Control::StartShadow {
-            stage: k,
-            prepared: Box::new(prepared),
-            reply: tx,
-        })
-        .await?;
-        let report = rx
-            .await
-            .map_err(|_| PipelineError::Stopped)?
-            .map_err(|m| refused(name, m))?;
+        let prepared = Box::new(prepared);
+        let report = self
+            .ask(name, |reply| Control::StartShadow {
+                stage: k,
+                prepared,
+                reply,
+            })
+            .await?;
         Ok(ShadowReport::snapshot(&report))
     }
 
@@ -312,16 +309,12 @@ impl PipelineHandle {
             Some(ShadowState::Failed { .. }) => {}
             _ => return Err(conflict(name, NO_SHADOW)),
         }
-        let (tx, rx) = oneshot::channel();
-        self.send(Control::EndShadow {
+        self.ask(name, |reply| Control::EndShadow {
             stage: k,
             promote,
-            reply: tx,
+            reply,
         })
-        .await?;
-        rx.await
-            .map_err(|_| PipelineError::Stopped)?
-            .map_err(|m| refused(name, m))
+        .await
     }
 
     /// Quarantines stage `name` by hand; its quarantine policy applies until `release`.
@@ -331,24 +324,30 @@ impl PipelineHandle {
         if let StageState::Quarantined { reason, .. } = stage.state() {
             return Err(conflict(name, &format!("already quarantined: {reason}")));
         }
-        let (tx, rx) = oneshot::channel();
-        self.send(Control::Quarantine {
+        self.ask(name, |reply| Control::Quarantine {
             stage: k,
             reason: reason.into(),
-            reply: tx,
+            reply,
         })
-        .await?;
+        .await
+    }
+
+    /// Sends the chain a control message for stage `name` and waits for its answer; a
+    /// refusal names the stage.
+    async fn ask<T>(
+        &self,
+        name: &str,
+        control: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Control,
+    ) -> Result<T, PipelineError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .control
+            .send(control(tx))
+            .await
+            .map_err(|_| PipelineError::Stopped)?;
         rx.await
             .map_err(|_| PipelineError::Stopped)?
             .map_err(|m| refused(name, m))
-    }
-
-    async fn send(&self, control: Control) -> Result<(), PipelineError> {
-        self.inner
-            .control
-            .send(control)
-            .await
-            .map_err(|_| PipelineError::Stopped)
     }
 
     /// Loads `path` with the stage's pin and prepares an instance off the hot path.
@@ -387,21 +386,8 @@ impl PipelineHandle {
     /// Lifts stage `name`'s quarantine: the plugin is tried again (held batches first).
     pub async fn release(&self, name: &str) -> Result<(), PipelineError> {
         let (k, _) = self.stage(name)?;
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .control
-            .send(Control::Release {
-                stage: k,
-                reply: tx,
-            })
+        self.ask(name, |reply| Control::Release { stage: k, reply })
             .await
-            .map_err(|_| PipelineError::Stopped)?;
-        rx.await
-            .map_err(|_| PipelineError::Stopped)?
-            .map_err(|message| PipelineError::Refused {
-                stage: name.into(),
-                message,
-            })
     }
 
     async fn install(&self, k: usize, prepared: stage::Prepared) -> Result<InstallReport, String> {

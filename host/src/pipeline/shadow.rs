@@ -18,11 +18,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::dead_letter::reason_name;
 use super::stage::{decide, Decisions, Prepared, StageHandle};
 use crate::model::SampleBatch;
 use crate::plugin::{
-    BatchColumns, CallMeter, LoadedPlugin, MeterSnapshot, Planes, PluginInfo, PluginInstance,
-    TagDecision, TagInfo,
+    BatchColumns, CallMeter, LoadedPlugin, MeterSnapshot, Planes, PluginInstance, TagDecision,
+    TagInfo,
 };
 
 /// Messages a shadow's queue holds before the chain skips batches.
@@ -541,7 +542,8 @@ impl ShadowRun {
                         kept.quality = q;
                     }
                     for rej in out.rejected {
-                        sample_refusal[rej.index as usize] = Some(reason_name(info, rej.reason));
+                        sample_refusal[rej.index as usize] =
+                            Some(reason_name(info, rej.reason).to_string());
                     }
                 }
                 Err(e) => {
@@ -643,14 +645,6 @@ pub(super) fn live_outcomes(
             o
         })
         .collect()
-}
-
-/// The declared name of reason `code` (as dead-letters name it).
-pub(super) fn reason_name(info: &PluginInfo, code: u16) -> String {
-    info.reasons
-        .iter()
-        .find(|r| r.code == code)
-        .map_or_else(|| "rejected".to_string(), |r| r.name.clone())
 }
 
 fn describe_decision(d: Option<&TagDecision>) -> String {
