@@ -105,11 +105,20 @@ struct RecordMeta {
     appended_ns: u64,
 }
 
+/// Removes the `n` oldest records from `index`; returns their bytes and samples.
+fn drained(index: &mut VecDeque<RecordMeta>, n: usize) -> (u64, u64) {
+    index
+        .drain(..n)
+        .fold((0, 0), |(b, s), m| (b + m.bytes, s + m.samples))
+}
+
 struct State {
     next_seq: u64,
     /// Records on disk, oldest first.
     index: VecDeque<RecordMeta>,
+    /// Bytes and samples of the records in `index` (kept as they change, not summed).
     bytes: u64,
+    samples: u64,
     /// Durable tag id by encoded tag.
     tag_ids: HashMap<Vec<u8>, u32>,
     /// Durable tags by id (what read-back batches carry).
@@ -205,6 +214,7 @@ impl DurableBuffer {
             db,
             state: Mutex::new(State {
                 next_seq,
+                samples: index.iter().map(|m| m.samples).sum(),
                 index,
                 bytes,
                 tag_ids,
@@ -275,10 +285,7 @@ impl DurableBuffer {
         let s = &self.stats;
         s.depth_records
             .store(st.index.len() as u64, Ordering::Relaxed);
-        s.depth_samples.store(
-            st.index.iter().map(|m| m.samples).sum::<u64>(),
-            Ordering::Relaxed,
-        );
+        s.depth_samples.store(st.samples, Ordering::Relaxed);
         s.depth_bytes.store(st.bytes, Ordering::Relaxed);
         s.oldest_appended_ns.store(
             st.index.front().map_or(0, |m| m.appended_ns),
@@ -293,9 +300,10 @@ impl DurableBuffer {
         let tx = self.db.begin_write().map_err(|e| self.storage_err(e))?;
         let mut encoded = Vec::with_capacity(batches.len());
         let mut new_tags: Vec<(u32, Vec<u8>)> = Vec::new();
-        let mut tags = (*st.tags).clone();
+        // The durable tag table, copied only if a batch brings a tag it does not have yet.
+        let mut grown: Option<TagTable> = None;
         for b in batches {
-            let ids = self.durable_ids(&mut st, b, &mut tags, &mut new_tags);
+            let ids = self.durable_ids(&mut st, b, &mut grown, &mut new_tags);
             encoded.push((
                 codec::encode_record(&b.samples, &ids, appended_ns),
                 b.samples.len() as u64,
@@ -353,12 +361,13 @@ impl DurableBuffer {
         }
         tx.commit().map_err(|e| self.storage_err(e))?;
         st.next_seq += seqs.len() as u64;
-        if !new_tags.is_empty() {
+        if let Some(tags) = grown {
             st.tags = Arc::new(tags);
         }
         if let Some((i, _)) = drop_through {
-            let freed: u64 = st.index.drain(..=i).map(|m| m.bytes).sum();
+            let (freed, freed_samples) = drained(&mut st.index, i + 1);
             st.bytes -= freed;
+            st.samples -= freed_samples;
             self.stats
                 .dropped_overflow
                 .fetch_add(dropped, Ordering::Relaxed);
@@ -372,6 +381,7 @@ impl DurableBuffer {
         }
         for (seq, (enc, samples)) in seqs.iter().zip(&encoded) {
             st.bytes += enc.len() as u64;
+            st.samples += *samples;
             st.index.push_back(RecordMeta {
                 seq: *seq,
                 samples: *samples,
@@ -386,12 +396,13 @@ impl DurableBuffer {
         Ok(Appended::Committed(seqs))
     }
 
-    /// Durable ids of the batch's tags, interning new ones (added to `tags` and `new_tags`).
+    /// Durable ids of the batch's tags, interning new ones (added to `grown`, a copy of the
+    /// durable table made on the first new tag, and to `new_tags`).
     fn durable_ids(
         &self,
         st: &mut State,
         b: &OutputBatch,
-        tags: &mut TagTable,
+        grown: &mut Option<TagTable>,
         new_tags: &mut Vec<(u32, Vec<u8>)>,
     ) -> Vec<u32> {
         if !st
@@ -425,6 +436,7 @@ impl DurableBuffer {
                 let id = match st.tag_ids.get(&enc) {
                     Some(id) => *id,
                     None => {
+                        let tags = grown.get_or_insert_with(|| (*st.tags).clone());
                         let id = tags.len() as u32;
                         tags.push(Some(Arc::new(
                             codec::decode_tag(id, &enc).expect("own encoding"),
@@ -486,8 +498,9 @@ impl DurableBuffer {
                 .map_err(|e| self.storage_err(e))?;
         }
         tx.commit().map_err(|e| self.storage_err(e))?;
-        let bytes: u64 = st.index.drain(..n).map(|m| m.bytes).sum();
+        let (bytes, samples) = drained(&mut st.index, n);
         st.bytes -= bytes;
+        st.samples -= samples;
         self.publish_depth(&st);
         Ok(())
     }

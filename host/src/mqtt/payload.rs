@@ -117,6 +117,9 @@ pub fn render(tag_fields: &str, samples: &[WireSample]) -> Vec<u8> {
 /// A parsed payload: the tag's fields and its samples.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Parsed {
+    /// The payload's `path` when it is a string (the Kafka source's fallback for a record
+    /// without a key).
+    pub path: Option<String>,
     pub unit: String,
     pub vendor_path: Option<String>,
     pub meta: Vec<(String, String)>,
@@ -358,7 +361,9 @@ pub fn parse(bytes: &[u8], max_bytes: usize) -> Result<Parsed, PayloadError> {
         }
         None => vec![parse_sample(&o, "")?],
     };
+    let path = o.get("path").and_then(Value::as_str).map(String::from);
     Ok(Parsed {
+        path,
         unit,
         vendor_path,
         meta,

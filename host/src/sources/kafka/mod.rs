@@ -161,9 +161,7 @@ impl Reader {
         let key = m.key().and_then(|k| std::str::from_utf8(k).ok());
         let path = match (&parsed, key) {
             (_, Some(k)) if !k.is_empty() => Some(k.to_string()),
-            (Ok(_), _) => serde_json::from_slice::<serde_json::Value>(bytes)
-                .ok()
-                .and_then(|v| v["path"].as_str().map(String::from)),
+            (Ok(parsed), _) => parsed.path.clone(),
             _ => None,
         };
         let (parsed, path) = match (parsed, path) {

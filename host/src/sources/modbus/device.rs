@@ -189,8 +189,13 @@ impl Device {
             let result = self.read_block(&block, conn, label).await;
             let refused_address = matches!(&result,
                 BlockResult::Failed(f) if f.code == status::codes::BAD_NODE_ID_UNKNOWN);
-            let parts = self.split(&block);
-            if refused_address && parts.len() > 1 {
+            // Splitting allocates new blocks: only worth it for a refused read.
+            let parts = if refused_address {
+                self.split(&block)
+            } else {
+                Vec::new()
+            };
+            if parts.len() > 1 {
                 // The device refuses a read spanning several tags: one of them (or a gap)
                 // is not in its map. Read each tag on its own from now on, so only the
                 // unmapped ones go bad.
