@@ -67,6 +67,42 @@ pub trait DeadLetterSink: Send {
     async fn flush(&mut self) -> Result<(), SinkError>;
 }
 
+/// What a sink renders once per tag (a line prefix, a record plan, metadata JSON), kept
+/// until the chain hands over another tag table. It holds the table it was made for, so a new
+/// table at a reused address is never mistaken for the old one.
+pub(crate) struct PerTag<T> {
+    table: Option<Arc<crate::pipeline::TagTable>>,
+    items: Vec<Option<T>>,
+}
+
+impl<T> Default for PerTag<T> {
+    fn default() -> Self {
+        PerTag {
+            table: None,
+            items: Vec::new(),
+        }
+    }
+}
+
+impl<T> PerTag<T> {
+    /// Starts over if `table` is another table than the items were made for; makes a slot
+    /// for each of its tags.
+    pub fn follow(&mut self, table: &Arc<crate::pipeline::TagTable>) {
+        if !self.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, table)) {
+            self.items.clear();
+            self.table = Some(table.clone());
+        }
+        if self.items.len() < table.len() {
+            self.items.resize_with(table.len(), || None);
+        }
+    }
+
+    /// The slot of tag `id` (None: not a tag of the table followed).
+    pub fn slot(&mut self, id: usize) -> Option<&mut Option<T>> {
+        self.items.get_mut(id)
+    }
+}
+
 /// Health of a sink's link to its destination.
 #[derive(Debug, Default)]
 pub struct LinkStats {

@@ -13,13 +13,12 @@ pub use config::FileSinkConfig;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::{DeadLetterSink, Sink, SinkError};
+use super::{DeadLetterSink, PerTag, Sink, SinkError};
 use crate::model::{ExtraValue, Quality};
 use crate::pipeline::{DeadLetter, OutputBatch, ResolvedTag};
 
@@ -34,9 +33,7 @@ pub struct FileSink {
     delay: Duration,
     /// Per tag id, the JSON of its constant fields (path, unit, vendor path, metadata),
     /// rendered once per tag table rather than once per sample.
-    prefixes: Vec<Option<Box<[u8]>>>,
-    /// Address of the tag table the prefixes were rendered from.
-    prefixes_of: usize,
+    prefixes: PerTag<Box<[u8]>>,
 }
 
 /// Metadata as a JSON object, keys in order.
@@ -74,8 +71,7 @@ impl FileSink {
             keep_files: c.keep_files,
             include_metadata: c.include_metadata,
             delay: Duration::from_millis(c.delay_ms),
-            prefixes: Vec::new(),
-            prefixes_of: 0,
+            prefixes: PerTag::default(),
         })
     }
 
@@ -143,14 +139,7 @@ impl Sink for FileSink {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        let table = Arc::as_ptr(&batch.tags) as usize;
-        if table != self.prefixes_of {
-            self.prefixes.clear();
-            self.prefixes_of = table;
-        }
-        if self.prefixes.len() < batch.tags.len() {
-            self.prefixes.resize(batch.tags.len(), None);
-        }
+        self.prefixes.follow(&batch.tags);
         let s = &batch.samples;
         let mut extras = s.extras.iter().peekable();
         let json_err = |e: serde_json::Error| SinkError::Io {
@@ -159,7 +148,7 @@ impl Sink for FileSink {
         };
         for i in 0..s.len() {
             let id = s.tag_ids[i] as usize;
-            let prefix = match self.prefixes.get_mut(id) {
+            let prefix = match self.prefixes.slot(id) {
                 Some(Some(p)) => p,
                 Some(slot) => match batch.tags.get(id) {
                     Some(Some(tag)) => slot.insert(Self::render_prefix(tag, self.include_metadata)),
@@ -246,6 +235,7 @@ mod tests {
     use super::*;
     use crate::model::{DataType, Extra, SampleBatch};
     use crate::pipeline::TagTable;
+    use std::sync::Arc;
 
     fn tag(id: u32, path: &str) -> Option<Arc<ResolvedTag>> {
         Some(Arc::new(ResolvedTag {

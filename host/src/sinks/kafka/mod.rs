@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::mpsc;
 
-use super::{DeadLetterSink, LinkStats, Sink, SinkError};
+use super::{DeadLetterSink, LinkStats, PerTag, Sink, SinkError};
 use crate::model::Quality;
 use crate::mqtt::payload::{self, WireSample};
 use crate::pipeline::{DeadLetter, DeadLetterBatch, OutputBatch, ResolvedTag};
@@ -47,8 +47,7 @@ pub struct KafkaSink {
     config: KafkaSinkConfig,
     producer: Producer,
     dedup: Option<dedup::Dedup>,
-    plans: Vec<Option<Arc<Plan>>>,
-    plans_of: usize,
+    plans: PerTag<Arc<Plan>>,
     dead_letters: mpsc::Sender<DeadLetterBatch>,
     link: Arc<LinkStats>,
 }
@@ -87,23 +86,15 @@ impl KafkaSink {
             config: config.clone(),
             producer,
             dedup,
-            plans: Vec::new(),
-            plans_of: 0,
+            plans: PerTag::default(),
             dead_letters,
             link,
         })
     }
 
     fn plan(&mut self, batch: &OutputBatch, id: usize) -> Option<Arc<Plan>> {
-        let table = Arc::as_ptr(&batch.tags) as usize;
-        if table != self.plans_of {
-            self.plans.clear();
-            self.plans_of = table;
-        }
-        if self.plans.len() < batch.tags.len() {
-            self.plans.resize(batch.tags.len(), None);
-        }
-        let slot = self.plans.get_mut(id)?;
+        self.plans.follow(&batch.tags);
+        let slot = self.plans.slot(id)?;
         if slot.is_none() {
             let tag: &ResolvedTag = batch.tags.get(id)?.as_deref()?;
             let mut fields = payload::tag_fields(tag, self.config.include_metadata);

@@ -27,7 +27,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
 
-use super::LinkStats;
+use super::{LinkStats, PerTag};
 use crate::buffer::{now_ns, DurableBuffer};
 use crate::mqtt::payload::{self, WireSample};
 use crate::mqtt::topic;
@@ -76,26 +76,19 @@ pub async fn run(parts: MqttSinkParts) {
 
 /// Which tags of a tag table fit the topic spec, remembered per table.
 #[derive(Default)]
-struct TopicCheck {
-    table: Option<Arc<crate::pipeline::TagTable>>,
-    verdicts: Vec<Option<Option<String>>>,
-}
+struct TopicCheck(PerTag<Option<String>>);
 
 impl TopicCheck {
     fn violation(&mut self, b: &OutputBatch, tag: u32) -> Option<String> {
-        if !self.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, &b.tags)) {
-            self.table = Some(b.tags.clone());
-            self.verdicts.clear();
+        self.0.follow(&b.tags);
+        let verdict = || match b.tags.get(tag as usize) {
+            Some(Some(t)) => topic::spec_violation(&t.path),
+            _ => Some(format!("tag {tag} has no resolved path")),
+        };
+        match self.0.slot(tag as usize) {
+            Some(slot) => slot.get_or_insert_with(verdict).clone(),
+            None => verdict(),
         }
-        if self.verdicts.len() < b.tags.len() {
-            self.verdicts.resize(b.tags.len(), None);
-        }
-        self.verdicts[tag as usize]
-            .get_or_insert_with(|| match b.tags.get(tag as usize) {
-                Some(Some(t)) => topic::spec_violation(&t.path),
-                _ => Some(format!("tag {tag} has no resolved path")),
-            })
-            .clone()
     }
 }
 

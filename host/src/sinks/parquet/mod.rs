@@ -34,7 +34,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 use parquet::schema::types::{ColumnPath, Type as SchemaType};
 
-use super::{Sink, SinkError};
+use super::{PerTag, Sink, SinkError};
 use crate::model::{ExtraValue, Quality};
 use crate::pipeline::{OutputBatch, ResolvedTag};
 
@@ -179,8 +179,7 @@ pub struct ParquetSink {
     schema: Arc<SchemaType>,
     properties: Arc<WriterProperties>,
     open: Vec<OpenFile>,
-    tag_columns: Vec<Option<TagColumns>>,
-    tag_columns_of: usize,
+    tag_columns: PerTag<TagColumns>,
     quality_words: QualityWords,
     /// The last files published (at most `RECENT_FILES`), oldest first.
     published: Vec<PathBuf>,
@@ -237,8 +236,7 @@ impl ParquetSink {
             schema,
             properties: Arc::new(props.build()),
             open: Vec::new(),
-            tag_columns: Vec::new(),
-            tag_columns_of: 0,
+            tag_columns: PerTag::default(),
             quality_words: QualityWords {
                 good: byte_array("good"),
                 uncertain: byte_array("uncertain"),
@@ -286,14 +284,7 @@ impl ParquetSink {
     }
 
     fn append(&mut self, batch: &OutputBatch) -> Result<Vec<Partition>, ParquetSinkError> {
-        let table = Arc::as_ptr(&batch.tags) as usize;
-        if table != self.tag_columns_of {
-            self.tag_columns.clear();
-            self.tag_columns_of = table;
-        }
-        if self.tag_columns.len() < batch.tags.len() {
-            self.tag_columns.resize(batch.tags.len(), None);
-        }
+        self.tag_columns.follow(&batch.tags);
         let s = &batch.samples;
         // Check every tag first: a refused batch leaves nothing buffered.
         for (index, &tag_id) in s.tag_ids.iter().enumerate() {
@@ -326,7 +317,8 @@ impl ParquetSink {
             }
             let tag_id = s.tag_ids[i] as usize;
             let include_metadata = self.config.include_metadata;
-            let tag_cols = self.tag_columns[tag_id].get_or_insert_with(|| {
+            let tag_slot = self.tag_columns.slot(tag_id).expect("checked above");
+            let tag_cols = tag_slot.get_or_insert_with(|| {
                 let tag = batch.tags[tag_id].as_deref().expect("checked above");
                 tag_columns(tag, include_metadata)
             });

@@ -29,7 +29,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{Sink, SinkError};
+use super::{PerTag, Sink, SinkError};
 use crate::model::{ExtraValue, Quality};
 use crate::pipeline::{OutputBatch, ResolvedTag};
 
@@ -106,9 +106,7 @@ pub struct PostgresSink {
     /// The TLS connector, with `tls`.
     tls: Option<MakeRustlsConnect>,
     /// Per tag id, its metadata as JSON text (None: no metadata), rendered once per table.
-    metadata_json: Vec<Option<Option<Arc<str>>>>,
-    /// Address of the tag table the metadata was rendered from.
-    metadata_of: usize,
+    metadata_json: PerTag<Option<Arc<str>>>,
     /// Whether the last connect found TimescaleDB and made the table a hypertable.
     hypertable: bool,
 }
@@ -175,8 +173,7 @@ impl PostgresSink {
             table,
             client: None,
             tls,
-            metadata_json: Vec::new(),
-            metadata_of: 0,
+            metadata_json: PerTag::default(),
             hypertable: false,
         })
     }
@@ -266,14 +263,7 @@ impl PostgresSink {
 
     /// The rows of `batch`, in sample order.
     fn rows<'a>(&mut self, batch: &'a OutputBatch) -> Result<Vec<Row<'a>>, PostgresError> {
-        let table = Arc::as_ptr(&batch.tags) as usize;
-        if table != self.metadata_of {
-            self.metadata_json.clear();
-            self.metadata_of = table;
-        }
-        if self.metadata_json.len() < batch.tags.len() {
-            self.metadata_json.resize(batch.tags.len(), None);
-        }
+        self.metadata_json.follow(&batch.tags);
         let s = &batch.samples;
         let mut extras: Vec<Option<&'a ExtraValue>> = Vec::new();
         if !s.extras.is_empty() {
@@ -293,7 +283,10 @@ impl PostgresSink {
                 .and_then(|t| t.as_deref())
                 .ok_or(PostgresError::UnknownTag { index: i, tag_id })?;
             let metadata = if self.config.include_metadata {
-                let slot = &mut self.metadata_json[tag_id as usize];
+                let slot = self
+                    .metadata_json
+                    .slot(tag_id as usize)
+                    .expect("a tag of the table followed");
                 slot.get_or_insert_with(|| metadata_json(tag)).clone()
             } else {
                 None
