@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrule::buffer::now_ns;
+use ferrule::model::now_ns;
 use ferrule::config::HostConfig;
 use ferrule::pipeline;
 use rdkafka::consumer::{BaseConsumer, Consumer};

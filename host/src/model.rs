@@ -188,6 +188,15 @@ impl SampleBatch {
     }
 }
 
+/// Now, in ns since the Unix epoch (the unit of every sample timestamp); 0 if the clock is
+/// before the epoch.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,8 @@ use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
 
 use super::{LinkStats, PerTag};
-use crate::buffer::{now_ns, DurableBuffer};
+use crate::buffer::DurableBuffer;
+use crate::model::now_ns;
 use crate::mqtt::payload::{self, WireSample};
 use crate::mqtt::topic;
 use crate::pipeline::{DeadLetter, DeadLetterBatch, OutputBatch};

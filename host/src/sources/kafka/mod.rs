@@ -20,7 +20,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{SourceContext, SourceError};
 use crate::ack::Ack;
-use crate::buffer::now_ns;
+use crate::model::now_ns;
 use crate::model::{Quality, SampleBatch, TagId};
 use crate::mqtt::payload;
 use crate::pipeline::{DeadLetter, DeadLetterBatch};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_modbus::client::{Client, Context};
@@ -16,6 +16,7 @@ use super::codec::{decode_bit, decode_registers, Decoded, Layout};
 use super::config::{DeviceConfig, Table};
 use super::plan::ReadBlock;
 use super::status::{self, Failure};
+use crate::model::now_ns;
 use crate::model::{Extra, Quality, SampleBatch, TagId};
 
 /// A mapped tag of the device.
@@ -64,13 +65,6 @@ struct Connection {
     /// Logged state per read (None: good), so each change is logged once.
     block_state: HashMap<(Table, u16, u16), Option<u32>>,
     connected_logged: Option<bool>,
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 impl Device {

@@ -18,7 +18,7 @@ use rumqttc::v5::{AsyncClient, Event};
 
 use super::{SourceContext, SourceError};
 use crate::ack::Ack;
-use crate::buffer::now_ns;
+use crate::model::now_ns;
 use crate::model::{Quality, SampleBatch, TagId};
 use crate::mqtt::{payload, topic};
 use crate::pipeline::{DeadLetter, DeadLetterBatch};

@@ -18,7 +18,7 @@ pub use server::{serve_plant, PLANT_NAMESPACE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use opcua::client::{Client, ClientBuilder, DataChangeCallback, IdentityToken, Session};
 use opcua::types::{
@@ -29,6 +29,7 @@ use opcua::types::{
 use tokio::sync::{mpsc, watch};
 
 use super::{SourceContext, SourceError};
+use crate::model::now_ns;
 use crate::model::{DataType, Extra, Quality, SampleBatch, TagDescriptor, TagId};
 
 const BAD_NO_COMMUNICATION: u32 = 0x8031_0000;
@@ -48,13 +49,6 @@ enum Ended {
     Shutdown,
     PipelineClosed,
     Lost(String),
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 struct Runner {

@@ -7,7 +7,7 @@ mod config;
 pub use config::SimulatorConfig;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::{SourceContext, SourceError};
 use crate::model::{DataType, Quality, SampleBatch, TagDescriptor};
@@ -104,12 +104,7 @@ pub async fn run(c: SimulatorConfig, mut ctx: SourceContext) -> Result<(), Sourc
     let ids: Vec<u32> = (0..c.tags)
         .map(|i| ctx.registry.intern(describe_tag(&c, &ctx.name, i)))
         .collect();
-    let start_ns = c.start_ns.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
+    let start_ns = c.start_ns.unwrap_or_else(crate::model::now_ns);
     let step_ns = if c.interval_ms == 0 {
         1_000_000
     } else {
