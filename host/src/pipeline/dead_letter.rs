@@ -64,6 +64,40 @@ impl DeadLetter {
     }
 }
 
+/// How much of a refused message's payload a source's dead-letter keeps (as text).
+pub const SOURCE_PAYLOAD_BYTES: usize = 4096;
+
+impl DeadLetter {
+    /// A dead-letter for a message source `source` could not take: `place` is where it came
+    /// from (MQTT topic, Kafka topic/partition@offset), `payload` its bytes (the first
+    /// `SOURCE_PAYLOAD_BYTES` are kept, as text).
+    pub fn refused_by_source(
+        source: &str,
+        reason: &str,
+        detail: String,
+        place: String,
+        payload: &[u8],
+    ) -> DeadLetter {
+        let cut = payload.len().min(SOURCE_PAYLOAD_BYTES);
+        DeadLetter {
+            stage: format!("source.{source}"),
+            plugin: String::new(),
+            plugin_version: String::new(),
+            reason: reason.into(),
+            reason_code: None,
+            detail: Some(detail),
+            tag_id: u32::MAX,
+            source: source.into(),
+            vendor_path: place.clone(),
+            path: place,
+            value: None,
+            extra: Some(String::from_utf8_lossy(&payload[..cut]).to_string()),
+            quality: crate::model::Quality::BAD.0,
+            timestamp_ns: crate::model::now_ns(),
+        }
+    }
+}
+
 /// Dead-letters on their way to the dead-letter sink, with the acknowledgment of the batch
 /// they came from (released once they are written).
 #[derive(Debug, Default)]

@@ -20,12 +20,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{SourceContext, SourceError};
 use crate::ack::Ack;
-use crate::model::now_ns;
-use crate::model::{Quality, SampleBatch, TagId};
+use crate::model::{SampleBatch, TagId};
 use crate::mqtt::payload;
 use crate::pipeline::{DeadLetter, DeadLetterBatch};
-
-const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
 
 type Partition = (String, i32);
 
@@ -235,24 +232,14 @@ impl Reader {
         let tracker = self.tracker.clone();
         let ack = Ack::new(move || tracker.lock().unwrap_or_else(|e| e.into_inner()).done(id));
         let bytes = m.payload().unwrap_or_default();
-        let cut = bytes.len().min(DEAD_LETTER_PAYLOAD_BYTES);
         let where_ = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
-        let letter = DeadLetter {
-            stage: format!("source.{}", self.ctx.name),
-            plugin: String::new(),
-            plugin_version: String::new(),
-            reason: reason.into(),
-            reason_code: None,
-            detail: Some(format!("{where_}: {detail}")),
-            tag_id: u32::MAX,
-            source: self.ctx.name.clone(),
-            vendor_path: where_.clone(),
-            path: where_,
-            value: None,
-            extra: Some(String::from_utf8_lossy(&bytes[..cut]).to_string()),
-            quality: Quality::BAD.0,
-            timestamp_ns: now_ns(),
-        };
+        let letter = DeadLetter::refused_by_source(
+            &self.ctx.name,
+            reason,
+            format!("{where_}: {detail}"),
+            where_,
+            bytes,
+        );
         if self
             .ctx
             .dead_letters

@@ -18,13 +18,9 @@ use rumqttc::v5::{AsyncClient, Event};
 
 use super::{SourceContext, SourceError};
 use crate::ack::Ack;
-use crate::model::now_ns;
-use crate::model::{Quality, SampleBatch, TagId};
+use crate::model::{SampleBatch, TagId};
 use crate::mqtt::{payload, topic};
 use crate::pipeline::{DeadLetter, DeadLetterBatch};
-
-/// Stored with a refusal: the payload, cut to this many bytes.
-const DEAD_LETTER_PAYLOAD_BYTES: usize = 4096;
 
 struct Pending {
     batch: SampleBatch,
@@ -192,25 +188,8 @@ async fn refuse(
     (reason, detail): (&'static str, String),
 ) {
     let topic = String::from_utf8_lossy(&p.topic).to_string();
-    let cut = p.payload.len().min(DEAD_LETTER_PAYLOAD_BYTES);
-    let payload_text = String::from_utf8_lossy(&p.payload[..cut]).to_string();
     tracing::debug!(source = %ctx.name, topic, reason, "message refused: {detail}");
-    let letter = DeadLetter {
-        stage: format!("source.{}", ctx.name),
-        plugin: String::new(),
-        plugin_version: String::new(),
-        reason: reason.into(),
-        reason_code: None,
-        detail: Some(detail),
-        tag_id: u32::MAX,
-        source: ctx.name.clone(),
-        vendor_path: topic.clone(),
-        path: topic,
-        value: None,
-        extra: Some(payload_text),
-        quality: Quality::BAD.0,
-        timestamp_ns: now_ns(),
-    };
+    let letter = DeadLetter::refused_by_source(&ctx.name, reason, detail, topic, &p.payload);
     let messages = if p.qos == rumqttc::v5::mqttbytes::QoS::AtMostOnce {
         Vec::new()
     } else {
