@@ -5,7 +5,6 @@
 //! rollback, quarantine, release, shadow runs with promotion and abandonment) with every
 //! sample accounted for.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use ferrule::config::HostConfig;
 use ferrule::pipeline;
 use ferrule::sources::simulator::{describe_tag, SimulatorConfig};
 use ferrule_tests::peers;
-use ferrule_tests::{plugin, read_jsonl, reference_stages_toml, repo_root};
+use ferrule_tests::{account, plugin, read_jsonl, reference_stages_toml, repo_root};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "admin-test-token-42";
@@ -361,32 +360,6 @@ path = "dead.jsonl"
     server.abort();
 }
 
-/// Reads the file sink and the dead-letter back and asserts every produced sample is in
-/// exactly one of them, keyed by (vendor path, source time). Returns (samples, dead-letters).
-fn account(dir: &std::path::Path, produced: u64) -> (Vec<Value>, Vec<Value>) {
-    let samples = read_jsonl(&dir.join("samples.jsonl"));
-    let dead = read_jsonl(&dir.join("dead.jsonl"));
-    let mut seen: HashMap<(String, u64), u32> = HashMap::new();
-    for v in samples.iter().chain(&dead) {
-        let ts = v.get("ts_ns").or(v.get("timestamp_ns")).unwrap();
-        let key = (
-            v["vendor_path"].as_str().unwrap().to_string(),
-            ts.as_u64().unwrap(),
-        );
-        *seen.entry(key).or_default() += 1;
-    }
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(twice.is_empty(), "delivered twice: {twice:?}");
-    assert_eq!(
-        seen.len() as u64,
-        produced,
-        "{} in the sink + {} dead-lettered",
-        samples.len(),
-        dead.len()
-    );
-    (samples, dead)
-}
-
 /// Equal but for the last bits (serde_json's default float parsing is not exact).
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * a.abs().max(1.0)
@@ -423,7 +396,7 @@ type = "file"
 path = "samples.jsonl"
 [dead_letter]
 type = "file"
-path = "dead.jsonl"
+path = "dead-letter.jsonl"
 "#,
             assets = repo_root().join("examples/assets.csv").display(),
         );
@@ -640,7 +613,7 @@ async fn load_swap_rollback_quarantine_and_release_through_the_api_under_load() 
     assert_eq!(host.stage("validate").quarantines, 1);
 
     let status = host.stop().await;
-    account(host.dir.path(), status.produced["plant"]);
+    account(host.dir.path(), status.produced["plant"] as usize);
 }
 
 /// Two versions of a plugin: the scaler fixture 1.0.0 live (rounds to one decimal), 2.0.0 in
@@ -842,7 +815,7 @@ start_ns = 1700000000000000000
     assert_eq!(code, 409, "nothing left to promote");
 
     let status = host.stop().await;
-    let (samples, dead) = account(host.dir.path(), status.produced["plant"]);
+    let (samples, dead) = account(host.dir.path(), status.produced["plant"] as usize);
     assert!(
         samples.iter().any(|s| s["value"]
             .as_f64()
@@ -915,7 +888,7 @@ bad_quality_every = 0
         ("1.0.0", 0, 0)
     );
     let status = host.stop().await;
-    let (samples, dead) = account(host.dir.path(), status.produced["plant"]);
+    let (samples, dead) = account(host.dir.path(), status.produced["plant"] as usize);
     assert!(dead.is_empty(), "{:?}", &dead[..dead.len().min(3)]);
     assert!(!samples.is_empty());
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ferrule::config::HostConfig;
 use ferrule::pipeline::{self, StageState};
 use ferrule::sources::simulator::{describe_tag, sample, SimulatorConfig};
-use ferrule_tests::{plugin, read_jsonl, reference_stages_toml, repo_root};
+use ferrule_tests::{account, plugin, reference_stages_toml, repo_root};
 use serde_json::Value;
 
 const START_NS: u64 = 1_700_000_000_000_000_000;
@@ -76,35 +76,6 @@ fn stage(name: &str, file: &str, config: &str, extra: &str) -> String {
         "[[stages]]\nname = \"{name}\"\nplugin = \"{}\"\nconfig = {config}\n{extra}\n",
         plugin(file).display()
     )
-}
-
-/// Reads sink and dead-letter back; asserts every simulated sample appears exactly once
-/// across both, keyed by (vendor path, source time). Returns (samples, dead-letters).
-fn account(dir: &Path, expected: usize) -> (Vec<Value>, Vec<Value>) {
-    let samples = read_jsonl(&dir.join("samples.jsonl"));
-    let dead = read_jsonl(&dir.join("dead-letter.jsonl"));
-    let mut seen: HashMap<(String, u64), u32> = HashMap::new();
-    for v in samples.iter().chain(&dead) {
-        let key = (
-            v["vendor_path"].as_str().unwrap().to_string(),
-            v.get("ts_ns")
-                .or(v.get("timestamp_ns"))
-                .unwrap()
-                .as_u64()
-                .unwrap(),
-        );
-        *seen.entry(key).or_default() += 1;
-    }
-    let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(dupes.is_empty(), "samples delivered twice: {dupes:?}");
-    assert_eq!(
-        seen.len(),
-        expected,
-        "{} in the sink + {} dead-lettered, expected {expected}",
-        samples.len(),
-        dead.len()
-    );
-    (samples, dead)
 }
 
 fn sim(plant: &Plant) -> SimulatorConfig {

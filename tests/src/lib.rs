@@ -46,6 +46,36 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     }
 }
 
+/// Reads a host's file sink (`samples.jsonl`) and file dead-letter (`dead-letter.jsonl`) in
+/// `dir` back; asserts every produced sample appears exactly once across both, keyed by
+/// (vendor path, source time). Returns (samples, dead-letters).
+pub fn account(dir: &Path, expected: usize) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let samples = read_jsonl(&dir.join("samples.jsonl"));
+    let dead = read_jsonl(&dir.join("dead-letter.jsonl"));
+    let mut seen: std::collections::HashMap<(String, u64), u32> = std::collections::HashMap::new();
+    for v in samples.iter().chain(&dead) {
+        let key = (
+            v["vendor_path"].as_str().unwrap().to_string(),
+            v.get("ts_ns")
+                .or(v.get("timestamp_ns"))
+                .unwrap()
+                .as_u64()
+                .unwrap(),
+        );
+        *seen.entry(key).or_default() += 1;
+    }
+    let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(dupes.is_empty(), "samples delivered twice: {dupes:?}");
+    assert_eq!(
+        seen.len(),
+        expected,
+        "{} in the sink + {} dead-lettered, expected {expected}",
+        samples.len(),
+        dead.len()
+    );
+    (samples, dead)
+}
+
 /// Real peers the tests start and stop: free ports, the Python peers in `.venv-peers`
 /// (installed by `scripts/peers`, which the test command runs), and child processes that are
 /// killed when dropped.
