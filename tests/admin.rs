@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
-use ferrule::pipeline;
+use ferrule::{pipeline, runtime};
 use ferrule::sources::simulator::{describe_tag, SimulatorConfig};
 use ferrule_tests::peers;
 use ferrule_tests::{account, plugin, read_jsonl, reference_stages_toml, repo_root};
@@ -53,7 +53,7 @@ path = "dead.jsonl"
         stages = reference_stages_toml(),
     );
     let config = HostConfig::from_text(&text, dir.path()).unwrap();
-    let running = pipeline::start(&config).await.unwrap();
+    let running = runtime::start(&config).await.unwrap();
     let handle = running.handle.clone();
     let (addr, server) = ferrule::admin::serve(
         "127.0.0.1:0".parse().unwrap(),
@@ -303,7 +303,7 @@ path = "dead.jsonl"
         port = peers::free_port(),
     );
     let config = HostConfig::from_text(&text, dir.path()).unwrap();
-    let running = pipeline::start(&config).await.unwrap();
+    let running = runtime::start(&config).await.unwrap();
     let handle = running.handle.clone();
     let (addr, server) =
         ferrule::admin::serve("127.0.0.1:0".parse().unwrap(), handle.clone(), None)
@@ -368,8 +368,8 @@ fn close(a: f64, b: f64) -> bool {
 /// A host on a temporary dir with the admin endpoint served, token `TOKEN`.
 struct Host {
     dir: tempfile::TempDir,
-    running: Option<pipeline::RunningPipeline>,
-    handle: pipeline::PipelineHandle,
+    running: Option<runtime::RunningPipeline>,
+    handle: runtime::PipelineHandle,
     base: String,
     http: reqwest::Client,
     server: tokio::task::JoinHandle<()>,
@@ -401,7 +401,7 @@ path = "dead-letter.jsonl"
             assets = repo_root().join("examples/assets.csv").display(),
         );
         let config = HostConfig::from_text(&text, dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
-        let running = pipeline::start(&config).await.unwrap();
+        let running = runtime::start(&config).await.unwrap();
         let handle = running.handle.clone();
         let (addr, server) = ferrule::admin::serve(
             "127.0.0.1:0".parse().unwrap(),
@@ -460,7 +460,7 @@ path = "dead-letter.jsonl"
     }
 
     /// Stops the host; returns what the source produced.
-    async fn stop(&mut self) -> pipeline::PipelineStatus {
+    async fn stop(&mut self) -> runtime::PipelineStatus {
         self.handle.stop();
         let status = self.running.take().unwrap().wait().await.unwrap();
         self.server.abort();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
-use ferrule::pipeline;
+use ferrule::runtime;
 use ferrule_tests::kafka::{self, Record};
 use ferrule_tests::mqtt::publish_all;
 use ferrule_tests::peers::mosquitto;
@@ -132,7 +132,7 @@ async fn bridge_forwards_every_sample_once_keyed_routed_deduplicated_and_dead_le
         dir.path(),
         &bridge_config(broker.port, k.port, "\"plant/#\"", "bridge-a"),
     );
-    let running = pipeline::start(&config).await.unwrap();
+    let running = runtime::start(&config).await.unwrap();
     let handle = running.handle.clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -262,7 +262,7 @@ async fn a_frozen_kafka_holds_the_mqtt_acks_back_and_loses_nothing() {
         "linger_ms = 10\n",
         &format!("linger_ms = 10\nreceive_maximum = {receive_maximum}\n"),
     );
-    let running = pipeline::start(&load(dir.path(), &text)).await.unwrap();
+    let running = runtime::start(&load(dir.path(), &text)).await.unwrap();
     let handle = running.handle.clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -333,7 +333,7 @@ async fn two_bridges_on_one_shared_subscription_split_the_load_and_deliver_every
             "\"$share/bridges/plant/#\"",
             &format!("bridge-{i}"),
         );
-        running.push(pipeline::start(&load(&d, &text)).await.unwrap());
+        running.push(runtime::start(&load(&d, &text)).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     let n = 3000u64;
@@ -508,10 +508,10 @@ path = "samples.jsonl"
     };
     let (d0, c0) = instance(0);
     let (d1, c1) = instance(1);
-    let a = pipeline::start(&c0).await.unwrap();
+    let a = runtime::start(&c0).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     // A second member joins mid-stream: the group rebalances.
-    let b = pipeline::start(&c1).await.unwrap();
+    let b = runtime::start(&c1).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while b.handle.status().produced["kafka"] == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;

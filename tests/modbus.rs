@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ferrule::config::HostConfig;
-use ferrule::pipeline::{self, RunningPipeline};
+use ferrule::runtime::{self, RunningPipeline};
 use ferrule::sources::simulator::{describe_tag, sample, SimulatorConfig};
 use ferrule_tests::peers::{free_port, python, Peer};
 use ferrule_tests::{read_jsonl, repo_root};
@@ -41,7 +41,7 @@ path = "samples.jsonl"
 "#
     );
     let cfg = HostConfig::from_text(&text, dir).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
-    pipeline::start(&cfg).await.unwrap()
+    runtime::start(&cfg).await.unwrap()
 }
 
 async fn stop(running: RunningPipeline, dir: &Path) -> Vec<Value> {

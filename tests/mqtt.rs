@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
-use ferrule::pipeline;
+use ferrule::runtime;
 use ferrule_tests::mqtt::{publish_all, samples_of, Collector, Received};
 use ferrule_tests::peers::{self, mosquitto, mosquitto_on};
 use ferrule_tests::{read_jsonl, reference_stages_toml, repo_root};
@@ -93,7 +93,7 @@ client_id = "edge-1"
         port = broker.port,
     );
     let config = load(dir.path(), &text);
-    let status = pipeline::start(&config)
+    let status = runtime::start(&config)
         .await
         .unwrap()
         .wait()
@@ -284,7 +284,7 @@ async fn the_mqtt_source_takes_good_messages_and_dead_letters_bad_ones_with_topi
             "samples.jsonl",
         ),
     );
-    let running = pipeline::start(&config).await.unwrap();
+    let running = runtime::start(&config).await.unwrap();
     let handle = running.handle.clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let good = "plant/site1/area1/line1/press1/pressure";
@@ -403,7 +403,7 @@ async fn two_instances_on_one_shared_subscription_split_the_messages_and_deliver
             &format!("bridge-{i}"),
             "samples.jsonl",
         );
-        running.push((d.clone(), pipeline::start(&load(&d, &text)).await.unwrap()));
+        running.push((d.clone(), runtime::start(&load(&d, &text)).await.unwrap()));
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     let n = 2000u64;
@@ -511,7 +511,7 @@ keep_alive_s = 5
         common = common(dir.path()),
         stages = reference_stages_toml(),
     );
-    let running = pipeline::start(&load(dir.path(), &text)).await.unwrap();
+    let running = runtime::start(&load(dir.path(), &text)).await.unwrap();
     let handle = running.handle.clone();
     // Let it publish, then stop the broker (SIGTERM: it saves the subscriber's queue).
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -588,7 +588,7 @@ overflow = "{policy}"
         )
     };
     // drop-oldest: the run completes; the buffer stays under its limit and counts the rest.
-    let status = pipeline::start(&load(dir.path(), &config("drop-oldest", 30)))
+    let status = runtime::start(&load(dir.path(), &config("drop-oldest", 30)))
         .await
         .unwrap()
         .wait()
@@ -612,7 +612,7 @@ overflow = "{policy}"
     assert_eq!(b.delivered_samples, 0);
 
     // refuse-new: nothing is dropped; the source is held back once the buffer is full.
-    let running = pipeline::start(&load(dir.path(), &config("refuse-new", 1_000_000)))
+    let running = runtime::start(&load(dir.path(), &config("refuse-new", 1_000_000)))
         .await
         .unwrap();
     let handle = running.handle.clone();
@@ -816,7 +816,7 @@ path = "{name}.redb"
             stages = reference_stages_toml(),
         )
     };
-    let status = pipeline::start(&load(d, &config("s3cret", "good")))
+    let status = runtime::start(&load(d, &config("s3cret", "good")))
         .await
         .unwrap()
         .wait()
@@ -830,7 +830,7 @@ path = "{name}.redb"
     .await;
 
     // A wrong password: nothing delivered, everything stays buffered for the next start.
-    let status = pipeline::start(&load(d, &config("wrong", "bad")))
+    let status = runtime::start(&load(d, &config("wrong", "bad")))
         .await
         .unwrap()
         .wait()

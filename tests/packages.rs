@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
-use ferrule::pipeline::{self, PipelineError, StageState};
+use ferrule::pipeline::{PipelineError, StageState};
+use ferrule::runtime;
 use ferrule::plugin::package::{self, NeededLimits, PackageOptions, MANIFEST_FILE};
 use ferrule::plugin::{
     Digest, EngineConfig, Grant, LoadError, PluginEngine, PluginLimits, StageTerms,
@@ -145,7 +146,7 @@ async fn packages_written_from_the_components_run_the_reference_chain() {
     assert!(manifest.capabilities.is_empty());
 
     let cfg = host_config(dir.path(), 600, 5, 0, &stages);
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
     let validate = h.status().stages[2].clone();
     assert_eq!(validate.plugin, "validator");
@@ -402,7 +403,7 @@ async fn a_refused_package_at_start_names_the_stage_key() {
         stage_toml("units", &pkg, "grants = [\"random\"]")
     );
     let cfg = host_config(dir.path(), 10, 1, 0, &stages);
-    let Err(e) = pipeline::start(&cfg).await else {
+    let Err(e) = runtime::start(&cfg).await else {
         panic!("a package asking for an ungranted capability started");
     };
     match &e {
@@ -435,7 +436,7 @@ async fn a_swap_to_a_refused_package_keeps_the_running_version_and_data_flowing(
         5,
         &stage_toml("units", &running_pkg, ""),
     );
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
 
     let clock = pack(
@@ -537,7 +538,7 @@ async fn a_watched_package_is_swapped_when_it_changes_and_kept_when_the_change_i
     );
     cfg.pipeline.watch_plugins = true;
     cfg.pipeline.watch_interval_ms = 100;
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -632,7 +633,7 @@ async fn a_package_gets_only_the_capabilities_it_declares() {
             .replace("config = {}", "config = { mode = \"probe\" }"),
     );
     let cfg = host_config(dir.path(), 50, 3, 0, &stages);
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
     assert_eq!(
         running.handle.stages()[0]
             .current()

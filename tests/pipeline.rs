@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
-use ferrule::pipeline::{self, StageState};
+use ferrule::pipeline::StageState;
+use ferrule::runtime;
 use ferrule::sources::simulator::{describe_tag, sample, SimulatorConfig};
 use ferrule_tests::{account, plugin, reference_stages_toml, repo_root};
 use serde_json::Value;
@@ -95,7 +96,7 @@ async fn default_chain_accounts_for_every_sample_with_the_right_reasons() {
         interval_ms: 0,
     };
     let cfg = config(dir.path(), &plant, &reference_stages_toml(), "");
-    let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
+    let status = runtime::start(&cfg).await.unwrap().wait().await.unwrap();
     assert_eq!(status.produced["plant"], 3000);
     let (samples, dead) = account(dir.path(), plant.total());
 
@@ -190,7 +191,7 @@ async fn a_slow_sink_slows_the_source_and_queues_stay_bounded() {
     };
     let stages = stage("pass", "fixture_hostile", "{}", "");
     let cfg = config(dir.path(), &plant, &stages, "delay_ms = 20");
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let produced = h.stats().produced["plant"].load(Ordering::Relaxed);
@@ -228,7 +229,7 @@ async fn hot_swaps_under_load_lose_and_duplicate_nothing() {
     // A second file of the same plugin, as an operator would drop in a new version.
     let copy = dir.path().join("validator-copy.wasm");
     std::fs::copy(plugin("validator"), &copy).unwrap();
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
     let swaps = 30;
     for n in 0..swaps {
@@ -266,7 +267,7 @@ async fn a_swap_whose_init_fails_leaves_the_old_version_running_and_rollback_wor
         interval_ms: 2,
     };
     let cfg = config(dir.path(), &plant, &reference_stages_toml(), "");
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
     // The normalizer refuses the unit converter's config: init fails, the old one stays.
     let err = h
@@ -320,7 +321,7 @@ async fn a_swap_whose_init_fails_leaves_the_old_version_running_and_rollback_wor
 
 async fn run_with_trapping_stage(
     policy: &str,
-) -> (tempfile::TempDir, Plant, ferrule::pipeline::PipelineStatus) {
+) -> (tempfile::TempDir, Plant, ferrule::runtime::PipelineStatus) {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant {
         tags: 100,
@@ -335,7 +336,7 @@ async fn run_with_trapping_stage(
         &format!("quarantine = \"{policy}\""),
     );
     let cfg = config(dir.path(), &plant, &stages, "");
-    let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
+    let status = runtime::start(&cfg).await.unwrap().wait().await.unwrap();
     (dir, plant, status)
 }
 
@@ -380,7 +381,7 @@ async fn quarantine_hold_waits_then_a_fixed_version_takes_the_held_batches() {
     };
     let stages = stage("flaky", "fixture_hostile", r#"{ mode = "trap" }"#, "");
     let cfg = config(dir.path(), &plant, &stages, "");
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !matches!(h.stages()[0].state(), StageState::Quarantined { .. }) {
@@ -433,7 +434,7 @@ async fn a_leaking_instance_is_recycled_at_its_high_water_mark() {
         "[stages.limits]\nmemory_mib = 64\nrecycle_at_mib = 8",
     );
     let cfg = config(dir.path(), &plant, &stages, "");
-    let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
+    let status = runtime::start(&cfg).await.unwrap().wait().await.unwrap();
     let leaky = &status.stages[0];
     assert!(leaky.recycles >= 2, "recycles: {}", leaky.recycles);
     assert_eq!(
@@ -473,7 +474,7 @@ async fn a_replaced_plugin_file_is_swapped_in_and_a_pinned_one_is_refused() {
     let mut cfg = config(dir.path(), &plant, &stages, "");
     cfg.pipeline.watch_plugins = true;
     cfg.pipeline.watch_interval_ms = 100;
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
     tokio::time::sleep(Duration::from_millis(300)).await;
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
-use ferrule::pipeline;
+use ferrule::runtime;
 use ferrule::sinks::parquet::{ParquetSink, ParquetSinkConfig};
 use ferrule::sinks::postgres::{PostgresSink, PostgresSinkConfig, WriteMethod};
 use ferrule::sinks::{Sink, SinkConfig};
@@ -168,7 +168,7 @@ connection = "{conn}"
         conn = db.connection()
     );
     let cfg = HostConfig::from_text(&text, dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
 
     // Kill the sink's connection again and again while the samples flow (about 3 s of
     // scans); count the kills that hit it while rows were still missing.
@@ -735,7 +735,7 @@ path = "hot.redb"
     // No database listens on this port: everything stays buffered, the run still completes.
     let nowhere = format!("host=127.0.0.1 port={} user=postgres dbname=x", free_port());
     let cfg = HostConfig::from_text(&config(&nowhere, scans), dir.path()).unwrap();
-    let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
+    let status = runtime::start(&cfg).await.unwrap().wait().await.unwrap();
     let b = status.sinks["hot"].buffer.clone().unwrap();
     assert_eq!(status.produced["plant"], tags as u64 * scans);
     assert_eq!(b.depth_samples, tags as u64 * scans, "{b:?}");
@@ -744,7 +744,7 @@ path = "hot.redb"
     // Restart against the real database with a source that produces nothing new: the
     // buffered batches from the previous run are written.
     let cfg = HostConfig::from_text(&config(&db.connection(), 0), dir.path()).unwrap();
-    let status = pipeline::start(&cfg).await.unwrap().wait().await.unwrap();
+    let status = runtime::start(&cfg).await.unwrap().wait().await.unwrap();
     let b = status.sinks["hot"].buffer.clone().unwrap();
     assert_eq!(b.depth_samples, 0, "{b:?}");
     assert_eq!(status.written["hot"], tags as u64 * scans);

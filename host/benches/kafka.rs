@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
 use ferrule::model::now_ns;
-use ferrule::pipeline;
+use ferrule::runtime;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -309,7 +309,7 @@ async fn bridge(
     done: impl Fn(&ferrule::sinks::SinkStatus) -> bool,
 ) -> (f64, ferrule::sinks::SinkStatus) {
     let config = HostConfig::from_text(&bridge_config(mqtt, sink), dir).unwrap();
-    let running = pipeline::start(&config).await.unwrap();
+    let running = runtime::start(&config).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let start = Instant::now();
     publish(mqtt, pace).await;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use ferrule::buffer::{Appended, BufferConfig, DurableBuffer, OverflowPolicy};
 use ferrule::model::{DataType, Quality, SampleBatch};
-use ferrule::pipeline::{OutputBatch, ResolvedTag, TagTable};
+use ferrule::model::{OutputBatch, ResolvedTag, TagTable};
 use ferrule::sinks::mqtt::{MqttSinkConfig, MqttSinkParts};
 use ferrule::sinks::LinkStats;
 use tokio::sync::mpsc;
@@ -56,10 +56,7 @@ fn batch(tags: &Arc<TagTable>, k: u64) -> Arc<OutputBatch> {
             1_764_000_000_000_000_000 + j,
         );
     }
-    Arc::new(OutputBatch {
-        samples: s,
-        tags: tags.clone(),
-    })
+    Arc::new(OutputBatch::new(s, tags.clone()))
 }
 
 fn peak_rss_mib() -> f64 {

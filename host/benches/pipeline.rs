@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
-use ferrule::pipeline;
+use ferrule::runtime;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -114,7 +114,7 @@ async fn throughput(shadow: Option<&str>) -> Throughput {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), u64::MAX, 0);
     let t_start = Instant::now();
-    let running = pipeline::start(&cfg).await.unwrap();
+    let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
     let written = || {
         h.stats().written["samples"].load(std::sync::atomic::Ordering::Relaxed)
@@ -188,7 +188,7 @@ fn main() {
         let copy = dir.path().join("validator-copy.wasm");
         std::fs::copy(repo().join("dist/plugins/validator.wasm"), &copy).unwrap();
         let original = repo().join("dist/plugins/validator.wasm");
-        let running = pipeline::start(&cfg).await.unwrap();
+        let running = runtime::start(&cfg).await.unwrap();
         let h = running.handle.clone();
         // Swap once the tag plane has seen every tag (a swap during tag discovery finishes
         // the new version's tag plane for the late tags on the chain thread).

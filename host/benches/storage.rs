@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferrule::model::SampleBatch;
-use ferrule::pipeline::{OutputBatch, ResolvedTag, TagTable};
+use ferrule::model::{OutputBatch, ResolvedTag, TagTable};
 use ferrule::sinks::parquet::{ParquetSink, ParquetSinkConfig};
 use ferrule::sinks::postgres::{PostgresSink, PostgresSinkConfig, WriteMethod};
 use ferrule::sinks::Sink;
@@ -57,10 +57,7 @@ fn batches(sim: &SimulatorConfig, tags: &Arc<TagTable>, rows: usize) -> Vec<Outp
             samples.push(tag, value, quality, START_NS + scan * 1_000_000_000);
             n += 1;
         }
-        out.push(OutputBatch {
-            samples,
-            tags: tags.clone(),
-        });
+        out.push(OutputBatch::new(samples, tags.clone()));
     }
     out
 }

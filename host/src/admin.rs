@@ -1,7 +1,8 @@
 //! The admin endpoint (HTTP on 127.0.0.1 by default) and its client, used by
 //! `ferrule plugin swap|rollback|release` and `ferrule status`.
 //! Read-only: `GET /` (the status page), `GET /status`, `GET /dead-letters` (the latest), `GET /metrics` (Prometheus),
-//! `GET /health` (live), `GET /ready` (sinks connected, buffers not full).
+//! `GET /health` (live), `GET /ready` (503 with the reasons: a sink stalled, retrying or not
+//! connected, a buffer full or unable to write, a stage quarantined, the tag table full).
 //! `GET /stages` (stages with plugin version, digest, state, limits, candidate, shadow, call
 //! costs), `GET /stages/{stage}/shadow` (the shadow run's report).
 //! Mutating, each needing `Authorization: Bearer <admin.token>` (401 otherwise):
@@ -22,9 +23,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{
-    InstallReport, LoadedVersion, PipelineError, PipelineHandle, ShadowReport, StageStatus,
-};
+use crate::pipeline::{InstallReport, LoadedVersion, PipelineError, ShadowReport, StageStatus};
+use crate::runtime::PipelineHandle;
 
 /// Body of `swap`, `load` and `shadow`.
 #[derive(Deserialize, Serialize, Default)]
@@ -158,7 +158,7 @@ pub fn router(handle: PipelineHandle, token: Option<String>) -> Router {
         .with_state(handle)
 }
 
-async fn dead_letters(State(h): State<PipelineHandle>) -> Json<Vec<crate::pipeline::DeadLetter>> {
+async fn dead_letters(State(h): State<PipelineHandle>) -> Json<Vec<crate::model::DeadLetter>> {
     let recent = h
         .stats()
         .recent_dead_letters
@@ -188,26 +188,7 @@ async fn health() -> &'static str {
 /// 200 when every sink with a link is connected and no buffer is at its limit; 503 with the
 /// reasons otherwise.
 async fn ready(State(h): State<PipelineHandle>) -> (StatusCode, Json<serde_json::Value>) {
-    let status = h.status();
-    let mut not_ready = Vec::new();
-    for (name, s) in &status.sinks {
-        if s.connected == Some(false) {
-            not_ready.push(format!("sink `{name}` is not connected"));
-        }
-        if let Some(b) = &s.buffer {
-            if b.overflow == "refuse-new" && b.depth_bytes * 100 >= b.max_bytes * 95 {
-                not_ready.push(format!(
-                    "sink `{name}`: buffer full ({} of {} bytes)",
-                    b.depth_bytes, b.max_bytes
-                ));
-            }
-        }
-    }
-    for st in &status.stages {
-        if let crate::pipeline::StageState::Quarantined { reason, .. } = &st.state {
-            not_ready.push(format!("stage `{}` is quarantined: {reason}", st.name));
-        }
-    }
+    let not_ready = crate::runtime::not_ready_reasons(&h.status());
     let code = if not_ready.is_empty() {
         StatusCode::OK
     } else {
@@ -219,7 +200,7 @@ async fn ready(State(h): State<PipelineHandle>) -> (StatusCode, Json<serde_json:
     )
 }
 
-async fn status(State(h): State<PipelineHandle>) -> Json<crate::pipeline::PipelineStatus> {
+async fn status(State(h): State<PipelineHandle>) -> Json<crate::runtime::PipelineStatus> {
     Json(h.status())
 }
 

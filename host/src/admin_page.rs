@@ -6,7 +6,8 @@
 
 use std::fmt::Write;
 
-use crate::pipeline::{PipelineStatus, ShadowState, StageState};
+use crate::pipeline::{ShadowState, StageState};
+use crate::runtime::PipelineStatus;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -81,7 +82,7 @@ pub fn render(status: &PipelineStatus) -> String {
             st.swaps
         );
     }
-    h.push_str("</table><h2>Sinks</h2><table id=\"sinks\"><tr><th>sink</th><th>delivered</th><th>link</th><th>buffered samples</th><th>oldest (s)</th><th>dropped</th></tr>");
+    h.push_str("</table><h2>Sinks</h2><table id=\"sinks\"><tr><th>sink</th><th>state</th><th>delivered</th><th>refused</th><th>link</th><th>buffered samples</th><th>oldest (s)</th><th>dropped</th></tr>");
     for (name, s) in &status.sinks {
         let link = match s.connected {
             Some(true) => "<span class=\"ok\">connected</span>".to_string(),
@@ -99,11 +100,19 @@ pub fn render(status: &PipelineStatus) -> String {
             ),
             None => ("–".into(), "–".into(), "–".into()),
         };
+        let state = match (&s.health.error, s.health.state) {
+            (_, crate::sinks::SinkState::Idle | crate::sinks::SinkState::Working) => {
+                format!("<span class=\"ok\">{}</span>", s.health.state.as_str())
+            }
+            (Some(e), st) => format!("<span class=\"bad\">{}</span>: {}", st.as_str(), esc(e)),
+            (None, st) => format!("<span class=\"bad\">{}</span>", st.as_str()),
+        };
         let _ = write!(
             h,
-            "<tr class=\"sink\"><td>{}</td><td>{}</td><td>{link}</td><td>{depth}</td><td>{age}</td><td>{dropped}</td></tr>",
+            "<tr class=\"sink\"><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{link}</td><td>{depth}</td><td>{age}</td><td>{dropped}</td></tr>",
             esc(name),
-            s.written
+            s.written,
+            s.health.refused_samples
         );
     }
     h.push_str("</table><p><a href=\"/status\">status JSON</a> · <a href=\"/metrics\">metrics</a> · <a href=\"/dead-letters\">recent dead-letters</a></p></body></html>");

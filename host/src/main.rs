@@ -316,7 +316,7 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<HostConfig> {
 
 async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = load_config(&path)?;
-    let running = ferrule::pipeline::start(&config).await?;
+    let running = ferrule::runtime::start(&config).await?;
     let handle = running.handle.clone();
     let admin = if config.admin.enabled {
         let (addr, task) = ferrule::admin::serve(

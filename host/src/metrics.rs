@@ -15,7 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::pipeline::{PipelineStatus, ShadowState, StageState};
+use crate::pipeline::{ShadowState, StageState};
+use crate::runtime::PipelineStatus;
 use crate::plugin::HistogramSnapshot;
 
 /// A histogram already counted elsewhere (the stage's call meter), encoded as one.
@@ -234,9 +235,67 @@ pub fn render(status: &PipelineStatus) -> String {
         "buffer_dropped_samples",
         "Samples a buffer dropped, by reason (overflow, expired)",
     );
+    let h_state = gauge_family(
+        &mut r,
+        "sink_state",
+        "1 for a sink's current state (idle, working, retrying, stalled)",
+    );
+    let h_retries = counter_family(
+        &mut r,
+        "sink_retries",
+        "Failed attempts a sink retried (writes, flushes, reconnects)",
+    );
+    let h_refused = counter_family(
+        &mut r,
+        "sink_refused_samples",
+        "Samples a sink's destination refused for good (dead-lettered with the sink's name)",
+    );
+    let h_rebuilds = counter_family(
+        &mut r,
+        "sink_client_rebuilds",
+        "Times a sink rebuilt its client after an error fatal to it",
+    );
+    let h_age = gauge_family(
+        &mut r,
+        "sink_last_success_age_seconds",
+        "Seconds since a sink's last successful write or flush",
+    );
+    let b_fail = gauge_family(
+        &mut r,
+        "buffer_write_failing",
+        "1 while a buffer cannot write (an I/O error such as a full disk)",
+    );
+    let tags_refused = counter_family(
+        &mut r,
+        "tags_refused",
+        "New tags refused past pipeline.max_tags (their messages dead-lettered)",
+    );
+    tags_refused
+        .get_or_create(&l(&[]))
+        .inc_by(status.tags_refused);
     for (name, sink) in &status.sinks {
         let sink_l = l(&[("sink", name)]);
         k_out.get_or_create(&sink_l).inc_by(sink.written);
+        for state in [
+            crate::sinks::SinkState::Idle,
+            crate::sinks::SinkState::Working,
+            crate::sinks::SinkState::Retrying,
+            crate::sinks::SinkState::Stalled,
+        ] {
+            h_state
+                .get_or_create(&l(&[("sink", name), ("state", state.as_str())]))
+                .set(if sink.health.state == state { 1.0 } else { 0.0 });
+        }
+        h_retries.get_or_create(&sink_l).inc_by(sink.health.retries);
+        h_refused
+            .get_or_create(&sink_l)
+            .inc_by(sink.health.refused_samples);
+        h_rebuilds
+            .get_or_create(&sink_l)
+            .inc_by(sink.health.client_rebuilds);
+        if let Some(age) = sink.health.last_success_age_s {
+            h_age.get_or_create(&sink_l).set(age);
+        }
         if let Some(c) = sink.connected {
             k_conn.get_or_create(&sink_l).set(if c { 1.0 } else { 0.0 });
             k_rec.get_or_create(&sink_l).inc_by(sink.reconnects);
@@ -248,6 +307,9 @@ pub fn render(status: &PipelineStatus) -> String {
             b_bytes.get_or_create(&sink_l).set(b.depth_bytes as f64);
             b_max.get_or_create(&sink_l).set(b.max_bytes as f64);
             b_age.get_or_create(&sink_l).set(b.oldest_age_s);
+            b_fail
+                .get_or_create(&sink_l)
+                .set(if b.write_error.is_some() { 1.0 } else { 0.0 });
             b_drop
                 .get_or_create(&l(&[("sink", name), ("reason", "overflow")]))
                 .inc_by(b.dropped_overflow);

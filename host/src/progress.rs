@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::pipeline::PipelineHandle;
+use crate::runtime::PipelineHandle;
 
 fn rate(n: u64, secs: f64) -> String {
     let r = n as f64 / secs;

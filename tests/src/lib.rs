@@ -346,7 +346,7 @@ pub mod storage {
     use std::sync::Arc;
 
     use ferrule::model::{DataType, Extra, ExtraValue, Quality, SampleBatch};
-    use ferrule::pipeline::{OutputBatch, ResolvedTag, TagTable};
+    use ferrule::model::{OutputBatch, ResolvedTag, TagTable};
 
     /// Source time of generated sample 0: 2023-11-14T22:13:20Z (a µs multiple, so
     /// PostgreSQL keeps it exactly).
@@ -422,10 +422,7 @@ pub mod storage {
                 });
             }
         }
-        OutputBatch {
-            samples,
-            tags: tags.clone(),
-        }
+        OutputBatch::new(samples, tags.clone())
     }
 
     /// A row of the PostgreSQL table or a Parquet file, as the documented schema defines it.

@@ -3,7 +3,7 @@
 //! their own table. Decoding checks every length, so a damaged record is an error, not a panic.
 
 use crate::model::{DataType, Extra, ExtraValue, SampleBatch};
-use crate::pipeline::ResolvedTag;
+use crate::model::ResolvedTag;
 
 const RECORD_VERSION: u8 = 1;
 const TAG_VERSION: u8 = 1;

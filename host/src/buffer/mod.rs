@@ -23,10 +23,13 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 
 use crate::model::now_ns;
-use crate::pipeline::{OutputBatch, TagTable};
+use crate::model::{OutputBatch, TagTable};
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const TAGS: TableDefinition<u32, &[u8]> = TableDefinition::new("tags");
+/// `identity` (random, made with the buffer) and `next_seq` (kept with every append, so
+/// sequence numbers never restart, even after the buffer ran empty).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {
@@ -60,6 +63,8 @@ pub struct BufferStats {
     pub dropped_expired: AtomicU64,
     /// Times an append waited for room (`refuse-new` at `max_bytes`).
     pub full_waits: AtomicU64,
+    /// Times the database was reopened after an I/O error.
+    pub reopens: AtomicU64,
 }
 
 /// A point-in-time view of `BufferStats`.
@@ -78,6 +83,11 @@ pub struct BufferStatus {
     pub dropped_overflow: u64,
     pub dropped_expired: u64,
     pub full_waits: u64,
+    /// Why the buffer cannot write now (an I/O error such as a full disk), while it retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_error: Option<String>,
+    #[serde(default)]
+    pub reopens: u64,
 }
 
 /// A record read back from the buffer.
@@ -132,9 +142,14 @@ pub struct DurableBuffer {
     name: String,
     path: String,
     config: BufferConfig,
-    db: redb::Database,
+    file: std::path::PathBuf,
+    /// The database; None after an I/O error until it is reopened.
+    db: std::sync::RwLock<Option<Arc<redb::Database>>>,
+    identity: u64,
     state: Mutex<State>,
     stats: Arc<BufferStats>,
+    /// The error that stops writes now, if any.
+    write_error: Mutex<Option<String>>,
 }
 
 impl DurableBuffer {
@@ -155,6 +170,23 @@ impl DurableBuffer {
         tx.open_table(RECORDS)
             .map_err(|e| open_err(e.to_string()))?;
         tx.open_table(TAGS).map_err(|e| open_err(e.to_string()))?;
+        let (identity, stored_next_seq) = {
+            let mut meta = tx.open_table(META).map_err(|e| open_err(e.to_string()))?;
+            let identity = match meta.get("identity").map_err(|e| open_err(e.to_string()))? {
+                Some(v) => v.value(),
+                None => {
+                    let id = new_identity();
+                    meta.insert("identity", id)
+                        .map_err(|e| open_err(e.to_string()))?;
+                    id
+                }
+            };
+            let next = meta
+                .get("next_seq")
+                .map_err(|e| open_err(e.to_string()))?
+                .map_or(1, |v| v.value());
+            (identity, next)
+        };
         tx.commit().map_err(|e| open_err(e.to_string()))?;
 
         let mut tag_ids = HashMap::new();
@@ -199,12 +231,15 @@ impl DurableBuffer {
                 });
             }
         }
-        let next_seq = index.back().map_or(1, |m| m.seq + 1);
+        let next_seq = index.back().map_or(1, |m| m.seq + 1).max(stored_next_seq);
         let buffer = DurableBuffer {
             name: name.into(),
             path: path.display().to_string(),
             config: config.clone(),
-            db,
+            file: path.to_path_buf(),
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
+            identity,
+            write_error: Mutex::new(None),
             state: Mutex::new(State {
                 next_seq,
                 samples: index.iter().map(|m| m.samples).sum(),
@@ -236,6 +271,49 @@ impl DurableBuffer {
         &self.name
     }
 
+    /// A random number made with the buffer's database: sequence numbers are unique within one
+    /// identity (a sink that records them, like Parquet, tells buffers apart by it).
+    pub fn identity(&self) -> u64 {
+        self.identity
+    }
+
+    /// The database, reopening it first if an I/O error closed it (redb refuses every call
+    /// after one until it is reopened).
+    fn database(&self) -> Result<Arc<redb::Database>, BufferError> {
+        if let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = redb::Database::create(&self.file).map_err(|e| self.storage_err(e))?;
+        let db = Arc::new(db);
+        *slot = Some(db.clone());
+        self.stats.reopens.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(buffer = %self.name, "buffer database reopened");
+        Ok(db)
+    }
+
+    /// After a storage error: close the database (reopened at the next call) and say why
+    /// writes stop; `Ok` clears it.
+    fn note<T>(&self, result: Result<T, BufferError>) -> Result<T, BufferError> {
+        match &result {
+            Ok(_) => {
+                let mut e = self.write_error.lock().unwrap_or_else(|e| e.into_inner());
+                if e.take().is_some() {
+                    tracing::info!(buffer = %self.name, "buffer writes again");
+                }
+            }
+            Err(err) => {
+                *self.write_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(err.to_string());
+                *self.db.write().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
+        result
+    }
+
     pub fn stats(&self) -> &Arc<BufferStats> {
         &self.stats
     }
@@ -260,6 +338,12 @@ impl DurableBuffer {
             dropped_overflow: s.dropped_overflow.load(Ordering::Relaxed),
             dropped_expired: s.dropped_expired.load(Ordering::Relaxed),
             full_waits: s.full_waits.load(Ordering::Relaxed),
+            write_error: self
+                .write_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            reopens: s.reopens.load(Ordering::Relaxed),
         }
     }
 
@@ -286,17 +370,36 @@ impl DurableBuffer {
         );
     }
 
-    /// Commits `batches` durably, in order, in one transaction (one fsync). Blocking.
+    /// Commits `batches` durably, in order, in one transaction (one fsync). Blocking. On an
+    /// error nothing of it stays, in the database or in memory (tags interned for it are
+    /// forgotten), and the database is reopened at the next call.
     pub fn append(&self, batches: &[Arc<OutputBatch>]) -> Result<Appended, BufferError> {
         let mut st = self.lock();
-        let appended_ns = now_ns();
-        let tx = self.db.begin_write().map_err(|e| self.storage_err(e))?;
-        let mut encoded = Vec::with_capacity(batches.len());
         let mut new_tags: Vec<(u32, Vec<u8>)> = Vec::new();
+        let result = self.append_locked(&mut st, batches, &mut new_tags);
+        if result.is_err() {
+            for (_, enc) in &new_tags {
+                st.tag_ids.remove(enc);
+            }
+            st.live_table = None;
+        }
+        self.note(result)
+    }
+
+    fn append_locked(
+        &self,
+        st: &mut State,
+        batches: &[Arc<OutputBatch>],
+        new_tags: &mut Vec<(u32, Vec<u8>)>,
+    ) -> Result<Appended, BufferError> {
+        let appended_ns = now_ns();
+        let db = self.database()?;
+        let tx = db.begin_write().map_err(|e| self.storage_err(e))?;
+        let mut encoded = Vec::with_capacity(batches.len());
         // The durable tag table, copied only if a batch brings a tag it does not have yet.
         let mut grown: Option<TagTable> = None;
         for b in batches {
-            let ids = self.durable_ids(&mut st, b, &mut grown, &mut new_tags);
+            let ids = self.durable_ids(st, b, &mut grown, new_tags);
             encoded.push((
                 codec::encode_record(&b.samples, &ids, appended_ns),
                 b.samples.len() as u64,
@@ -309,8 +412,8 @@ impl DurableBuffer {
             match self.config.overflow {
                 OverflowPolicy::RefuseNew => {
                     // Interned tags are kept in memory only once committed: undo.
-                    for (_, enc) in &new_tags {
-                        st.tag_ids.remove(enc);
+                    for (_, enc) in new_tags.drain(..) {
+                        st.tag_ids.remove(&enc);
                     }
                     st.live_table = None;
                     drop(tx);
@@ -339,7 +442,7 @@ impl DurableBuffer {
                     .map_err(|e| self.storage_err(e))?;
             }
             let mut tag_table = tx.open_table(TAGS).map_err(|e| self.storage_err(e))?;
-            for (id, enc) in &new_tags {
+            for (id, enc) in new_tags.iter() {
                 tag_table
                     .insert(id, enc.as_slice())
                     .map_err(|e| self.storage_err(e))?;
@@ -351,6 +454,9 @@ impl DurableBuffer {
                     .map_err(|e| self.storage_err(e))?;
                 seqs.push(seq);
             }
+            let mut meta = tx.open_table(META).map_err(|e| self.storage_err(e))?;
+            meta.insert("next_seq", st.next_seq + seqs.len() as u64)
+                .map_err(|e| self.storage_err(e))?;
         }
         tx.commit().map_err(|e| self.storage_err(e))?;
         st.next_seq += seqs.len() as u64;
@@ -385,7 +491,7 @@ impl DurableBuffer {
                 .appended_samples
                 .fetch_add(*samples, Ordering::Relaxed);
         }
-        self.publish_depth(&st);
+        self.publish_depth(st);
         Ok(Appended::Committed(seqs))
     }
 
@@ -450,7 +556,8 @@ impl DurableBuffer {
     /// Reads up to `max` records with seq ≥ `from`, in order. Blocking.
     pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<StoredRecord>, BufferError> {
         let tags = self.lock().tags.clone();
-        let rx = self.db.begin_read().map_err(|e| self.storage_err(e))?;
+        let db = self.database()?;
+        let rx = db.begin_read().map_err(|e| self.storage_err(e))?;
         let t = rx.open_table(RECORDS).map_err(|e| self.storage_err(e))?;
         let mut out = Vec::new();
         for row in t.range(from..).map_err(|e| self.storage_err(e))?.take(max) {
@@ -465,10 +572,7 @@ impl DurableBuffer {
             out.push(StoredRecord {
                 seq,
                 appended_ns,
-                batch: OutputBatch {
-                    samples,
-                    tags: tags.clone(),
-                },
+                batch: OutputBatch::new(samples, tags.clone()),
             });
         }
         Ok(out)
@@ -483,14 +587,18 @@ impl DurableBuffer {
         if n == 0 {
             return Ok(());
         }
-        let tx = self.db.begin_write().map_err(|e| self.storage_err(e))?;
-        {
-            let mut records = tx.open_table(RECORDS).map_err(|e| self.storage_err(e))?;
-            records
-                .retain_in(..=through, |_, _| false)
-                .map_err(|e| self.storage_err(e))?;
-        }
-        tx.commit().map_err(|e| self.storage_err(e))?;
+        let removed = (|| {
+            let db = self.database()?;
+            let tx = db.begin_write().map_err(|e| self.storage_err(e))?;
+            {
+                let mut records = tx.open_table(RECORDS).map_err(|e| self.storage_err(e))?;
+                records
+                    .retain_in(..=through, |_, _| false)
+                    .map_err(|e| self.storage_err(e))?;
+            }
+            tx.commit().map_err(|e| self.storage_err(e))
+        })();
+        self.note(removed)?;
         let (bytes, samples) = drained(&mut st.index, n);
         st.bytes -= bytes;
         st.samples -= samples;
@@ -523,7 +631,7 @@ impl DurableBuffer {
     /// Commits `group` (async; the disk work runs on a blocking thread), waiting while the
     /// buffer is full (`refuse-new`) and retrying a failing disk: never gives up on a batch.
     pub async fn commit(self: &Arc<Self>, group: &[Arc<OutputBatch>]) -> Vec<u64> {
-        let mut delay = std::time::Duration::from_millis(100);
+        let mut backoff = crate::retry::Backoff::default();
         let mut warned_full = false;
         loop {
             let buffer = self.clone();
@@ -532,6 +640,10 @@ impl DurableBuffer {
                 Ok(Ok(Appended::Committed(seqs))) => {
                     if warned_full {
                         tracing::info!(buffer = %self.name, "buffer has room again");
+                    }
+                    // Durable now: the sources may be acknowledged.
+                    for b in group {
+                        b.done();
                     }
                     return seqs;
                 }
@@ -547,15 +659,24 @@ impl DurableBuffer {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(buffer = %self.name, "buffer write failed, retrying in {delay:?}: {e}");
+                    let delay = backoff.next_delay();
+                    tracing::error!(buffer = %self.name, "buffer write failed (new samples wait: backpressure), retrying in {delay:?}: {e}");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
                 }
                 Err(e) => {
                     tracing::error!(buffer = %self.name, "buffer task failed, retrying: {e}");
-                    tokio::time::sleep(delay).await;
+                    backoff.wait().await;
                 }
             }
         }
     }
+}
+
+/// A random identity for a new buffer database.
+fn new_identity() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ns());
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }

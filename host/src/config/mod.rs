@@ -209,7 +209,12 @@ impl HostConfig {
                         .get_or_insert_with(|| PathBuf::from(format!("data/buffer/{name}.redb")));
                     fix(p)
                 }
-                SinkConfig::Parquet(p) => fix(&mut p.directory),
+                SinkConfig::Parquet(p) => {
+                    fix(&mut p.directory);
+                    fix(p.buffer.path.get_or_insert_with(|| {
+                        PathBuf::from(format!("data/buffer/{name}.redb"))
+                    }));
+                }
                 SinkConfig::Postgres(p) => {
                     if let Some(f) = p.ca_file.as_mut() {
                         fix(f)
@@ -246,8 +251,16 @@ impl HostConfig {
         if self.engine.epoch_tick_ms == 0 {
             p.push(("engine.epoch_tick_ms".into(), "must be at least 1".into()));
         }
-        if self.pipeline.queue_batches == 0 {
-            p.push(("pipeline.queue_batches".into(), "must be at least 1".into()));
+        for (key, value) in [
+            ("pipeline.queue_batches", self.pipeline.queue_batches as u64),
+            ("pipeline.flush_interval_ms", self.pipeline.flush_interval_ms),
+            ("pipeline.flush_batches", self.pipeline.flush_batches as u64),
+            ("pipeline.stall_after_s", self.pipeline.stall_after_s),
+            ("pipeline.max_tags", self.pipeline.max_tags as u64),
+        ] {
+            if value == 0 {
+                p.push((key.into(), "must be at least 1".into()));
+            }
         }
         if self.admin.allow_remote && self.admin.token.as_deref().unwrap_or("").len() < 16 {
             p.push((

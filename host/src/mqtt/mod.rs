@@ -1,11 +1,9 @@
 //! What Ferrule's MQTT sink and MQTT source share: the broker connection settings, the topic
-//! spec (`plant/<site>/<area>/<line>/<device>/<metric>`), the sample payload shape (one
-//! contract, `ferrule.sample.v1`, rendered by the sink and parsed by the source), and the
-//! embedded broker for the default run.
+//! spec (`plant/<site>/<area>/<line>/<device>/<metric>`), and the embedded broker
+//! for the default run. The payload contract they carry lives in `crate::payload`.
 
 mod broker;
 pub mod embedded;
-pub mod payload;
 pub mod topic;
 
 pub use broker::{BrokerConfig, MqttTlsConfig, QosLevel};

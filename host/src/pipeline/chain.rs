@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::dead_letter::{reason_name, DeadLetter, DeadLetterBatch, Refusal, TagNames};
+use super::reason_name;
+use crate::model::{DeadLetter, DeadLetterBatch, OutputBatch, ResolvedTag, Refusal, TagNames, TagTable};
 use super::shadow::{live_outcomes, Shadow, ShadowRun, ShadowState, SharedReport};
 use super::stage::{
     any_reject, changed_decisions, decide, Decisions, PrepareKind, Prepared, StageHandle,
@@ -20,28 +21,6 @@ use crate::model::{DataType, SampleBatch, TagRegistry};
 use crate::plugin::{
     BatchColumns, CallError, LoadedPlugin, Planes, PluginInstance, TagDecision, TagInfo,
 };
-
-/// A tag as the sinks see it, after every stage.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ResolvedTag {
-    pub id: u32,
-    pub source: String,
-    pub vendor_path: String,
-    pub path: String,
-    pub unit: String,
-    pub data_type: DataType,
-    pub metadata: Vec<(String, String)>,
-}
-
-/// Resolved tags by id; None for tags a stage rejected.
-pub type TagTable = Vec<Option<Arc<ResolvedTag>>>;
-
-/// Samples that passed the chain, with the tag table they were processed under.
-#[derive(Clone, Debug)]
-pub struct OutputBatch {
-    pub samples: SampleBatch,
-    pub tags: Arc<TagTable>,
-}
 
 /// What happened at an install.
 #[derive(Clone, Debug)]
@@ -271,7 +250,7 @@ impl Chain {
         loop {
             if let Some((batch, k)) = self.held.take() {
                 if shutting_down {
-                    self.dead_letter_all(&batch, k, "held-at-shutdown", None)?;
+                    self.abandon_at_shutdown(batch, k)?;
                     continue;
                 }
                 let msg = rt.block_on(control.recv());
@@ -312,7 +291,7 @@ impl Chain {
                             s.quarantined.is_some() && s.handle.policy == QuarantinePolicy::Hold
                         })
                     {
-                        self.dead_letter_all(&batch, 0, "held-at-shutdown", None)?;
+                        self.abandon_at_shutdown(batch, 0)?;
                         continue;
                     }
                     self.flow(batch, 0)?;
@@ -661,6 +640,7 @@ impl Chain {
     fn run_from(&mut self, mut batch: SampleBatch, from: usize) -> Result<Flow, String> {
         for k in from..self.stages.len() {
             if batch.is_empty() {
+                batch.handed_on();
                 return Ok(Flow::Done);
             }
             let n = batch.len() as u64;
@@ -671,8 +651,7 @@ impl Chain {
             }
             // A shadow needs the batch as it entered and the live decisions it was cut with.
             let entering = self.stages[k].shadowed().then(|| {
-                let mut copy = batch.clone();
-                copy.ack = None;
+                let copy = batch.clone();
                 self.stages[k].live_refusals.clear();
                 (copy, self.stages[k].decisions.clone())
             });
@@ -683,22 +662,30 @@ impl Chain {
                 self.shadow_compare(k, entering, &decisions, &batch, live_finished);
             }
             if let Some(flow) = step {
+                if matches!(flow, Flow::Done) {
+                    // Whatever is left went on (dead-letter, pass-through): nothing held here.
+                    batch.handed_on();
+                }
                 return Ok(flow);
             }
         }
-        if !batch.is_empty() {
-            let out = Arc::new(OutputBatch {
-                samples: batch,
-                tags: self.table.clone(),
-            });
-            for sink in &self.outputs {
-                if sink.blocking_send(out.clone()).is_err() {
-                    return Ok(Flow::Stop(
-                        "a sink stopped; the pipeline cannot deliver".into(),
-                    ));
-                }
+        if batch.is_empty() {
+            batch.handed_on();
+            return Ok(Flow::Done);
+        }
+        // Every sink gets its own acknowledgment share; the chain's own is then handed on.
+        let out = OutputBatch::new(batch, self.table.clone());
+        for sink in &self.outputs {
+            if sink
+                .blocking_send(Arc::new(out.for_another_destination()))
+                .is_err()
+            {
+                return Ok(Flow::Stop(
+                    "a sink stopped; the pipeline cannot deliver".into(),
+                ));
             }
         }
+        out.done();
         Ok(Flow::Done)
     }
 
@@ -723,7 +710,8 @@ impl Chain {
                     Ok((None, false))
                 }
                 QuarantinePolicy::DeadLetter => {
-                    self.dead_letter_all(batch, k, "stage-quarantined", Some(reason))?;
+                    let b = std::mem::take(batch);
+                    self.dead_letter_all(b, k, "stage-quarantined", Some(reason))?;
                     Ok((Some(Flow::Done), false))
                 }
             };
@@ -848,7 +836,7 @@ impl Chain {
                     QuarantinePolicy::PassThrough => Ok(Flow::Done),
                     QuarantinePolicy::DeadLetter => {
                         let b = std::mem::take(batch);
-                        self.dead_letter_all(&b, k, "stage-quarantined", Some(reason))?;
+                        self.dead_letter_all(b, k, "stage-quarantined", Some(reason))?;
                         Ok(Flow::Done)
                     }
                 };
@@ -918,7 +906,7 @@ impl Chain {
                 })
                 .collect::<Vec<_>>()
         });
-        self.send_dead_letters(k, letters, refused.ack.clone())
+        self.send_dead_letters(k, letters, refused.ack)
     }
 
     fn split_rejections(
@@ -955,12 +943,28 @@ impl Chain {
                 })
                 .collect::<Vec<_>>()
         });
-        self.send_dead_letters(k, letters, refused.ack.clone())
+        self.send_dead_letters(k, letters, refused.ack)
+    }
+
+    /// A batch still held by a `hold` quarantine when the host stops: a source that can
+    /// redeliver (its batch has an acknowledgment) gets it again after the restart, so it is
+    /// let go unacknowledged; a batch of a polling source (nothing upstream keeps it) is
+    /// dead-lettered so it is not lost.
+    fn abandon_at_shutdown(&mut self, batch: SampleBatch, k: usize) -> Result<(), String> {
+        if batch.ack.is_some() {
+            tracing::warn!(
+                samples = batch.len(),
+                "held batch not acknowledged at shutdown; its source redelivers it"
+            );
+            drop(batch);
+            return Ok(());
+        }
+        self.dead_letter_all(batch, k, "held-at-shutdown", None)
     }
 
     fn dead_letter_all(
         &mut self,
-        batch: &SampleBatch,
+        batch: SampleBatch,
         k: usize,
         reason: &str,
         detail: Option<String>,
@@ -981,11 +985,11 @@ impl Chain {
                         reason_code: None,
                     };
                     let tag = batch.tag_ids[i] as usize;
-                    DeadLetter::from_sample(&refusal, names(inputs, tag), batch, i, detail.clone())
+                    DeadLetter::from_sample(&refusal, names(inputs, tag), &batch, i, detail.clone())
                 })
                 .collect::<Vec<_>>()
         });
-        self.send_dead_letters(k, letters, batch.ack.clone())
+        self.send_dead_letters(k, letters, batch.ack)
     }
 
     fn send_dead_letters(

@@ -90,6 +90,36 @@ pub struct PipelineConfig {
     /// Seconds between progress lines on stderr (0: none).
     #[serde(default = "default_progress_interval_s")]
     pub progress_interval_s: u64,
+    /// A sink flushes (and releases its sources' acknowledgments) at least this often, in ms,
+    /// even while its queue never empties (a Kafka backlog).
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// … and at least every this many batches, which bounds the memory a sink holds for
+    /// batches written but not yet flushed.
+    #[serde(default = "default_flush_batches")]
+    pub flush_batches: usize,
+    /// A sink that has work but made no progress for this many seconds is reported stalled:
+    /// `/ready` answers 503 naming it.
+    #[serde(default = "default_stall_after_s")]
+    pub stall_after_s: u64,
+    /// Most tags the host keeps (sources that name tags by message — MQTT topics, Kafka keys —
+    /// can grow it without bound). Past it, messages naming a new tag are dead-lettered
+    /// (`tag-limit`), counted, and `/ready` says so.
+    #[serde(default = "default_max_tags")]
+    pub max_tags: usize,
+}
+
+fn default_flush_interval_ms() -> u64 {
+    1000
+}
+fn default_flush_batches() -> usize {
+    64
+}
+fn default_stall_after_s() -> u64 {
+    30
+}
+fn default_max_tags() -> usize {
+    1_000_000
 }
 
 fn default_queue_batches() -> usize {
@@ -112,6 +142,10 @@ impl Default for PipelineConfig {
             watch_plugins: default_true(),
             watch_interval_ms: default_watch_interval_ms(),
             progress_interval_s: default_progress_interval_s(),
+            flush_interval_ms: default_flush_interval_ms(),
+            flush_batches: default_flush_batches(),
+            stall_after_s: default_stall_after_s(),
+            max_tags: default_max_tags(),
         }
     }
 }

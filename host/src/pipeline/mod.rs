@@ -1,35 +1,33 @@
-//! The running pipeline: sources → chain of plugin stages → sinks, with the dead-letter
-//! beside it. `start` wires it from a `HostConfig` (bounded queues everywhere), and
-//! `PipelineHandle` is how the admin API, the plugin file watcher and tests steer it:
-//! swap, roll back, release, status, stop.
+//! The plugin chain: the stages a batch passes in order, the worker thread that runs them
+//! (`spawn`), and `ChainHandle`, how the admin API, the plugin file watcher and tests steer
+//! the stages: load, swap, roll back, shadow, quarantine, release. It takes `SampleBatch`es
+//! from the sources and hands `OutputBatch`es and dead-letters on; it knows nothing of the
+//! sinks behind those queues (`crate::runtime` wires them).
 
 mod chain;
 mod config;
-mod dead_letter;
 mod shadow;
 mod stage;
 
-pub use chain::{next_input, InstallReport, OutputBatch, ResolvedTag, TagTable};
+pub use chain::{next_input, InstallReport};
+pub use chain::InitialStage;
 pub use config::{PipelineConfig, QuarantinePolicy, StageConfig};
-pub use dead_letter::{DeadLetter, DeadLetterBatch};
 pub use shadow::{Outcome, SampleDiff, ShadowReport, ShadowState, TagDiff};
 pub use stage::{PrepareKind, StageHandle, StageState, StageStats};
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::config::HostConfig;
-use crate::model::TagRegistry;
-use crate::plugin::host_api::{PluginCounters, StaticReferenceData};
+use crate::model::{DeadLetterBatch, OutputBatch, SampleBatch, TagRegistry};
+use crate::plugin::host_api::PluginCounters;
 use crate::plugin::package::source_stamp;
 use crate::plugin::{Digest, HostBackends, PluginEngine};
-use chain::{Chain, Control, InitialStage};
+use chain::{Chain, Control};
 use stage::StageSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,39 +46,16 @@ pub enum PipelineError {
     Stopped,
 }
 
-/// Counters outside the stages.
-#[derive(Default, Debug)]
-pub struct PipelineStats {
-    pub produced: BTreeMap<String, Arc<AtomicU64>>,
-    pub written: BTreeMap<String, Arc<AtomicU64>>,
-    pub dead_letters: Arc<AtomicU64>,
-    /// The latest dead-letters (at most `RECENT_DEAD_LETTERS`), for the admin endpoint.
-    pub recent_dead_letters: Arc<std::sync::Mutex<std::collections::VecDeque<DeadLetter>>>,
-    pub sinks: BTreeMap<String, Arc<SinkView>>,
-}
-
-/// How many dead-letters the admin endpoint can show.
-pub const RECENT_DEAD_LETTERS: usize = 200;
-
-/// What the status reads of a running sink.
-#[derive(Default)]
-pub struct SinkView {
-    pub buffer: Option<Arc<crate::buffer::DurableBuffer>>,
-    pub link: Option<Arc<crate::sinks::LinkStats>>,
-}
-
 struct HandleInner {
     stages: Vec<Arc<StageHandle>>,
     control: mpsc::Sender<Control>,
-    stats: PipelineStats,
     registry: Arc<TagRegistry>,
     counters: Arc<PluginCounters>,
-    shutdown: watch::Sender<bool>,
 }
 
-/// Steers a running pipeline; cheap to clone.
+/// Steers the stages of a running chain; cheap to clone.
 #[derive(Clone)]
-pub struct PipelineHandle {
+pub struct ChainHandle {
     inner: Arc<HandleInner>,
 }
 
@@ -140,26 +115,9 @@ pub struct LoadedVersion {
     pub path: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct PipelineStatus {
-    pub tags: usize,
-    pub produced: BTreeMap<String, u64>,
-    pub written: BTreeMap<String, u64>,
-    pub dead_letters: u64,
-    /// Per sink: delivered samples, link state, buffer depth and drops.
-    #[serde(default)]
-    pub sinks: BTreeMap<String, crate::sinks::SinkStatus>,
-    pub stages: Vec<StageStatus>,
-    pub plugin_counters: Vec<(String, String, u64)>,
-}
-
-impl PipelineHandle {
+impl ChainHandle {
     pub fn stages(&self) -> &[Arc<StageHandle>] {
         &self.inner.stages
-    }
-
-    pub fn stats(&self) -> &PipelineStats {
-        &self.inner.stats
     }
 
     pub fn registry(&self) -> &Arc<TagRegistry> {
@@ -404,64 +362,20 @@ impl PipelineHandle {
         rx.await.map_err(|_| "the pipeline stopped".to_string())?
     }
 
-    pub fn status(&self) -> PipelineStatus {
-        let load = |m: &BTreeMap<String, Arc<AtomicU64>>| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
-                .collect()
-        };
-        PipelineStatus {
-            tags: self.inner.registry.len(),
-            produced: load(&self.inner.stats.produced),
-            written: load(&self.inner.stats.written),
-            dead_letters: self.inner.stats.dead_letters.load(Ordering::Relaxed),
-            sinks: self
-                .inner
-                .stats
-                .sinks
-                .iter()
-                .map(|(name, v)| {
-                    let written = self.inner.stats.written[name].load(Ordering::Relaxed);
-                    (name.clone(), sink_status(v, written))
-                })
-                .collect(),
-            stages: self.inner.stages.iter().map(|s| stage_status(s)).collect(),
-            plugin_counters: self.inner.counters.snapshot(),
-        }
+    /// Every stage's status, in chain order.
+    pub fn stage_statuses(&self) -> Vec<StageStatus> {
+        self.inner.stages.iter().map(|s| stage_status(s)).collect()
     }
 
-    /// Asks the sources to stop; the chain then drains and the sinks flush.
-    pub fn stop(&self) {
-        let _ = self.inner.shutdown.send(true);
-        let control = self.inner.control.clone();
-        tokio::spawn(async move {
-            let _ = control.send(Control::Shutdown).await;
-        });
+    /// The plugins' own counters (host API `counters`): (stage, name, value).
+    pub fn plugin_counters(&self) -> Vec<(String, String, u64)> {
+        self.inner.counters.snapshot()
     }
-}
 
-impl std::fmt::Debug for SinkView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SinkView")
-            .field("buffered", &self.buffer.is_some())
-            .field("link", &self.link)
-            .finish()
-    }
-}
-
-fn sink_status(v: &SinkView, written: u64) -> crate::sinks::SinkStatus {
-    let link = v.link.as_deref();
-    let get = |f: fn(&crate::sinks::LinkStats) -> &AtomicU64| {
-        link.map_or(0, |l| f(l).load(Ordering::Relaxed))
-    };
-    crate::sinks::SinkStatus {
-        written,
-        connected: link.map(|l| l.connected.load(Ordering::Relaxed)),
-        reconnects: get(|l| &l.reconnects),
-        published_messages: get(|l| &l.published),
-        refused_by_broker: get(|l| &l.refused),
-        deduplicated: get(|l| &l.deduplicated),
-        buffer: v.buffer.as_ref().map(|b| b.status()),
+    /// Tells the chain its input is over: it finishes what it holds and stops once the
+    /// sources have dropped their senders.
+    pub async fn shut_down(&self) {
+        let _ = self.inner.control.send(Control::Shutdown).await;
     }
 }
 
@@ -540,42 +454,16 @@ async fn prepare(
         .map_err(|e| refused(&stage.name, e.to_string()))
 }
 
-/// A started pipeline.
-pub struct RunningPipeline {
-    pub handle: PipelineHandle,
-    chain: std::thread::JoinHandle<Result<(), String>>,
-    sources: Vec<tokio::task::JoinHandle<Result<(), crate::sources::SourceError>>>,
-    sinks: Vec<tokio::task::JoinHandle<()>>,
-    watcher: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Starts the pipeline described by `config` (already validated). Must run inside a
-/// multi-threaded tokio runtime.
-pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError> {
+/// Loads and prepares every stage's plugin (at start: an error names the stage's config key
+/// and refuses the start).
+pub async fn load_stages(
+    configs: &[StageConfig],
+    engine: &PluginEngine,
+    backends: &HostBackends,
+) -> Result<Vec<InitialStage>, PipelineError> {
     let start_err = |key: String, message: String| PipelineError::Start { key, message };
-    if let Some(broker) = &config.embedded_broker {
-        broker
-            .start()
-            .map_err(|e| start_err("embedded_broker.listen".into(), e.to_string()))?;
-    }
-    let engine = PluginEngine::new(config.engine.clone())
-        .map_err(|e| start_err("engine".into(), e.to_string()))?;
-    let mut reference = StaticReferenceData::default();
-    for (table, t) in &config.reference_data {
-        let rows = reference
-            .load_csv(table, &t.path)
-            .map_err(|e| start_err(format!("reference_data.{table}.path"), e.to_string()))?;
-        tracing::info!(table, rows, "reference data loaded");
-    }
-    let counters = Arc::new(PluginCounters::default());
-    let backends = HostBackends {
-        counters: counters.clone(),
-        reference: Arc::new(reference),
-        ..HostBackends::default()
-    };
-
     let mut stages = Vec::new();
-    for (i, s) in config.stages.iter().enumerate() {
+    for (i, s) in configs.iter().enumerate() {
         let key = format!("stages[{i}].plugin");
         let pin = match &s.digest {
             Some(d) => {
@@ -622,161 +510,63 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
         stages.push(InitialStage { handle, prepared });
     }
 
-    let queue = config.pipeline.queue_batches;
-    let registry = Arc::new(TagRegistry::default());
-    let (input_tx, input_rx) = mpsc::channel(queue);
+    Ok(stages)
+}
+
+/// A chain running on its own thread.
+pub struct SpawnedChain {
+    pub handle: ChainHandle,
+    pub thread: std::thread::JoinHandle<Result<(), String>>,
+    /// Where sources send their batches; the chain stops once every clone is dropped.
+    pub input: mpsc::Sender<SampleBatch>,
+}
+
+/// Starts the chain worker on its own thread: batches from `input` run through `stages`; what
+/// passes goes to every one of `outputs`, what is refused to `dead_letters`. Must run inside a
+/// multi-threaded tokio runtime.
+pub fn spawn(
+    stages: Vec<InitialStage>,
+    registry: Arc<TagRegistry>,
+    counters: Arc<PluginCounters>,
+    outputs: Vec<mpsc::Sender<Arc<OutputBatch>>>,
+    dead_letters: mpsc::Sender<DeadLetterBatch>,
+    queue_batches: usize,
+) -> Result<SpawnedChain, PipelineError> {
+    let (input_tx, input_rx) = mpsc::channel(queue_batches);
     let (control_tx, control_rx) = mpsc::channel(64);
-    let (dl_tx, dl_rx) = mpsc::channel(queue * 4);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut stats = PipelineStats::default();
-
-    let mut sink_tasks = Vec::new();
-    let mut outputs = Vec::new();
-    for (name, s) in &config.sinks {
-        let (tx, rx) = mpsc::channel(queue);
-        let written = Arc::new(AtomicU64::new(0));
-        let running = s
-            .start(crate::sinks::SinkContext {
-                name: name.clone(),
-                queue: rx,
-                dead_letters: dl_tx.clone(),
-                written: written.clone(),
-            })
-            .map_err(|e| start_err(format!("sinks.{name}"), e.to_string()))?;
-        outputs.push(tx);
-        stats.written.insert(name.clone(), written);
-        stats.sinks.insert(
-            name.clone(),
-            Arc::new(SinkView {
-                buffer: running.buffer,
-                link: running.link,
-            }),
-        );
-        sink_tasks.push(running.task);
-    }
-    let dead_letter = config
-        .dead_letter
-        .as_ref()
-        .expect("resolved at load")
-        .build()
-        .map_err(|e| start_err("dead_letter".into(), e.to_string()))?;
-    sink_tasks.push(tokio::spawn(crate::sinks::run_dead_letter_sink(
-        dead_letter,
-        dl_rx,
-        stats.dead_letters.clone(),
-        stats.recent_dead_letters.clone(),
-    )));
-
     let stage_handles: Vec<Arc<StageHandle>> = stages.iter().map(|s| s.handle.clone()).collect();
     let chain = Chain::new(
         stages,
         registry.clone(),
         outputs,
-        dl_tx.clone(),
+        dead_letters,
         control_tx.clone(),
     );
     let rt = tokio::runtime::Handle::current();
-    let chain = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("ferrule-chain".into())
         .spawn(move || chain.run(rt, input_rx, control_rx))
-        .map_err(|e| start_err("pipeline".into(), e.to_string()))?;
-
-    let mut sources = Vec::new();
-    for (name, s) in &config.sources {
-        let produced = Arc::new(AtomicU64::new(0));
-        stats.produced.insert(name.clone(), produced.clone());
-        let ctx = crate::sources::SourceContext {
-            name: name.clone(),
-            registry: registry.clone(),
-            out: input_tx.clone(),
-            shutdown: shutdown_rx.clone(),
-            produced,
-            dead_letters: dl_tx.clone(),
-        };
-        sources.push(tokio::spawn(s.clone().run(ctx)));
-    }
-    drop(input_tx);
-    drop(dl_tx);
-
-    let handle = PipelineHandle {
-        inner: Arc::new(HandleInner {
-            stages: stage_handles,
-            control: control_tx,
-            stats,
-            registry,
-            counters,
-            shutdown: shutdown_tx,
-        }),
-    };
-    let watcher = config.pipeline.watch_plugins.then(|| {
-        tokio::spawn(watch_plugin_files(
-            handle.clone(),
-            Duration::from_millis(config.pipeline.watch_interval_ms),
-        ))
-    });
-    Ok(RunningPipeline {
-        handle,
-        chain,
-        sources,
-        sinks: sink_tasks,
-        watcher,
-    })
-}
-
-impl RunningPipeline {
-    /// Waits until the sources are done (or stopped), the chain drained and sinks flushed.
-    pub async fn wait(self) -> Result<PipelineStatus, PipelineError> {
-        let mut first_error = None;
-        for s in self.sources {
-            match s.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!("{e}");
-                    first_error.get_or_insert(e.to_string());
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e.to_string());
-                }
-            }
-        }
-        // Sources are done: let the chain see the end of its input.
-        let _ = self.handle.inner.control.send(Control::Shutdown).await;
-        let chain = self.chain;
-        let chain_result = tokio::task::spawn_blocking(move || chain.join())
-            .await
-            .map_err(|e| PipelineError::Start {
-                key: "pipeline".into(),
-                message: e.to_string(),
-            })?;
-        match chain_result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(_) => {
-                first_error.get_or_insert("the chain thread panicked".into());
-            }
-        }
-        if let Some(w) = self.watcher {
-            w.abort();
-        }
-        for s in self.sinks {
-            let _ = s.await;
-        }
-        let status = self.handle.status();
-        match first_error {
-            None => Ok(status),
-            Some(message) => Err(PipelineError::Start {
-                key: "pipeline".into(),
-                message,
+        .map_err(|e| PipelineError::Start {
+            key: "pipeline".into(),
+            message: e.to_string(),
+        })?;
+    Ok(SpawnedChain {
+        handle: ChainHandle {
+            inner: Arc::new(HandleInner {
+                stages: stage_handles,
+                control: control_tx,
+                registry,
+                counters,
             }),
-        }
-    }
+        },
+        thread,
+        input: input_tx,
+    })
 }
 
 /// Swaps a stage's plugin when its file or package changes (a new digest or manifest); the
 /// pin, if any, and a package's checks apply.
-async fn watch_plugin_files(handle: PipelineHandle, every: Duration) {
+pub async fn watch_plugin_files(handle: ChainHandle, every: Duration) {
     let mut seen: Vec<(PathBuf, Option<(SystemTime, u64)>)> = handle
         .stages()
         .iter()
@@ -809,4 +599,12 @@ async fn watch_plugin_files(handle: PipelineHandle, every: Duration) {
             }
         }
     }
+}
+
+/// The name plugin `info` declared for reason `code` (`rejected` if it declared none).
+fn reason_name(info: &crate::plugin::PluginInfo, code: u16) -> &str {
+    info.reasons
+        .iter()
+        .find(|r| r.code == code)
+        .map_or("rejected", |r| r.name.as_str())
 }

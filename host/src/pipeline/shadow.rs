@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::dead_letter::reason_name;
+use super::reason_name;
 use super::stage::{decide, Decisions, Prepared, StageHandle};
 use crate::model::SampleBatch;
 use crate::plugin::{
@@ -520,7 +520,6 @@ impl ShadowRun {
             .collect();
         let mark: Vec<bool> = tag_refusal.iter().map(Option::is_some).collect();
         let mut kept = entering.clone();
-        kept.ack = None;
         if mark.contains(&true) {
             kept.split_off_marked(&mark);
         }

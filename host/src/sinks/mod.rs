@@ -5,6 +5,7 @@
 
 pub mod buffered;
 pub mod file;
+mod health;
 pub mod kafka;
 pub mod mqtt;
 pub mod parquet;
@@ -18,8 +19,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+pub use health::{SinkHealth, SinkHealthStatus, SinkState, SinkView};
+
 use crate::buffer::{BufferStatus, DurableBuffer};
-use crate::pipeline::{DeadLetter, DeadLetterBatch, OutputBatch};
+use crate::model::{DeadLetter, DeadLetterBatch, OutputBatch};
+use crate::retry::Backoff;
 
 /// `[sinks.<name>]`, by `type`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -47,17 +51,53 @@ pub enum DeadLetterConfig {
     Kafka(Box<kafka::KafkaDeadLetterConfig>),
 }
 
+/// A sink's error, by what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Link down, timeout, broker unavailable, disk full: retried with backoff, forever, while
+    /// the queue (or the durable buffer) absorbs the wait; shown in health meanwhile.
     #[error("sink `{sink}`: {message}")]
-    Io { sink: String, message: String },
+    Transient { sink: String, message: String },
+    /// The client is unusable (a fatal error of Kafka's idempotent producer, an expired
+    /// session): it is rebuilt, counted, and what was not acknowledged is sent again.
+    #[error("sink `{sink}`: {message} (fatal to the client: rebuilding it)")]
+    Fatal { sink: String, message: String },
+}
+
+impl SinkError {
+    pub fn transient(sink: &str, message: impl std::fmt::Display) -> SinkError {
+        SinkError::Transient {
+            sink: sink.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// A sample of a batch that the destination refused for good (a PostgreSQL data error, an
+/// MQTT reason code >= 0x80 for its message, a record the Kafka broker refuses). It alone goes
+/// to the dead-letter, with the sink's name; the rest of its batch is written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefusedSample {
+    /// Index in the batch's samples.
+    pub index: usize,
+    /// Stable reason name (`postgres-data-error`, `broker-refused`, …).
+    pub reason: &'static str,
+    pub detail: String,
 }
 
 /// A destination for samples.
 #[async_trait]
 pub trait Sink: Send {
-    async fn write(&mut self, batch: &OutputBatch) -> Result<(), SinkError>;
+    /// Writes `batch`. Ok carries the samples the destination refused for good (the others
+    /// are written); an error means nothing may be assumed written and the batch is written
+    /// again, so a write must be idempotent.
+    async fn write(&mut self, batch: &OutputBatch) -> Result<Vec<RefusedSample>, SinkError>;
+    /// Makes what was written durable; acknowledgments are released after it.
     async fn flush(&mut self) -> Result<(), SinkError>;
+    /// Drops and recreates the client after an error fatal to it.
+    async fn rebuild(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// A destination for dead-letters.
@@ -71,7 +111,7 @@ pub trait DeadLetterSink: Send {
 /// until the chain hands over another tag table. It holds the table it was made for, so a new
 /// table at a reused address is never mistaken for the old one.
 pub(crate) struct PerTag<T> {
-    table: Option<Arc<crate::pipeline::TagTable>>,
+    table: Option<Arc<crate::model::TagTable>>,
     items: Vec<Option<T>>,
 }
 
@@ -87,7 +127,7 @@ impl<T> Default for PerTag<T> {
 impl<T> PerTag<T> {
     /// Starts over if `table` is another table than the items were made for; makes a slot
     /// for each of its tags.
-    pub fn follow(&mut self, table: &Arc<crate::pipeline::TagTable>) {
+    pub fn follow(&mut self, table: &Arc<crate::model::TagTable>) {
         if !self.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, table)) {
             self.items.clear();
             self.table = Some(table.clone());
@@ -117,10 +157,12 @@ pub struct LinkStats {
 }
 
 /// What the host status shows of a sink.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct SinkStatus {
     /// Samples delivered (acknowledged by the destination where it acknowledges).
     pub written: u64,
+    /// State (idle, working, retrying, stalled), last success, current error, retries.
+    pub health: SinkHealthStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connected: Option<bool>,
     pub reconnects: u64,
@@ -132,6 +174,25 @@ pub struct SinkStatus {
     pub buffer: Option<BufferStatus>,
 }
 
+/// When a sink flushes (and so releases its sources' acknowledgments) while its queue stays
+/// busy, and when it counts as stalled (`[pipeline]` keys).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FlushPolicy {
+    pub interval: Duration,
+    pub batches: usize,
+    pub stall_after: Duration,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        FlushPolicy {
+            interval: Duration::from_secs(1),
+            batches: 64,
+            stall_after: Duration::from_secs(30),
+        }
+    }
+}
+
 /// What a sink gets from the pipeline.
 pub struct SinkContext {
     pub name: String,
@@ -139,14 +200,17 @@ pub struct SinkContext {
     pub dead_letters: mpsc::Sender<DeadLetterBatch>,
     /// Samples delivered so far.
     pub written: Arc<AtomicU64>,
+    pub flush: FlushPolicy,
 }
 
 /// A started sink: its task and what the status reads.
 pub struct RunningSink {
     pub task: tokio::task::JoinHandle<()>,
-    pub buffer: Option<Arc<DurableBuffer>>,
-    pub link: Option<Arc<LinkStats>>,
+    pub view: Arc<SinkView>,
 }
+
+/// The name the dead-letter sink has in the status and in `/ready`.
+pub const DEAD_LETTER_SINK: &str = "dead_letter";
 
 impl SinkConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -166,7 +230,7 @@ impl SinkConfig {
             SinkConfig::File(c) => Ok(Box::new(file::FileSink::open(name, c)?)),
             SinkConfig::Postgres(c) => Ok(Box::new(postgres::PostgresSink::open(name, c)?)),
             SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::open(name, c)?)),
-            SinkConfig::Mqtt(_) | SinkConfig::Kafka(_) => Err(SinkError::Io {
+            SinkConfig::Mqtt(_) | SinkConfig::Kafka(_) => Err(SinkError::Transient {
                 sink: name.into(),
                 message: "this sink needs the pipeline's context; start it with `start`".into(),
             }),
@@ -175,63 +239,112 @@ impl SinkConfig {
 
     /// Opens the sink (errors here refuse the start) and spawns its task.
     pub fn start(&self, ctx: SinkContext) -> Result<RunningSink, SinkError> {
+        let mut view = SinkView::new(ctx.written.clone());
+        view.stall_after = ctx.flush.stall_after;
         match self {
             SinkConfig::Postgres(c) if c.buffer.is_some() => {
                 let sink = self.build(&ctx.name)?;
                 let buffer = open_buffer(&ctx.name, c.buffer.as_ref().expect("checked"))?;
+                view.buffer = Some(buffer.clone());
+                let view = Arc::new(view);
                 Ok(RunningSink {
                     task: tokio::spawn(buffered::run(
-                        ctx.name,
-                        sink,
-                        buffer.clone(),
+                        buffered::Forwarding {
+                            name: ctx.name,
+                            buffer,
+                            view: view.clone(),
+                            dead_letters: ctx.dead_letters,
+                        },
+                        Box::new(buffered::EachWrite::new(sink)),
                         ctx.queue,
-                        ctx.written,
                     )),
-                    buffer: Some(buffer),
-                    link: None,
+                    view,
                 })
             }
-            SinkConfig::File(_) | SinkConfig::Postgres(_) | SinkConfig::Parquet(_) => {
-                let sink = self.build(&ctx.name)?;
+            SinkConfig::Parquet(c) => {
+                let buffer = open_buffer(&ctx.name, &c.buffer)?;
+                let sink = parquet::ParquetBehindBuffer::new(parquet::ParquetSink::open_behind(
+                    &ctx.name,
+                    c,
+                    buffer.identity(),
+                )?);
+                view.buffer = Some(buffer.clone());
+                let view = Arc::new(view);
                 Ok(RunningSink {
-                    task: tokio::spawn(run_sink(ctx.name, sink, ctx.queue, ctx.written)),
-                    buffer: None,
-                    link: None,
+                    task: tokio::spawn(buffered::run(
+                        buffered::Forwarding {
+                            name: ctx.name,
+                            buffer,
+                            view: view.clone(),
+                            dead_letters: ctx.dead_letters,
+                        },
+                        Box::new(sink),
+                        ctx.queue,
+                    )),
+                    view,
+                })
+            }
+            SinkConfig::File(_) | SinkConfig::Postgres(_) => {
+                let sink = self.build(&ctx.name)?;
+                let view = Arc::new(view);
+                Ok(RunningSink {
+                    task: tokio::spawn(run_sink(
+                        ctx.name,
+                        sink,
+                        ctx.queue,
+                        view.clone(),
+                        ctx.dead_letters,
+                        ctx.flush,
+                    )),
+                    view,
                 })
             }
             SinkConfig::Mqtt(c) => {
                 let buffer = open_buffer(&ctx.name, &c.buffer)?;
                 let link = Arc::new(LinkStats::default());
+                view.buffer = Some(buffer.clone());
+                view.link = Some(link.clone());
+                let view = Arc::new(view);
                 let task = tokio::spawn(mqtt::run(mqtt::MqttSinkParts {
                     name: ctx.name,
                     config: (**c).clone(),
-                    buffer: buffer.clone(),
+                    buffer,
                     queue: ctx.queue,
                     dead_letters: ctx.dead_letters,
-                    delivered: ctx.written,
-                    link: link.clone(),
+                    view: view.clone(),
+                    link,
                 }));
-                Ok(RunningSink {
-                    task,
-                    buffer: Some(buffer),
-                    link: Some(link),
-                })
+                Ok(RunningSink { task, view })
             }
             SinkConfig::Kafka(c) => {
                 let link = Arc::new(LinkStats::default());
-                let sink = Box::new(kafka::KafkaSink::open(
-                    &ctx.name,
-                    c,
-                    ctx.dead_letters,
-                    link.clone(),
-                )?);
+                let sink = Box::new(kafka::KafkaSink::open(&ctx.name, c, link.clone())?);
+                view.link = Some(link);
+                let view = Arc::new(view);
                 Ok(RunningSink {
-                    task: tokio::spawn(run_sink(ctx.name, sink, ctx.queue, ctx.written)),
-                    buffer: None,
-                    link: Some(link),
+                    task: tokio::spawn(run_sink(
+                        ctx.name,
+                        sink,
+                        ctx.queue,
+                        view.clone(),
+                        ctx.dead_letters,
+                        ctx.flush,
+                    )),
+                    view,
                 })
             }
         }
+    }
+}
+
+/// Runs blocking file work (writes, fsync, rename) off the async workers where the runtime
+/// allows it (a multi-threaded one), in place otherwise.
+pub(crate) fn off_worker<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
 
@@ -244,7 +357,7 @@ fn open_buffer(
         .path
         .as_ref()
         .expect("the config loader resolves the buffer path");
-    DurableBuffer::open(name, path, config).map_err(|e| SinkError::Io {
+    DurableBuffer::open(name, path, config).map_err(|e| SinkError::Transient {
         sink: name.into(),
         message: e.to_string(),
     })
@@ -281,72 +394,249 @@ impl DeadLetterConfig {
     }
 }
 
-/// Retries an async sink call with backoff (100 ms doubling to 5 s) until it succeeds: a
-/// sink never drops a batch; its queue fills and pushes back instead.
-macro_rules! retry {
-    ($name:expr, $call:expr) => {{
-        let mut delay = Duration::from_millis(100);
-        let mut attempt = 0u32;
-        loop {
-            match $call.await {
-                Ok(()) => break,
-                Err(e) => {
-                    attempt += 1;
-                    tracing::warn!(sink = %$name, attempt, "write failed, retrying in {delay:?}: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+/// Writes `batch` until the destination takes it; returns what it refused for good. Transient
+/// errors are retried with backoff (and shown in `health`); an error fatal to the client
+/// rebuilds it first.
+pub(crate) async fn write_until_taken(
+    name: &str,
+    sink: &mut dyn Sink,
+    batch: &OutputBatch,
+    health: &SinkHealth,
+) -> Vec<RefusedSample> {
+    let mut backoff = Backoff::default();
+    loop {
+        match sink.write(batch).await {
+            Ok(refused) => {
+                health.progressed();
+                return refused;
             }
+            Err(e) => retry_after(name, sink, &e, health, &mut backoff, "write").await,
         }
-    }};
+    }
 }
 
-/// Runs a sink until its queue closes; counts samples written. Batches (and so their
-/// sources' acknowledgments) are held until the sink has flushed them.
+/// Flushes until the destination confirms.
+pub(crate) async fn flush_until_done(name: &str, sink: &mut dyn Sink, health: &SinkHealth) {
+    let mut backoff = Backoff::default();
+    loop {
+        match sink.flush().await {
+            Ok(()) => {
+                health.progressed();
+                return;
+            }
+            Err(e) => retry_after(name, sink, &e, health, &mut backoff, "flush").await,
+        }
+    }
+}
+
+async fn retry_after(
+    name: &str,
+    sink: &mut dyn Sink,
+    e: &SinkError,
+    health: &SinkHealth,
+    backoff: &mut Backoff,
+    what: &str,
+) {
+    health.failed(e);
+    let delay = backoff.next_delay();
+    tracing::warn!(sink = %name, attempt = backoff.attempts(), "{what} failed, retrying in {delay:?}: {e}");
+    if let SinkError::Fatal { .. } = e {
+        health.rebuilt();
+        if let Err(e) = sink.rebuild().await {
+            tracing::warn!(sink = %name, "rebuilding the client failed: {e}");
+        }
+    }
+    tokio::time::sleep(delay).await;
+}
+
+/// Sends the samples of `batch` that sink `name` refused for good to the dead-letter, each
+/// with the sink's name and reason; they hold a share of the batch's acknowledgment.
+pub(crate) async fn dead_letter_refused(
+    name: &str,
+    batch: &OutputBatch,
+    refused: &[RefusedSample],
+    dead_letters: &mpsc::Sender<DeadLetterBatch>,
+    health: &SinkHealth,
+) {
+    if refused.is_empty() {
+        return;
+    }
+    health.refused(refused.len());
+    tracing::warn!(sink = %name, samples = refused.len(), first = %refused[0].detail, "destination refused samples; dead-lettered");
+    let letters = refused
+        .iter()
+        .map(|r| {
+            DeadLetter::refused_by_sink(
+                name,
+                r.reason,
+                r.detail.clone(),
+                &batch.samples,
+                &batch.tags,
+                r.index,
+            )
+        })
+        .collect();
+    if dead_letters
+        .send(DeadLetterBatch::new(letters, batch.ack.clone()))
+        .await
+        .is_err()
+    {
+        // The share drops unsaid: the batch is not acknowledged and comes again.
+        tracing::error!(sink = %name, "the dead-letter sink stopped; refused samples stay unacknowledged");
+    }
+}
+
+/// Runs a sink until its queue closes. Batches (and so their sources' acknowledgments) are
+/// held until the sink has flushed them: it flushes when its queue runs empty, after
+/// `flush.batches` batches and at least every `flush.interval`, so acknowledgments flow and the
+/// memory held for unflushed batches stays bounded even when the queue never empties.
 pub async fn run_sink(
     name: String,
     mut sink: Box<dyn Sink>,
     mut queue: mpsc::Receiver<Arc<OutputBatch>>,
-    written: Arc<AtomicU64>,
+    view: Arc<SinkView>,
+    dead_letters: mpsc::Sender<DeadLetterBatch>,
+    flush: FlushPolicy,
 ) {
-    let mut unflushed = Vec::new();
-    while let Some(batch) = queue.recv().await {
-        retry!(name, sink.write(&batch));
-        written.fetch_add(batch.samples.len() as u64, Ordering::Relaxed);
+    let health = view.health.clone();
+    let mut unflushed: Vec<Arc<OutputBatch>> = Vec::new();
+    let mut flush_due: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match flush_due {
+            None => queue.recv().await,
+            Some(due) => match tokio::time::timeout_at(due, queue.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    flush_until_done(&name, sink.as_mut(), &health).await;
+                    release(&mut unflushed);
+                    flush_due = None;
+                    continue;
+                }
+            },
+        };
+        let Some(batch) = next else { break };
+        health.working();
+        let refused = write_until_taken(&name, sink.as_mut(), &batch, &health).await;
+        dead_letter_refused(&name, &batch, &refused, &dead_letters, &health).await;
+        view.written.fetch_add(
+            (batch.samples.len() - refused.len()) as u64,
+            Ordering::Relaxed,
+        );
         unflushed.push(batch);
-        if queue.is_empty() {
-            retry!(name, sink.flush());
-            unflushed.clear();
+        flush_due.get_or_insert_with(|| tokio::time::Instant::now() + flush.interval);
+        if queue.is_empty() || unflushed.len() >= flush.batches {
+            flush_until_done(&name, sink.as_mut(), &health).await;
+            release(&mut unflushed);
+            flush_due = None;
+            if queue.is_empty() {
+                health.idle();
+            }
         }
     }
-    retry!(name, sink.flush());
+    flush_until_done(&name, sink.as_mut(), &health).await;
+    release(&mut unflushed);
+    health.idle();
 }
 
-/// Runs the dead-letter sink until its queue closes; counts letters written.
+/// Says done for the flushed batches' acknowledgment shares and lets them go.
+fn release(flushed: &mut Vec<Arc<OutputBatch>>) {
+    for b in flushed.drain(..) {
+        b.done();
+    }
+}
+
+/// Where the dead-letter sink reports.
+pub struct DeadLetterOutputs {
+    pub written: Arc<AtomicU64>,
+    pub recent: Arc<std::sync::Mutex<std::collections::VecDeque<DeadLetter>>>,
+    pub keep_recent: usize,
+    pub health: Arc<SinkHealth>,
+    pub flush: FlushPolicy,
+}
+
+/// Runs the dead-letter sink until its queue closes; counts letters written. Like `run_sink`,
+/// it flushes before it says done for the letters' acknowledgment shares.
 pub async fn run_dead_letter_sink(
     mut sink: Box<dyn DeadLetterSink>,
     mut queue: mpsc::Receiver<DeadLetterBatch>,
-    written: Arc<AtomicU64>,
-    recent: Arc<std::sync::Mutex<std::collections::VecDeque<DeadLetter>>>,
+    out: DeadLetterOutputs,
 ) {
-    let mut unflushed = Vec::new();
-    while let Some(batch) = queue.recv().await {
-        retry!("dead_letter", sink.write(&batch.letters));
-        written.fetch_add(batch.letters.len() as u64, Ordering::Relaxed);
+    let name = DEAD_LETTER_SINK;
+    let health = out.health;
+    let mut unflushed: Vec<Option<crate::ack::Ack>> = Vec::new();
+    let mut flush_due: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match flush_due {
+            None => queue.recv().await,
+            Some(due) => match tokio::time::timeout_at(due, queue.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    flush_letters(sink.as_mut(), &health).await;
+                    crate::ack::all_done(unflushed.iter());
+                    unflushed.clear();
+                    flush_due = None;
+                    continue;
+                }
+            },
+        };
+        let Some(batch) = next else { break };
+        health.working();
+        let mut backoff = Backoff::default();
+        loop {
+            match sink.write(&batch.letters).await {
+                Ok(()) => {
+                    health.progressed();
+                    break;
+                }
+                Err(e) => {
+                    health.failed(&e);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = %name, attempt = backoff.attempts(), "write failed, retrying in {delay:?}: {e}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        out.written
+            .fetch_add(batch.letters.len() as u64, Ordering::Relaxed);
         {
-            let mut r = recent.lock().unwrap_or_else(|e| e.into_inner());
-            let keep = crate::pipeline::RECENT_DEAD_LETTERS;
-            let skip = batch.letters.len().saturating_sub(keep);
+            let mut r = out.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let skip = batch.letters.len().saturating_sub(out.keep_recent);
             r.extend(batch.letters.iter().skip(skip).cloned());
-            while r.len() > keep {
+            while r.len() > out.keep_recent {
                 r.pop_front();
             }
         }
         unflushed.push(batch.ack);
-        if queue.is_empty() {
-            retry!("dead_letter", sink.flush());
-            unflushed.clear();
+        flush_due.get_or_insert_with(|| tokio::time::Instant::now() + out.flush.interval);
+        if queue.is_empty() || unflushed.len() >= out.flush.batches {
+            flush_letters(sink.as_mut(), &health).await;
+            crate::ack::all_done(unflushed.iter());
+                    unflushed.clear();
+            flush_due = None;
+            if queue.is_empty() {
+                health.idle();
+            }
         }
     }
-    retry!("dead_letter", sink.flush());
+    flush_letters(sink.as_mut(), &health).await;
+    crate::ack::all_done(unflushed.iter());
+    health.idle();
+}
+
+async fn flush_letters(sink: &mut dyn DeadLetterSink, health: &SinkHealth) {
+    let mut backoff = Backoff::default();
+    loop {
+        match sink.flush().await {
+            Ok(()) => {
+                health.progressed();
+                return;
+            }
+            Err(e) => {
+                health.failed(&e);
+                let delay = backoff.next_delay();
+                tracing::warn!(sink = DEAD_LETTER_SINK, attempt = backoff.attempts(), "flush failed, retrying in {delay:?}: {e}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::model::{SampleBatch, TagRegistry};
-use crate::pipeline::DeadLetterBatch;
+use crate::model::DeadLetterBatch;
 
 /// `[sources.<name>]`, by `type`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]

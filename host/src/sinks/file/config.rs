@@ -25,6 +25,29 @@ pub struct FileSinkConfig {
     /// Rotated files kept (`path.1` … `path.N`); the oldest beyond them is deleted.
     #[serde(default = "default_keep_files")]
     pub keep_files: u32,
+    /// When lines reach the disk: `"batch"` (the default) fsyncs at every flush, before the
+    /// sources are acknowledged, so a power loss loses nothing acknowledged; `"interval"`
+    /// fsyncs at most every `fsync_interval_ms` — faster, but a power loss (not a crash of
+    /// the host: the kernel keeps written lines) can lose the acknowledged lines of the last
+    /// interval.
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    /// With `fsync = "interval"`, the longest time between two fsyncs.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+}
+
+/// See `FileSinkConfig::fsync`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    #[default]
+    Batch,
+    Interval,
+}
+
+fn default_fsync_interval_ms() -> u64 {
+    1000
 }
 
 fn default_true() -> bool {
@@ -43,6 +66,8 @@ impl FileSinkConfig {
             delay_ms: 0,
             rotate_bytes: None,
             keep_files: default_keep_files(),
+            fsync: FsyncPolicy::default(),
+            fsync_interval_ms: default_fsync_interval_ms(),
         }
     }
     pub fn validate(&self) -> Result<(), (String, String)> {

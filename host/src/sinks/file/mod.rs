@@ -1,5 +1,9 @@
-//! The file sink: JSON lines, one per sample, appended and flushed per batch; optionally
-//! rotated by size (`rotate_bytes`, `keep_files`) at a batch boundary.
+//! The file sink: JSON lines, one per sample, rendered in memory per batch and appended at
+//! each flush, then fsync'd (`fsync = "batch"`, the default) before the sources are
+//! acknowledged; optionally rotated by size (`rotate_bytes`, `keep_files`) at a batch
+//! boundary. A failed append (a full disk) is cut back to the last whole line, so the file
+//! never holds a torn line, and the lines are appended again at the next try. File work runs
+//! off the async workers.
 //!
 //! A sample line: `{"path":"plant/site1/area1/line1/press1/pressure","unit":"kPa",
 //! "vendor_path":"Site1.Area1.Line1.Press1.Pressure","meta":{"asset_id":"P-1"},
@@ -8,25 +12,30 @@
 
 mod config;
 
-pub use config::FileSinkConfig;
+pub use config::{FileSinkConfig, FsyncPolicy};
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use super::{DeadLetterSink, PerTag, Sink, SinkError};
 use crate::model::{ExtraValue, Quality};
-use crate::pipeline::{DeadLetter, OutputBatch, ResolvedTag};
+use crate::model::{DeadLetter, OutputBatch, ResolvedTag};
 
 pub struct FileSink {
     name: String,
     path: String,
     file: PathBuf,
-    out: BufWriter<File>,
+    out: File,
+    /// Lines rendered and not yet appended.
+    pending: Vec<u8>,
+    fsync: FsyncPolicy,
+    fsync_interval: Duration,
+    last_sync: Instant,
     rotate_bytes: Option<u64>,
     keep_files: u32,
     include_metadata: bool,
@@ -52,7 +61,7 @@ impl Serialize for Meta<'_> {
 
 impl FileSink {
     pub fn open(name: &str, c: &FileSinkConfig) -> Result<Self, SinkError> {
-        let err = |m: String| SinkError::Io {
+        let err = |m: String| SinkError::Transient {
             sink: name.into(),
             message: m,
         };
@@ -66,7 +75,11 @@ impl FileSink {
             name: name.into(),
             path: c.path.display().to_string(),
             file: c.path.clone(),
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: file,
+            pending: Vec::with_capacity(1 << 20),
+            fsync: c.fsync,
+            fsync_interval: Duration::from_millis(c.fsync_interval_ms),
+            last_sync: Instant::now(),
             rotate_bytes: c.rotate_bytes,
             keep_files: c.keep_files,
             include_metadata: c.include_metadata,
@@ -75,18 +88,36 @@ impl FileSink {
         })
     }
 
-    /// Flushes; then, if the file reached `rotate_bytes`, shifts the rotated files up by one
-    /// (dropping the oldest beyond `keep_files`) and starts a new file.
+    /// Appends the pending lines whole (a failed append is cut back to where it started and
+    /// the lines stay pending), fsyncs per `fsync`; then, if the file reached `rotate_bytes`,
+    /// shifts the rotated files up by one (dropping the oldest beyond `keep_files`) and
+    /// starts a new file.
     fn flush_and_rotate(&mut self) -> Result<(), SinkError> {
-        self.out.flush().map_err(|e| self.io(e))?;
+        if !self.pending.is_empty() {
+            let before = self.out.metadata().map_err(|e| self.io(e))?.len();
+            if let Err(e) = self.out.write_all(&self.pending) {
+                // No torn line: cut back to the last whole line; the lines stay pending.
+                let _ = self.out.set_len(before);
+                return Err(self.io(e));
+            }
+            self.pending.clear();
+        }
+        let due = match self.fsync {
+            FsyncPolicy::Batch => true,
+            FsyncPolicy::Interval => self.last_sync.elapsed() >= self.fsync_interval,
+        };
+        if due {
+            self.out.sync_data().map_err(|e| self.io(e))?;
+            self.last_sync = Instant::now();
+        }
         let Some(limit) = self.rotate_bytes else {
             return Ok(());
         };
-        let len = self.out.get_ref().metadata().map_err(|e| self.io(e))?.len();
+        let len = self.out.metadata().map_err(|e| self.io(e))?.len();
         if len < limit {
             return Ok(());
         }
-        self.out.get_ref().sync_all().map_err(|e| self.io(e))?;
+        self.out.sync_all().map_err(|e| self.io(e))?;
         let keep = self.keep_files;
         let dropped = rotated(&self.file, keep);
         if dropped.exists() {
@@ -99,14 +130,18 @@ impl FileSink {
             }
         }
         std::fs::rename(&self.file, rotated(&self.file, 1)).map_err(|e| self.io(e))?;
-        let file = append_to(&self.file).map_err(|e| self.io(e))?;
-        self.out = BufWriter::with_capacity(1 << 20, file);
+        self.out = append_to(&self.file).map_err(|e| self.io(e))?;
+        if let Some(dir) = self.file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.io(e))?;
+        }
         tracing::info!(sink = %self.name, path = %self.path, bytes = len, keep, "file rotated");
         Ok(())
     }
 
     fn io(&self, e: impl std::fmt::Display) -> SinkError {
-        SinkError::Io {
+        SinkError::Transient {
             sink: self.name.clone(),
             message: format!("{}: {e}", self.path),
         }
@@ -135,14 +170,14 @@ impl FileSink {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn write(&mut self, batch: &OutputBatch) -> Result<(), SinkError> {
+    async fn write(&mut self, batch: &OutputBatch) -> Result<Vec<super::RefusedSample>, SinkError> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
         self.prefixes.follow(&batch.tags);
         let s = &batch.samples;
         let mut extras = s.extras.iter().peekable();
-        let json_err = |e: serde_json::Error| SinkError::Io {
+        let json_err = |e: serde_json::Error| SinkError::Transient {
             sink: self.name.clone(),
             message: format!("{}: {e}", self.path),
         };
@@ -156,8 +191,8 @@ impl Sink for FileSink {
                 },
                 None => return Err(self.io(format!("tag id {id} unknown to the tag table"))),
             };
-            let out = &mut self.out;
-            let io = |e: std::io::Error| SinkError::Io {
+            let out = &mut self.pending;
+            let io = |e: std::io::Error| SinkError::Transient {
                 sink: self.name.clone(),
                 message: format!("{}: {e}", self.path),
             };
@@ -196,11 +231,11 @@ impl Sink for FileSink {
             serde_json::to_writer(&mut *out, &s.timestamps[i]).map_err(json_err)?;
             out.write_all(b"}\n").map_err(io)?;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        self.flush_and_rotate()
+        super::off_worker(|| self.flush_and_rotate())
     }
 }
 
@@ -208,14 +243,14 @@ impl Sink for FileSink {
 impl DeadLetterSink for FileSink {
     async fn write(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
         for l in letters {
-            serde_json::to_writer(&mut self.out, l).map_err(|e| self.io(e))?;
-            self.out.write_all(b"\n").map_err(|e| self.io(e))?;
+            serde_json::to_writer(&mut self.pending, l).map_err(|e| self.io(e))?;
+            self.pending.push(b'\n');
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        self.flush_and_rotate()
+        super::off_worker(|| self.flush_and_rotate())
     }
 }
 
@@ -234,7 +269,7 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
 mod tests {
     use super::*;
     use crate::model::{DataType, Extra, SampleBatch};
-    use crate::pipeline::TagTable;
+    use crate::model::TagTable;
     use std::sync::Arc;
 
     fn tag(id: u32, path: &str) -> Option<Arc<ResolvedTag>> {

@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 
 use super::{DeadLetterSink, LinkStats, PerTag, Sink, SinkError};
 use crate::model::Quality;
-use crate::mqtt::payload::{self, WireSample};
-use crate::pipeline::{DeadLetter, DeadLetterBatch, OutputBatch, ResolvedTag};
+use crate::payload::{self, WireSample};
+use crate::model::{DeadLetter, DeadLetterBatch, OutputBatch, ResolvedTag};
 use producer::{Producer, Settings};
 
 /// What a tag's samples become, worked out once per tag table.
@@ -48,7 +48,6 @@ pub struct KafkaSink {
     producer: Producer,
     dedup: Option<dedup::Dedup>,
     plans: PerTag<Arc<Plan>>,
-    dead_letters: mpsc::Sender<DeadLetterBatch>,
     link: Arc<LinkStats>,
 }
 
@@ -56,7 +55,6 @@ impl KafkaSink {
     pub fn open(
         name: &str,
         config: &KafkaSinkConfig,
-        dead_letters: mpsc::Sender<DeadLetterBatch>,
         link: Arc<LinkStats>,
     ) -> Result<Self, SinkError> {
         let producer = Producer::new(
@@ -87,7 +85,6 @@ impl KafkaSink {
             producer,
             dedup,
             plans: PerTag::default(),
-            dead_letters,
             link,
         })
     }
@@ -134,7 +131,10 @@ fn headers(quality: u32, unit: &str) -> OwnedHeaders {
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn write(&mut self, batch: &OutputBatch) -> Result<(), SinkError> {
+    async fn write(
+        &mut self,
+        batch: &OutputBatch,
+    ) -> Result<Vec<super::RefusedSample>, SinkError> {
         let now = Instant::now();
         if let Some(d) = self.dedup.as_mut() {
             d.expire(now);
@@ -185,35 +185,19 @@ impl Sink for KafkaSink {
                 }
             }
         }
-        if !refused.is_empty() {
-            self.dead_letter(batch, refused).await;
-        }
-        Ok(())
+        Ok(refused
+            .into_iter()
+            .map(|(index, reason, detail)| super::RefusedSample {
+                index,
+                reason,
+                detail,
+            })
+            .collect())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.producer.settle_all().await;
         Ok(())
-    }
-}
-
-impl KafkaSink {
-    async fn dead_letter(&self, batch: &OutputBatch, refused: Vec<(usize, &'static str, String)>) {
-        let s = &batch.samples;
-        let letters = refused
-            .into_iter()
-            .map(|(i, reason, detail)| {
-                DeadLetter::refused_by_sink(&self.name, reason, detail, s, &batch.tags, i)
-            })
-            .collect();
-        if self
-            .dead_letters
-            .send(DeadLetterBatch::new(letters, s.ack.clone()))
-            .await
-            .is_err()
-        {
-            tracing::error!(sink = %self.name, "the dead-letter sink stopped");
-        }
     }
 }
 
@@ -256,7 +240,7 @@ impl KafkaDeadLetterSink {
 impl DeadLetterSink for KafkaDeadLetterSink {
     async fn write(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
         for l in letters {
-            let mut v = serde_json::to_value(l).map_err(|e| SinkError::Io {
+            let mut v = serde_json::to_value(l).map_err(|e| SinkError::Transient {
                 sink: "dead_letter".into(),
                 message: e.to_string(),
             })?;
@@ -274,7 +258,7 @@ impl DeadLetterSink for KafkaDeadLetterSink {
             self.producer
                 .send(&self.topic, l.path.as_bytes(), body.as_bytes(), h)
                 .await
-                .map_err(|e| SinkError::Io {
+                .map_err(|e| SinkError::Transient {
                     sink: "dead_letter".into(),
                     message: format!("{}: {e}", self.topic),
                 })?;

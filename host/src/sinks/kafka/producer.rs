@@ -52,7 +52,7 @@ impl Producer {
         for (k, v) in s.properties {
             c.set(k, v);
         }
-        let inner: FutureProducer = c.create().map_err(|e| SinkError::Io {
+        let inner: FutureProducer = c.create().map_err(|e| SinkError::Transient {
             sink: name.into(),
             message: format!("cannot create the Kafka producer: {e}"),
         })?;

@@ -4,7 +4,10 @@
 //!   are the batches released, which acknowledges them to their sources;
 //! - the forwarder publishes buffered records strictly in order (so per tag, too), within an
 //!   in-flight window and an optional rate, and removes a record once the broker acknowledged
-//!   every message of it. When the connection drops it reconnects with backoff and jitter and
+//!   every message of it. A message the broker refuses for good (a PUBACK reason code
+//!   >= 0x80 other than quota-exceeded, e.g. not-authorized from an ACL) has its samples
+//!   dead-lettered with the reason; the rest of the record goes on. When the connection
+//!   drops it reconnects with backoff and jitter and
 //!   resends from the oldest unacknowledged record (at-least-once: a consumer may see a
 //!   message twice, never miss one). Records from the pipeline are handed over in memory
 //!   while the forwarder keeps up and read back from disk when it does not.
@@ -14,7 +17,7 @@ mod config;
 pub use config::MqttSinkConfig;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,12 +30,13 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
 
-use super::{LinkStats, PerTag};
+use super::{LinkStats, PerTag, SinkError, SinkView};
+use crate::retry::Backoff;
 use crate::buffer::DurableBuffer;
 use crate::model::now_ns;
-use crate::mqtt::payload::{self, WireSample};
+use crate::payload::{self, WireSample};
 use crate::mqtt::topic;
-use crate::pipeline::{DeadLetter, DeadLetterBatch, OutputBatch};
+use crate::model::{DeadLetter, DeadLetterBatch, OutputBatch};
 
 /// Most samples in one batch-form message.
 const MAX_SAMPLES_PER_MESSAGE: usize = 500;
@@ -48,7 +52,7 @@ pub struct MqttSinkParts {
     pub buffer: Arc<DurableBuffer>,
     pub queue: mpsc::Receiver<Arc<OutputBatch>>,
     pub dead_letters: mpsc::Sender<DeadLetterBatch>,
-    pub delivered: Arc<AtomicU64>,
+    pub view: Arc<SinkView>,
     pub link: Arc<LinkStats>,
 }
 
@@ -60,7 +64,7 @@ pub async fn run(parts: MqttSinkParts) {
         name: parts.name.clone(),
         buffer: parts.buffer.clone(),
         group_commit: parts.config.buffer.group_commit,
-        dead_letters: parts.dead_letters,
+        dead_letters: parts.dead_letters.clone(),
         checked: TopicCheck::default(),
     };
     let writer = tokio::spawn(writer.run(parts.queue, live_tx, done_tx));
@@ -68,8 +72,9 @@ pub async fn run(parts: MqttSinkParts) {
         parts.name,
         parts.config,
         parts.buffer,
-        parts.delivered,
+        parts.view,
         parts.link,
+        parts.dead_letters,
     );
     forwarder.run(live_rx, done_rx).await;
     let _ = writer.await;
@@ -118,12 +123,12 @@ impl Writer {
             if valid.is_empty() {
                 continue;
             }
+            // Committing says done for the batches' acknowledgment shares.
             let seqs = self.buffer.commit(&valid).await;
             for (seq, b) in seqs.into_iter().zip(valid) {
                 // In memory if the forwarder keeps up; otherwise it reads the record back.
                 let _ = live.try_send((seq, b));
             }
-            // `valid` is released here: the sources' acknowledgments may now fire.
         }
         let _ = done.send(true);
     }
@@ -142,7 +147,7 @@ impl Writer {
         if reasons.is_empty() {
             return Some(b);
         }
-        let mut kept = b.samples.clone();
+        let mut kept = (*b.samples).clone();
         let marks: Vec<bool> = reasons.iter().map(|r| r.is_some()).collect();
         let refused = kept.split_off_marked(&marks);
         let details: Vec<String> = reasons.into_iter().flatten().collect();
@@ -158,21 +163,25 @@ impl Writer {
                 )
             })
             .collect();
-        let ack = refused.ack.clone();
         if self
             .dead_letters
-            .send(DeadLetterBatch::new(letters, ack))
+            .send(DeadLetterBatch::new(letters, b.ack.clone()))
             .await
             .is_err()
         {
+            // That share drops unsaid: the batch is not acknowledged, its source redelivers.
             tracing::error!(sink = %self.name, "the dead-letter sink stopped; keeping the refused samples out of MQTT");
         }
-        (!kept.is_empty()).then(|| {
+        let kept = (!kept.is_empty()).then(|| {
             Arc::new(OutputBatch {
-                samples: kept,
+                samples: Arc::new(kept),
                 tags: b.tags.clone(),
+                ack: b.ack.clone(),
             })
-        })
+        });
+        // This share was handed on, to the dead-letter and to what is kept.
+        b.done();
+        kept
     }
 }
 
@@ -186,9 +195,13 @@ struct Message {
 /// A record being sent: messages not yet handed to the client, and messages not yet acked.
 struct InFlight {
     seq: u64,
+    batch: Arc<OutputBatch>,
     unsent: VecDeque<Message>,
     unacked: usize,
     samples: u64,
+    /// Samples the broker refused for good (dead-lettered), and their topics.
+    refused: u64,
+    refused_topics: Vec<String>,
 }
 
 struct Forwarder {
@@ -197,15 +210,16 @@ struct Forwarder {
     client_id: String,
     status_topic: String,
     buffer: Arc<DurableBuffer>,
-    delivered: Arc<AtomicU64>,
+    view: Arc<SinkView>,
     link: Arc<LinkStats>,
+    dead_letters: mpsc::Sender<DeadLetterBatch>,
     /// Next record to load.
     next_seq: u64,
     ready: VecDeque<(u64, u64, Arc<OutputBatch>)>,
     inflight: VecDeque<InFlight>,
-    /// Record of each publish handed to the client, until its packet id is known.
-    sent_order: VecDeque<u64>,
-    by_pkid: HashMap<u16, u64>,
+    /// Record and topic of each publish handed to the client, until its packet id is known.
+    sent_order: VecDeque<(u64, String)>,
+    by_pkid: HashMap<u16, (u64, String)>,
     outstanding: usize,
     acked_through: Option<u64>,
     removed_through: Option<u64>,
@@ -220,8 +234,9 @@ impl Forwarder {
         name: String,
         config: MqttSinkConfig,
         buffer: Arc<DurableBuffer>,
-        delivered: Arc<AtomicU64>,
+        view: Arc<SinkView>,
         link: Arc<LinkStats>,
+        dead_letters: mpsc::Sender<DeadLetterBatch>,
     ) -> Self {
         let client_id = config.broker.client_id_or(&format!("ferrule-{name}"));
         let status_topic = config
@@ -235,8 +250,9 @@ impl Forwarder {
             client_id,
             status_topic,
             buffer,
-            delivered,
+            view,
             link,
+            dead_letters,
             next_seq,
             ready: VecDeque::new(),
             inflight: VecDeque::new(),
@@ -299,7 +315,7 @@ impl Forwarder {
         mut live: mpsc::Receiver<(u64, Arc<OutputBatch>)>,
         mut writer_done: watch::Receiver<bool>,
     ) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut outage_started: Option<Instant> = None;
         let mut drain_deadline: Option<Instant> = None;
         let mut removal_tick = tokio::time::interval(Duration::from_millis(100));
@@ -344,37 +360,47 @@ impl Forwarder {
                                 .and_then(|p| p.topic_alias_max)
                                 .unwrap_or(0)
                                 .min(self.config.topic_aliases);
-                            backoff = Duration::from_millis(200);
+                            backoff.reset();
+                            self.view.health.progressed();
                             match outage_started.take() {
                                 Some(t) => tracing::info!(sink = %self.name, broker = %self.config.broker.address(), outage_s = t.elapsed().as_secs_f64(), backlog = self.buffer.depth().1, "reconnected; sending the backlog in order"),
                                 None => tracing::info!(sink = %self.name, broker = %self.config.broker.address(), "connected"),
                             }
                             let birth = self.status_payload("online", "connected");
                             if client.try_publish(self.status_topic.clone(), QoS::AtLeastOnce, true, birth).is_ok() {
-                                self.sent_order.push_back(NOT_A_RECORD);
+                                self.sent_order.push_back((NOT_A_RECORD, String::new()));
                             }
                         }
                         Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                            let seq = self.sent_order.pop_front().unwrap_or(NOT_A_RECORD);
+                            let sent = self.sent_order.pop_front().unwrap_or((NOT_A_RECORD, String::new()));
                             if self.config.qos == crate::mqtt::QosLevel::AtMostOnce {
-                                self.message_acked(seq);
+                                self.message_acked(sent.0);
                             } else {
-                                self.by_pkid.insert(pkid, seq);
+                                self.by_pkid.insert(pkid, sent);
                             }
                         }
                         Ok(Event::Incoming(Packet::PubAck(a))) => {
-                            let seq = self.by_pkid.remove(&a.pkid).unwrap_or(NOT_A_RECORD);
+                            let (seq, topic) = self.by_pkid.remove(&a.pkid).unwrap_or((NOT_A_RECORD, String::new()));
                             match a.reason {
-                                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => self.message_acked(seq),
+                                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
+                                    self.view.health.progressed();
+                                    self.message_acked(seq)
+                                }
+                                PubAckReason::QuotaExceeded => {
+                                    self.link.refused.fetch_add(1, Ordering::Relaxed);
+                                    self.view.health.failed(&SinkError::transient(&self.name, "broker: quota exceeded"));
+                                    tracing::warn!(sink = %self.name, "broker over its quota; reconnecting to send again");
+                                    break;
+                                }
                                 other => {
                                     self.link.refused.fetch_add(1, Ordering::Relaxed);
-                                    tracing::error!(sink = %self.name, reason = ?other, "broker refused a publish; reconnecting to send it again");
-                                    break;
+                                    self.refuse_message(seq, &topic, &format!("{other:?}")).await;
+                                    self.message_acked(seq);
                                 }
                             }
                         }
                         Ok(Event::Incoming(Packet::PubComp(c))) => {
-                            let seq = self.by_pkid.remove(&c.pkid).unwrap_or(NOT_A_RECORD);
+                            let (seq, _) = self.by_pkid.remove(&c.pkid).unwrap_or((NOT_A_RECORD, String::new()));
                             if c.reason == PubCompReason::Success {
                                 self.message_acked(seq);
                             }
@@ -385,6 +411,7 @@ impl Forwarder {
                         }
                         Ok(_) => {}
                         Err(e) => {
+                            self.view.health.failed(&SinkError::transient(&self.name, &e));
                             if outage_started.is_none() {
                                 outage_started = Some(Instant::now());
                                 tracing::warn!(sink = %self.name, broker = %self.config.broker.address(), "broker unreachable, buffering: {e}");
@@ -406,9 +433,7 @@ impl Forwarder {
             drop(client);
             drop(pump);
             self.remove_acked().await;
-            let jitter = Duration::from_millis(rand_jitter(backoff.as_millis() as u64 / 2));
-            let pause = backoff + jitter;
-            let deadline = tokio::time::sleep(pause);
+            let deadline = tokio::time::sleep(backoff.next_delay());
             tokio::pin!(deadline);
             loop {
                 tokio::select! {
@@ -422,7 +447,6 @@ impl Forwarder {
                 tracing::warn!(sink = %self.name, records, samples, "stopping while the broker is unreachable; buffered samples are sent at the next start");
                 return;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
             continue 'connection;
         }
     }
@@ -538,7 +562,7 @@ impl Forwarder {
             let m = rec.unsent.pop_front().expect("front exists");
             rec.unacked += 1;
             self.outstanding += 1;
-            self.sent_order.push_back(rec.seq);
+            self.sent_order.push_back((rec.seq, m.topic.clone()));
             self.link.published.fetch_add(1, Ordering::Relaxed);
             if self.config.max_rate > 0 {
                 self.tokens -= m.samples as f64;
@@ -601,14 +625,18 @@ impl Forwarder {
             };
             self.inflight.push_back(InFlight {
                 seq,
+                batch,
                 unsent,
                 unacked: 0,
                 samples: if expired { 0 } else { samples },
+                refused: 0,
+                refused_topics: Vec::new(),
             });
             if expired {
                 self.settle();
                 continue;
             }
+            self.view.health.working();
             return true;
         }
     }
@@ -678,12 +706,48 @@ impl Forwarder {
         {
             let r = self.inflight.pop_front().expect("front exists");
             self.acked_through = Some(r.seq);
-            self.delivered.fetch_add(r.samples, Ordering::Relaxed);
+            self.view
+                .written
+                .fetch_add(r.samples.saturating_sub(r.refused), Ordering::Relaxed);
             self.buffer
                 .stats()
                 .delivered_samples
                 .fetch_add(r.samples, Ordering::Relaxed);
         }
+        if self.inflight.is_empty() && self.ready.is_empty() {
+            self.view.health.idle();
+        }
+    }
+
+    /// The broker refused the message on `topic` of record `seq` for good: its samples go to
+    /// the dead-letter with the reason (buffered records hold no acknowledgment: their sources
+    /// were acknowledged when they entered the buffer).
+    async fn refuse_message(&mut self, seq: u64, topic: &str, reason: &str) {
+        let Some(r) = self.inflight.iter_mut().find(|r| r.seq == seq) else {
+            return;
+        };
+        // A tag's samples may have gone as several messages: dead-lettered once.
+        if r.refused_topics.iter().any(|t| t == topic) {
+            return;
+        }
+        r.refused_topics.push(topic.to_string());
+        let b = r.batch.clone();
+        let refused: Vec<super::RefusedSample> = (0..b.samples.len())
+            .filter(|&i| {
+                b.tags
+                    .get(b.samples.tag_ids[i] as usize)
+                    .and_then(|t| t.as_deref())
+                    .is_some_and(|t| t.path == topic)
+            })
+            .map(|index| super::RefusedSample {
+                index,
+                reason: "broker-refused",
+                detail: format!("the broker refused the publish on `{topic}`: {reason}"),
+            })
+            .collect();
+        r.refused = (r.refused + refused.len() as u64).min(r.samples);
+        super::dead_letter_refused(&self.name, &b, &refused, &self.dead_letters, &self.view.health)
+            .await;
     }
 
     /// Deletes acknowledged records from the buffer.
@@ -720,13 +784,13 @@ impl Forwarder {
                 };
                 match ev {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        let seq = self.sent_order.pop_front().unwrap_or(NOT_A_RECORD);
-                        if seq == NOT_A_RECORD {
-                            self.by_pkid.insert(pkid, NOT_A_RECORD);
+                        let sent = self.sent_order.pop_front().unwrap_or((NOT_A_RECORD, String::new()));
+                        if sent.0 == NOT_A_RECORD {
+                            self.by_pkid.insert(pkid, sent);
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(a)))
-                        if self.by_pkid.get(&a.pkid) == Some(&NOT_A_RECORD) =>
+                        if self.by_pkid.get(&a.pkid).is_some_and(|s| s.0 == NOT_A_RECORD) =>
                     {
                         let _ = client.try_disconnect();
                     }
@@ -738,12 +802,4 @@ impl Forwarder {
         .await;
         self.link.connected.store(false, Ordering::Relaxed);
     }
-}
-
-/// A pseudo-random jitter in `0..=max_ms` (spreads reconnects of many gateways).
-fn rand_jitter(max_ms: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ns());
-    h.finish() % (max_ms + 1)
 }

@@ -37,6 +37,12 @@ pub struct ParquetSinkConfig {
     /// them until the store has them.
     #[serde(default)]
     pub s3: Option<S3Config>,
+    /// `[sinks.<name>.buffer]`: the durable buffer the sink sits behind (always). Samples are
+    /// acknowledged to their sources once in the buffer; a record leaves it only when the
+    /// file holding its rows is published. Default path `data/buffer/<sink>.redb` beside the
+    /// config.
+    #[serde(default)]
+    pub buffer: crate::buffer::BufferConfig,
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -70,6 +76,7 @@ impl ParquetSinkConfig {
             zstd_level: default_zstd_level(),
             include_metadata: true,
             s3: None,
+            buffer: crate::buffer::BufferConfig::default(),
         }
     }
 
@@ -95,6 +102,9 @@ impl ParquetSinkConfig {
         if let Some(s3) = &self.s3 {
             s3.validate()?;
         }
+        self.buffer
+            .validate()
+            .map_err(|(k, m)| (format!("buffer.{k}"), m))?;
         Ok(())
     }
 }

@@ -10,6 +10,14 @@
 //! Rows reach the disk in row groups; a file's rows are durable once it is closed (on size,
 //! age, when more hours are open than `max_open_files`, and when the sink is dropped).
 //! With `s3` configured, published files are then uploaded (see `upload`).
+//!
+//! In a running host the sink sits behind the durable buffer (`BufferedSink`): it is handed
+//! buffer records with their sequence numbers, and a published file's name records the
+//! buffer's identity and the range of records whose rows (of its hour) it holds
+//! (`…-b<identity>-r<first>-<last>.parquet`). The buffer removes a record only once every file
+//! holding its rows is published; after a crash the records still buffered are handed over
+//! again and the rows a published file already holds are skipped: every row lands exactly
+//! once. Encoding, fsync and rename run on a blocking thread, off the async workers.
 
 mod config;
 mod upload;
@@ -36,7 +44,7 @@ use parquet::schema::types::{ColumnPath, Type as SchemaType};
 
 use super::{PerTag, Sink, SinkError};
 use crate::model::{ExtraValue, Quality};
-use crate::pipeline::{OutputBatch, ResolvedTag};
+use crate::model::{OutputBatch, ResolvedTag};
 
 /// The file schema (columns in this order).
 pub const SCHEMA: &str = "
@@ -165,6 +173,8 @@ struct QualityWords {
 
 struct OpenFile {
     partition: Partition,
+    /// Buffer records whose rows of this hour the file holds (behind a buffer).
+    records: Option<(u64, u64)>,
     temp_path: PathBuf,
     final_path: PathBuf,
     writer: SerializedFileWriter<BufWriter<File>>,
@@ -185,6 +195,13 @@ pub struct ParquetSink {
     published: Vec<PathBuf>,
     /// Uploads published files when an object store is configured.
     uploader: Option<Uploader>,
+    /// Behind a buffer: its identity, and per hour the record ranges of files published
+    /// before this start (their rows are skipped when the records are handed over again).
+    buffer_identity: Option<u64>,
+    published_ranges: std::collections::HashMap<Partition, Vec<(u64, u64)>>,
+    /// The buffer record being written, and the last one handed over.
+    current_record: Option<u64>,
+    last_record: Option<u64>,
 }
 
 /// Distinguishes files opened in the same nanosecond by one process.
@@ -193,7 +210,7 @@ static FILE_SEQ: AtomicU64 = AtomicU64::new(0);
 impl ParquetSink {
     /// Creates the directory and deletes in-progress files a crash of this sink left behind.
     pub fn open(name: &str, config: &ParquetSinkConfig) -> Result<Self, SinkError> {
-        let err = |m: String| SinkError::Io {
+        let err = |m: String| SinkError::Transient {
             sink: name.into(),
             message: m,
         };
@@ -244,7 +261,67 @@ impl ParquetSink {
             },
             published: Vec::new(),
             uploader,
+            buffer_identity: None,
+            published_ranges: Default::default(),
+            current_record: None,
+            last_record: None,
         })
+    }
+
+    /// Opens the sink behind the buffer with identity `buffer_identity`: reads which records
+    /// the files it published before hold (from their names), to skip their rows on replay.
+    pub fn open_behind(
+        name: &str,
+        config: &ParquetSinkConfig,
+        buffer_identity: u64,
+    ) -> Result<Self, SinkError> {
+        let mut sink = ParquetSink::open(name, config)?;
+        sink.buffer_identity = Some(buffer_identity);
+        let marker = format!("-b{buffer_identity:016x}-r");
+        let files = published_files(&config.directory, &file_prefix(name)).map_err(|e| {
+            SinkError::transient(name, format!("{}: {e}", config.directory.display()))
+        })?;
+        let mut ranges = 0;
+        for (partition, file_name) in files {
+            if let Some(range) = file_name
+                .split_once(&marker)
+                .and_then(|(_, r)| r.strip_suffix(".parquet"))
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            {
+                sink.published_ranges
+                    .entry(partition)
+                    .or_default()
+                    .push(range);
+                ranges += 1;
+            }
+        }
+        if ranges > 0 {
+            tracing::info!(sink = %name, files = ranges, "Parquet files of this buffer found; rows they hold are not written again");
+        }
+        Ok(sink)
+    }
+
+    /// Whether a file published before this start holds the rows of hour `p` of record `seq`.
+    fn already_published(&self, p: Partition, seq: u64) -> bool {
+        self.published_ranges
+            .get(&p)
+            .is_some_and(|rs| rs.iter().any(|&(a, b)| a <= seq && seq <= b))
+    }
+
+    /// Behind a buffer: every record at or below the returned seq has all its rows in
+    /// published files (None: none handed over yet).
+    fn published_through(&self) -> Option<u64> {
+        let last = self.last_record?;
+        match self
+            .open
+            .iter()
+            .filter_map(|f| f.records.map(|(first, _)| first))
+            .min()
+        {
+            None => Some(last),
+            Some(first_open) => first_open.checked_sub(1).filter(|&s| s > 0),
+        }
     }
 
     /// Object keys uploaded so far (with `s3`).
@@ -306,6 +383,11 @@ impl ParquetSink {
         for i in 0..s.len() {
             let ts = s.timestamps[i];
             let partition = Partition::of(ts);
+            if let Some(seq) = self.current_record {
+                if self.already_published(partition, seq) {
+                    continue;
+                }
+            }
             // Opening a file may close another and shift the indices: look up afresh then.
             let slot = match current {
                 Some(c) if self.open[c].partition == partition => c,
@@ -314,6 +396,10 @@ impl ParquetSink {
             current = Some(slot);
             if !touched.contains(&partition) {
                 touched.push(partition);
+            }
+            if let Some(seq) = self.current_record {
+                let f = &mut self.open[slot];
+                f.records = Some(f.records.map_or((seq, seq), |(first, _)| (first, seq)));
             }
             let tag_id = s.tag_ids[i] as usize;
             let include_metadata = self.config.include_metadata;
@@ -374,13 +460,9 @@ impl ParquetSink {
         if let Some(i) = self.open.iter().position(|f| f.partition == partition) {
             return Ok(i);
         }
-        if self.open.len() >= self.config.max_open_files {
-            let oldest = (0..self.open.len())
-                .min_by_key(|&i| self.open[i].opened)
-                .expect("at least one open file");
-            let file = self.open.remove(oldest);
-            self.publish(file)?;
-        }
+        // Beyond `max_open_files`, the oldest is closed after this batch (`write_out`), never
+        // in the middle of one: a file then holds all rows of its hour of every record in
+        // its range.
         let dir = self.config.directory.join(partition.dir());
         std::fs::create_dir_all(&dir).map_err(|source| ParquetSinkError::Io {
             path: dir.clone(),
@@ -409,6 +491,7 @@ impl ParquetSink {
         })?;
         self.open.push(OpenFile {
             partition,
+            records: None,
             temp_path,
             final_path,
             writer,
@@ -426,6 +509,13 @@ impl ParquetSink {
             if touched.contains(&f.partition) && f.buffered.len() >= row_group_rows {
                 write_row_group(f)?;
             }
+        }
+        while self.open.len() > self.config.max_open_files {
+            let oldest = (0..self.open.len())
+                .min_by_key(|&i| self.open[i].opened)
+                .expect("at least one open file");
+            let file = self.open.remove(oldest);
+            self.publish(file)?;
         }
         let max_age = Duration::from_secs(self.config.max_file_age_s);
         let mut i = 0;
@@ -466,6 +556,12 @@ impl ParquetSink {
                 .map_err(|e| io_err(e.into_error()))?;
             file.sync_all().map_err(io_err)?;
             drop(file);
+            if let (Some(id), Some((first, last))) = (self.buffer_identity, f.records) {
+                let stem = f.final_path.file_stem().unwrap_or_default().to_string_lossy();
+                f.final_path = f
+                    .final_path
+                    .with_file_name(format!("{stem}-b{id:016x}-r{first}-{last}.parquet"));
+            }
             std::fs::rename(&f.temp_path, &f.final_path).map_err(io_err)?;
             if let Some(dir) = f.final_path.parent() {
                 File::open(dir)
@@ -643,21 +739,24 @@ impl Drop for ParquetSink {
 
 #[async_trait]
 impl Sink for ParquetSink {
-    async fn write(&mut self, batch: &OutputBatch) -> Result<(), SinkError> {
+    async fn write(
+        &mut self,
+        batch: &OutputBatch,
+    ) -> Result<Vec<super::RefusedSample>, SinkError> {
         let result = self
             .append(batch)
             .and_then(|touched| self.write_out(&touched));
-        result.map_err(|e| SinkError::Io {
+        result.map_err(|e| SinkError::Transient {
             sink: self.name.clone(),
             message: e.to_string(),
         })?;
         self.upload().await;
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         // Closes files that have grown too old while no samples came.
-        self.write_out(&[]).map_err(|e| SinkError::Io {
+        self.write_out(&[]).map_err(|e| SinkError::Transient {
             sink: self.name.clone(),
             message: e.to_string(),
         })?;
@@ -666,9 +765,142 @@ impl Sink for ParquetSink {
     }
 }
 
+/// The sink's published files under `dir`: (hour, file name).
+fn published_files(dir: &Path, prefix: &str) -> std::io::Result<Vec<(Partition, String)>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !(kind.is_file() && name.starts_with(prefix) && name.ends_with(".parquet")) {
+                continue;
+            }
+            if let Some(p) = partition_of_dir(&d) {
+                found.push((p, name));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The hour of a `…/date=YYYY-MM-DD/hour=HH` directory.
+fn partition_of_dir(dir: &Path) -> Option<Partition> {
+    let hour: u8 = dir.file_name()?.to_str()?.strip_prefix("hour=")?.parse().ok()?;
+    let date = dir.parent()?.file_name()?.to_str()?.strip_prefix("date=")?;
+    let mut parts = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
+    Some(Partition {
+        days: days_from_civil(y, m as u32, d as u32),
+        hour,
+    })
+}
+
+/// Days since 1970-01-01 of a (year, month, day) (proleptic Gregorian).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Moves the sink to a blocking thread for `work` (encoding, fsync, rename) and back.
+pub struct ParquetBehindBuffer {
+    sink: Option<Box<ParquetSink>>,
+    name: String,
+}
+
+impl ParquetBehindBuffer {
+    pub fn new(sink: ParquetSink) -> Self {
+        ParquetBehindBuffer {
+            name: sink.name.clone(),
+            sink: Some(Box::new(sink)),
+        }
+    }
+
+    async fn off_worker<R: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut ParquetSink) -> R + Send + 'static,
+    ) -> Result<R, SinkError> {
+        let Some(mut sink) = self.sink.take() else {
+            return Err(SinkError::transient(&self.name, "the sink was lost to a failed task"));
+        };
+        let (sink, r) = tokio::task::spawn_blocking(move || {
+            let r = work(&mut sink);
+            (sink, r)
+        })
+        .await
+        .map_err(|e| SinkError::transient(&self.name, format!("Parquet task failed: {e}")))?;
+        self.sink = Some(sink);
+        Ok(r)
+    }
+}
+
+#[async_trait]
+impl super::buffered::BufferedSink for ParquetBehindBuffer {
+    async fn write_record(
+        &mut self,
+        seq: u64,
+        batch: &OutputBatch,
+    ) -> Result<Vec<super::RefusedSample>, SinkError> {
+        let batch = batch.clone();
+        let name = self.name.clone();
+        self.off_worker(move |s| {
+            s.current_record = Some(seq);
+            let result = s.append(&batch).and_then(|touched| s.write_out(&touched));
+            s.current_record = None;
+            if result.is_ok() {
+                s.last_record = Some(seq);
+            }
+            result.map_err(|e| SinkError::transient(&name, e))
+        })
+        .await??;
+        if let Some(s) = self.sink.as_mut() {
+            s.upload().await;
+        }
+        Ok(Vec::new())
+    }
+
+    async fn publish(&mut self, force: bool) -> Result<Option<u64>, SinkError> {
+        let name = self.name.clone();
+        let through = self
+            .off_worker(move |s| {
+                let r = if force { s.close_all() } else { s.write_out(&[]) };
+                r.map(|()| s.published_through())
+                    .map_err(|e| SinkError::transient(&name, e))
+            })
+            .await??;
+        if let Some(s) = self.sink.as_mut() {
+            s.upload().await;
+        }
+        Ok(through)
+    }
+
+    fn published_before_start(&self) -> Option<u64> {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_round_trip() {
+        for days in [-1000, 0, 19_000, 20_000, 60_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
 
     #[test]
     fn remembers_only_the_recent_files() {

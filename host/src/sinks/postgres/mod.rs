@@ -9,6 +9,13 @@
 //! acknowledgement, a replay after a restart) adds no rows, and `write` returning Ok means
 //! the rows are committed. A lost connection
 //! fails the write; the next attempt reconnects (the caller retries with backoff).
+//!
+//! A sample the database refuses for good never holds the others back: text with a NUL
+//! character (which PostgreSQL cannot store) is refused before the write, and when the
+//! database refuses a batch with a data error (SQLSTATE class 22, e.g. a value out of range,
+//! or 23, e.g. a CHECK constraint) the batch is bisected in separate transactions until the
+//! offending rows are found; they alone go to the dead-letter (`postgres-data-error`, with the
+//! server's message), the rest is committed.
 //! With `tls`, the connection is encrypted by rustls and the server certificate verified.
 
 mod config;
@@ -29,9 +36,12 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{PerTag, Sink, SinkError};
+use super::{PerTag, RefusedSample, Sink, SinkError};
+
+/// The dead-letter reason of a sample PostgreSQL refused.
+pub const REFUSED_REASON: &str = "postgres-data-error";
 use crate::model::{ExtraValue, Quality};
-use crate::pipeline::{OutputBatch, ResolvedTag};
+use crate::model::{OutputBatch, ResolvedTag};
 
 /// Columns in write order, with their types.
 pub const COLUMNS: [(&str, Type); 9] = [
@@ -143,7 +153,7 @@ impl Row<'_> {
 impl PostgresSink {
     /// Checks the config; connects lazily, at the first write.
     pub fn open(name: &str, config: &PostgresSinkConfig) -> Result<Self, SinkError> {
-        let err = |message: String| SinkError::Io {
+        let err = |message: String| SinkError::Transient {
             sink: name.into(),
             message,
         };
@@ -261,8 +271,13 @@ impl PostgresSink {
         Ok(self.client.insert(client))
     }
 
-    /// The rows of `batch`, in sample order.
-    fn rows<'a>(&mut self, batch: &'a OutputBatch) -> Result<Vec<Row<'a>>, PostgresError> {
+    /// The rows of `batch`, in sample order, with their sample indices; samples whose text
+    /// PostgreSQL cannot store (a NUL character) are refused instead.
+    fn rows<'a>(
+        &mut self,
+        batch: &'a OutputBatch,
+        refused: &mut Vec<RefusedSample>,
+    ) -> Result<(Vec<Row<'a>>, Vec<usize>), PostgresError> {
         self.metadata_json.follow(&batch.tags);
         let s = &batch.samples;
         let mut extras: Vec<Option<&'a ExtraValue>> = Vec::new();
@@ -275,6 +290,7 @@ impl PostgresSink {
             }
         }
         let mut rows = Vec::with_capacity(s.len());
+        let mut indices = Vec::with_capacity(s.len());
         for i in 0..s.len() {
             let tag_id = s.tag_ids[i];
             let tag: &'a ResolvedTag = batch
@@ -301,6 +317,24 @@ impl PostgresSink {
                 }
                 None => (Some(s.values[i]), None, None),
             };
+            let nul = [
+                ("tag", Some(tag.path.as_str())),
+                ("unit", Some(tag.unit.as_str())),
+                ("value_text", value_text),
+                ("metadata", metadata.as_deref()),
+            ]
+            .into_iter()
+            .find(|(_, text)| text.is_some_and(|t| t.contains('\0')));
+            if let Some((column, _)) = nul {
+                refused.push(RefusedSample {
+                    index: i,
+                    reason: REFUSED_REASON,
+                    detail: format!(
+                        "{column} contains a NUL character (0x00), which PostgreSQL text cannot hold"
+                    ),
+                });
+                continue;
+            }
             rows.push(Row {
                 time: PgTimestamp(s.timestamps[i]),
                 tag: &tag.path,
@@ -312,13 +346,48 @@ impl PostgresSink {
                 status: s.quality[i] as i64,
                 metadata: metadata.map(PgJsonb),
             });
+            indices.push(i);
         }
-        Ok(rows)
+        Ok((rows, indices))
     }
 
-    async fn write_rows(&mut self, batch: &OutputBatch) -> Result<(), PostgresError> {
-        let rows_len = batch.samples.len();
-        let rows = self.rows(batch)?;
+    /// Writes `batch`; returns the samples the database refused for good.
+    async fn write_batch(
+        &mut self,
+        batch: &OutputBatch,
+    ) -> Result<Vec<RefusedSample>, PostgresError> {
+        let mut refused = Vec::new();
+        let (rows, indices) = self.rows(batch, &mut refused)?;
+        // Bisect only after a data error: most batches go in one transaction.
+        let mut pending = vec![(0, rows.len())];
+        while let Some((a, b)) = pending.pop() {
+            if a == b {
+                continue;
+            }
+            match self.write_rows(&rows[a..b]).await {
+                Ok(()) => {}
+                Err(e) => match data_error(&e) {
+                    Some(message) if b - a == 1 => refused.push(RefusedSample {
+                        index: indices[a],
+                        reason: REFUSED_REASON,
+                        detail: message,
+                    }),
+                    Some(_) => {
+                        let m = (a + b) / 2;
+                        pending.push((m, b));
+                        pending.push((a, m));
+                    }
+                    None => return Err(e),
+                },
+            }
+        }
+        refused.sort_by_key(|r| r.index);
+        Ok(refused)
+    }
+
+    /// Writes `rows` in one transaction.
+    async fn write_rows(&mut self, rows: &[Row<'_>]) -> Result<(), PostgresError> {
+        let rows_len = rows.len();
         let method = self.config.method;
         let insert_rows = self.config.insert_rows;
         let table = self.table.clone();
@@ -341,7 +410,7 @@ impl PostgresSink {
                 let copied = copy_rows(
                     &direct,
                     &format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)"),
-                    &rows,
+                    rows,
                 )
                 .await;
                 match copied {
@@ -351,7 +420,7 @@ impl PostgresSink {
                         copy_rows(
                             &tx,
                             &format!("COPY {STAGING_TABLE} ({columns}) FROM STDIN (FORMAT binary)"),
-                            &rows,
+                            rows,
                         )
                         .await
                         .map_err(write_err)?;
@@ -405,6 +474,17 @@ async fn copy_rows(
     }
     writer.as_mut().finish().await?;
     Ok(())
+}
+
+/// The server's message if `e` is a data error that a retry cannot fix (SQLSTATE class 22,
+/// data exception, or 23, integrity constraint violation): the rows are at fault.
+fn data_error(e: &PostgresError) -> Option<String> {
+    let PostgresError::Write { source, .. } = e else {
+        return None;
+    };
+    let db = source.as_db_error()?;
+    let class = &db.code().code()[..2];
+    (class == "22" || class == "23").then(|| format!("{} ({})", db.message(), db.code().code()))
 }
 
 /// `e` and the errors that caused it, each once (tokio-postgres keeps the server's message
@@ -509,12 +589,12 @@ fn insert_types(rows: usize) -> Vec<Type> {
 
 #[async_trait]
 impl Sink for PostgresSink {
-    async fn write(&mut self, batch: &OutputBatch) -> Result<(), SinkError> {
+    async fn write(&mut self, batch: &OutputBatch) -> Result<Vec<RefusedSample>, SinkError> {
         if batch.samples.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let after = Duration::from_secs(self.config.write_timeout_s);
-        let result = match tokio::time::timeout(after, self.write_rows(batch)).await {
+        let result = match tokio::time::timeout(after, self.write_batch(batch)).await {
             Ok(r) => r,
             Err(_) => Err(PostgresError::Timeout {
                 what: "a batch write",
@@ -524,7 +604,7 @@ impl Sink for PostgresSink {
         result.map_err(|e| {
             // Start over on a fresh connection: the old one may be dead or mid-transaction.
             self.client = None;
-            SinkError::Io {
+            SinkError::Transient {
                 sink: self.name.clone(),
                 message: with_causes(&e),
             }

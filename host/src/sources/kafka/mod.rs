@@ -2,8 +2,9 @@
 //! turns `ferrule.sample.v1` records into samples. Each batch carries an `Ack`; per partition
 //! the offsets of batches (and of dead-lettered records) wait in order, and an offset is
 //! committed only once every earlier entry of its partition was released too, i.e. once the
-//! sinks took everything before it. A rebalance or crash re-reads from the last commit
-//! (at-least-once; duplicates, never gaps).
+//! sinks took everything before it. A batch that fails (a holder let go without saying done)
+//! is never committed: the source seeks its partitions back to it and reads it again. A
+//! rebalance or crash re-reads from the last commit (at-least-once; duplicates, never gaps).
 
 mod config;
 
@@ -19,40 +20,59 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{SourceContext, SourceError};
-use crate::ack::Ack;
+use crate::ack::{Ack, Settled};
 use crate::model::{SampleBatch, TagId};
-use crate::mqtt::payload;
-use crate::pipeline::{DeadLetter, DeadLetterBatch};
+use crate::payload;
+use crate::model::{DeadLetter, DeadLetterBatch};
 
 type Partition = (String, i32);
 
-/// Per partition, the next offset after each released-or-pending entry, in read order.
+/// At shutdown, how long the source waits for the pipeline to settle what it sent before the
+/// last commit (what is not settled by then is read again after the restart).
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
+/// Per partition, each released-or-pending entry in read order: (id, first offset, next
+/// offset after it, released).
 #[derive(Default)]
 struct Tracker {
-    queues: HashMap<Partition, VecDeque<(u64, i64, bool)>>,
+    queues: HashMap<Partition, VecDeque<(u64, i64, i64, bool)>>,
+    /// Partitions to read again from an offset (a failed batch), for the reader to seek.
+    rewind: Vec<(Partition, i64)>,
 }
 
 impl Tracker {
-    fn push(&mut self, p: Partition, id: u64, next: i64) {
+    fn push(&mut self, p: Partition, id: u64, first: i64, next: i64) {
         self.queues
             .entry(p)
             .or_default()
-            .push_back((id, next, false));
+            .push_back((id, first, next, false));
     }
-    fn done(&mut self, id: u64) {
-        for q in self.queues.values_mut() {
-            for e in q.iter_mut().filter(|e| e.0 == id) {
-                e.2 = true;
+    fn settle(&mut self, id: u64, outcome: Settled) {
+        for (p, q) in self.queues.iter_mut() {
+            let Some(i) = q.iter().position(|e| e.0 == id) else {
+                continue;
+            };
+            match outcome {
+                Settled::Done => q[i].3 = true,
+                Settled::Failed => {
+                    // Read it (and all after it) again; later entries are dropped.
+                    self.rewind.push((p.clone(), q[i].1));
+                    q.truncate(i);
+                }
             }
         }
     }
+    fn is_empty(&self) -> bool {
+        self.queues.values().all(|q| q.is_empty())
+    }
+
     /// Offsets that may be committed now (every entry before them released).
     fn committable(&mut self) -> Vec<(Partition, i64)> {
         let mut out = Vec::new();
         for (p, q) in self.queues.iter_mut() {
             let mut last = None;
-            while q.front().is_some_and(|e| e.2) {
-                last = q.pop_front().map(|e| e.1);
+            while q.front().is_some_and(|e| e.3) {
+                last = q.pop_front().map(|e| e.2);
             }
             if let Some(next) = last {
                 out.push((p.clone(), next));
@@ -68,8 +88,10 @@ struct Reader {
     tracker: Arc<Mutex<Tracker>>,
     tags: HashMap<String, TagId>,
     batch: SampleBatch,
-    /// Highest offset per partition in `batch`.
-    offsets: HashMap<Partition, i64>,
+    /// Lowest and highest offset per partition in `batch`.
+    offsets: HashMap<Partition, (i64, i64)>,
+    /// Offsets ready to commit whose commit has not succeeded yet.
+    uncommitted: HashMap<Partition, i64>,
     next_id: u64,
 }
 
@@ -112,6 +134,7 @@ pub async fn run(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), So
         tracker: Arc::default(),
         tags: HashMap::new(),
         offsets: HashMap::new(),
+        uncommitted: HashMap::new(),
         next_id: 0,
     };
     let mut first_pending_at: Option<tokio::time::Instant> = None;
@@ -137,10 +160,21 @@ pub async fn run(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), So
                 r.flush().await?;
                 first_pending_at = None;
             }
-            _ = commit_tick.tick() => r.commit(&consumer),
+            _ = commit_tick.tick() => {
+                r.rewind(&consumer, &mut first_pending_at);
+                r.commit(&consumer);
+            }
             _ = r.ctx.shutdown.changed() => {
                 if *r.ctx.shutdown.borrow() {
                     r.flush().await?;
+                    // The last commit waits for the pipeline to drain what it holds (bounded).
+                    let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+                    while !r.tracker.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        r.commit(&consumer);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     r.commit(&consumer);
                     return Ok(());
                 }
@@ -170,14 +204,24 @@ impl Reader {
                     .await
             }
         };
-        let (registry, source) = (&self.ctx.registry, &self.ctx.name);
-        let id = *self
-            .tags
-            .entry(path.clone())
-            .or_insert_with(|| registry.intern(parsed.descriptor(source, &path)));
+        let id = match self.tags.get(&path) {
+            Some(id) => *id,
+            None => match self
+                .ctx
+                .registry
+                .try_intern(parsed.descriptor(&self.ctx.name, &path))
+            {
+                Ok(id) => *self.tags.entry(path).or_insert(id),
+                Err(e) => return self.refuse(m, p, "tag-limit", e.to_string()).await,
+            },
+        };
         parsed.append_to(id, &mut self.batch);
-        let o = self.offsets.entry(p).or_insert(m.offset());
-        *o = (*o).max(m.offset());
+        let o = self
+            .offsets
+            .entry(p)
+            .or_insert((m.offset(), m.offset()));
+        o.0 = o.0.min(m.offset());
+        o.1 = o.1.max(m.offset());
         Ok(())
     }
 
@@ -190,14 +234,20 @@ impl Reader {
         self.next_id += 1;
         {
             let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-            for (p, o) in self.offsets.drain() {
-                t.push(p, id, o + 1);
+            for (p, (first, last)) in self.offsets.drain() {
+                t.push(p, id, first, last + 1);
             }
         }
         let tracker = self.tracker.clone();
-        let ack = Ack::new(move || tracker.lock().unwrap_or_else(|e| e.into_inner()).done(id));
+        let ack = Ack::new(move |outcome| {
+            tracker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .settle(id, outcome)
+        });
         if self.batch.is_empty() {
-            return Ok(()); // `ack` drops here: nothing to wait for.
+            ack.done(); // Nothing to wait for.
+            return Ok(());
         }
         let mut batch = std::mem::replace(
             &mut self.batch,
@@ -228,9 +278,14 @@ impl Reader {
         self.tracker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(p, id, m.offset() + 1);
+            .push(p, id, m.offset(), m.offset() + 1);
         let tracker = self.tracker.clone();
-        let ack = Ack::new(move || tracker.lock().unwrap_or_else(|e| e.into_inner()).done(id));
+        let ack = Ack::new(move |outcome| {
+            tracker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .settle(id, outcome)
+        });
         let bytes = m.payload().unwrap_or_default();
         let where_ = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
         let letter = DeadLetter::refused_by_source(
@@ -252,42 +307,89 @@ impl Reader {
         Ok(())
     }
 
-    /// Commits the offsets whose every earlier entry was released.
-    fn commit(&self, consumer: &StreamConsumer) {
+    /// Seeks partitions back to the first record of a failed batch (read again, at least once).
+    fn rewind(
+        &mut self,
+        consumer: &StreamConsumer,
+        first_pending_at: &mut Option<tokio::time::Instant>,
+    ) {
+        let rewind = std::mem::take(&mut self.tracker.lock().unwrap_or_else(|e| e.into_inner()).rewind);
+        if rewind.is_empty() {
+            return;
+        }
+        // What is being gathered comes after the failed records: it is read again too.
+        self.batch = SampleBatch::with_capacity(self.config.batch_size);
+        self.offsets.clear();
+        *first_pending_at = None;
+        for ((topic, partition), offset) in rewind {
+            tracing::warn!(source = %self.ctx.name, topic, partition, offset, "a batch was not delivered; reading it again");
+            if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+                tracing::error!(source = %self.ctx.name, topic, partition, "cannot seek back ({e}); the records come again after a restart or rebalance");
+            }
+        }
+    }
+
+    /// Commits the offsets whose every earlier entry was released; offsets whose commit
+    /// failed are kept and committed again at the next call, not forgotten.
+    fn commit(&mut self, consumer: &StreamConsumer) {
         let ready = self
             .tracker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .committable();
-        if ready.is_empty() {
+        for (p, next) in ready {
+            let o = self.uncommitted.entry(p).or_insert(next);
+            *o = (*o).max(next);
+        }
+        if self.uncommitted.is_empty() {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in ready {
-            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
+        for ((topic, partition), next) in &self.uncommitted {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
         }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            tracing::warn!(source = %self.ctx.name, "offset commit failed (records are read again after a rebalance): {e}");
+        match consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => self.uncommitted.clear(),
+            Err(e) => {
+                tracing::warn!(source = %self.ctx.name, "offset commit failed, retrying at the next commit: {e}")
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Tracker;
+    use super::{Settled, Tracker};
 
     #[test]
     fn an_offset_is_committable_only_after_everything_before_it() {
         let mut t = Tracker::default();
         let p = ("t".to_string(), 0);
-        t.push(p.clone(), 1, 10);
-        t.push(p.clone(), 2, 20);
-        t.push(p.clone(), 3, 30);
-        t.done(2);
+        t.push(p.clone(), 1, 0, 10);
+        t.push(p.clone(), 2, 10, 20);
+        t.push(p.clone(), 3, 20, 30);
+        t.settle(2, Settled::Done);
         assert!(t.committable().is_empty());
-        t.done(1);
+        t.settle(1, Settled::Done);
         assert_eq!(t.committable(), vec![(p.clone(), 20)]);
-        t.done(3);
+        t.settle(3, Settled::Done);
         assert_eq!(t.committable(), vec![(p, 30)]);
+    }
+
+    #[test]
+    fn a_failed_batch_is_never_committed_and_is_read_again() {
+        let mut t = Tracker::default();
+        let p = ("t".to_string(), 0);
+        t.push(p.clone(), 1, 0, 10);
+        t.push(p.clone(), 2, 10, 20);
+        t.push(p.clone(), 3, 20, 30);
+        t.settle(1, Settled::Done);
+        t.settle(3, Settled::Done);
+        t.settle(2, Settled::Failed);
+        assert_eq!(t.committable(), vec![(p.clone(), 10)]);
+        assert_eq!(t.rewind, vec![(p.clone(), 10)]);
+        // Entry 3 was dropped with it: a late release of it commits nothing past the gap.
+        t.settle(3, Settled::Done);
+        assert!(t.committable().is_empty());
     }
 }

@@ -1,15 +1,20 @@
 //! The MQTT source: subscribes (shared subscriptions let several instances split a plant),
 //! parses each message into samples and feeds the pipeline. Acknowledgments are manual: a
-//! message's PUBACK is sent only when every sink has durably taken its samples (or the
-//! dead-letter has its refusal), so nothing acknowledged is ever lost; after a crash the
-//! broker delivers the unacknowledged messages again (the session outlives the connection).
+//! message's PUBACK is sent only when every holder of its samples said done (every sink has
+//! durably taken them, or the dead-letter has its refusal), so nothing acknowledged is ever
+//! lost; after a crash the broker delivers the unacknowledged messages again (the session
+//! outlives the connection). PUBACKs go out in the order the messages arrived (MQTT 5 §4.6),
+//! and only on the connection they arrived on. A batch that fails (a holder let go without
+//! saying done) is never acknowledged: the source stops acknowledging on that connection and
+//! reconnects, so the broker redelivers it and what came after it.
 
 mod config;
 
 pub use config::MqttSourceConfig;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,27 +22,132 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event};
 
 use super::{SourceContext, SourceError};
-use crate::ack::Ack;
+use crate::ack::{Ack, Settled};
 use crate::model::{SampleBatch, TagId};
-use crate::mqtt::{payload, topic};
-use crate::pipeline::{DeadLetter, DeadLetterBatch};
+use crate::mqtt::topic;
+use crate::payload;
+use crate::model::{DeadLetter, DeadLetterBatch};
 
 struct Pending {
     batch: SampleBatch,
-    /// Messages whose samples are in `batch`, acknowledged with it.
-    messages: Vec<Publish>,
+    /// Tickets (`AckOrder`) of the messages whose samples are in `batch`.
+    messages: Vec<u64>,
 }
 
-pub async fn run(config: MqttSourceConfig, mut ctx: SourceContext) -> Result<(), SourceError> {
-    let client_id = config.broker.client_id_or(&format!("ferrule-{}", ctx.name));
-    let mut o = config.broker.options(&client_id);
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EntryState {
+    Pending,
+    Done,
+    Failed,
+}
+
+/// The QoS 1/2 messages of the session in arrival order, each acknowledged once it and every
+/// message before it are settled, on the connection it arrived on.
+struct AckOrder {
+    client: AsyncClient,
+    /// Counts connections: a message's PUBACK is sent only on the connection it came on.
+    epoch: u64,
+    /// Ticket of `entries[0]`.
+    base: u64,
+    entries: VecDeque<(u64, Publish, EntryState)>,
+    /// A batch of this connection failed: nothing more is acknowledged on it.
+    failed_epoch: Option<u64>,
+    reconnect: Arc<tokio::sync::Notify>,
+    source: String,
+    /// Messages left unacknowledged for redelivery.
+    withheld: u64,
+}
+
+impl AckOrder {
+    fn register(&mut self, p: &Publish) -> u64 {
+        let ticket = self.base + self.entries.len() as u64;
+        let stripped = Publish {
+            payload: Bytes::new(),
+            ..p.clone()
+        };
+        self.entries
+            .push_back((self.epoch, stripped, EntryState::Pending));
+        ticket
+    }
+
+    fn new_connection(&mut self, client: Option<AsyncClient>) {
+        self.epoch += 1;
+        if let Some(c) = client {
+            self.client = c;
+        }
+        self.drain();
+    }
+
+    fn settle(&mut self, tickets: &[u64], outcome: Settled) {
+        for &t in tickets {
+            if let Some(e) = t
+                .checked_sub(self.base)
+                .and_then(|i| self.entries.get_mut(i as usize))
+            {
+                e.2 = match outcome {
+                    Settled::Done => EntryState::Done,
+                    Settled::Failed => EntryState::Failed,
+                };
+            }
+        }
+        self.drain();
+    }
+
+    /// Acknowledges the settled prefix, in order.
+    fn drain(&mut self) {
+        while let Some((epoch, p, state)) = self.entries.front() {
+            match state {
+                EntryState::Pending => break,
+                EntryState::Failed => {
+                    if *epoch == self.epoch && self.failed_epoch != Some(self.epoch) {
+                        self.failed_epoch = Some(self.epoch);
+                        tracing::warn!(source = %self.source, "a batch was not delivered; reconnecting so the broker redelivers it");
+                        self.reconnect.notify_one();
+                    }
+                    self.withheld += 1;
+                }
+                EntryState::Done if *epoch != self.epoch || self.failed_epoch == Some(*epoch) => {
+                    // Not on this connection (or after a failure on it): the broker
+                    // redelivers it; a duplicate, never a loss.
+                    self.withheld += 1;
+                }
+                EntryState::Done => {
+                    if let Err(e) = self.client.try_ack(p) {
+                        tracing::warn!(source = %self.source, "could not acknowledge a message: {e}");
+                    }
+                }
+            }
+            self.entries.pop_front();
+            self.base += 1;
+        }
+    }
+}
+
+fn connect(config: &MqttSourceConfig, client_id: &str) -> (AsyncClient, crate::mqtt::EventPump) {
+    let mut o = config.broker.options(client_id);
     o.set_clean_start(config.clean_start);
     o.set_session_expiry_interval(Some(config.broker.session_expiry_s));
     o.set_manual_acks(true);
     o.set_receive_maximum(Some(config.receive_maximum));
     // Acks come from pipeline threads; the request queue must hold a window's worth.
     let (client, events) = AsyncClient::new(o, config.receive_maximum as usize * 2 + 64);
-    let mut pump = crate::mqtt::EventPump::spawn(events, true);
+    (client, crate::mqtt::EventPump::spawn(events, true))
+}
+
+pub async fn run(config: MqttSourceConfig, mut ctx: SourceContext) -> Result<(), SourceError> {
+    let client_id = config.broker.client_id_or(&format!("ferrule-{}", ctx.name));
+    let (mut client, mut pump) = connect(&config, &client_id);
+    let reconnect = Arc::new(tokio::sync::Notify::new());
+    let order = Arc::new(Mutex::new(AckOrder {
+        client: client.clone(),
+        epoch: 0,
+        base: 0,
+        entries: VecDeque::new(),
+        failed_epoch: None,
+        reconnect: reconnect.clone(),
+        source: ctx.name.clone(),
+        withheld: 0,
+    }));
     let mut tags: HashMap<String, TagId> = HashMap::new();
     let mut pending = Pending {
         batch: SampleBatch::with_capacity(config.batch_size),
@@ -53,6 +163,7 @@ pub async fn run(config: MqttSourceConfig, mut ctx: SourceContext) -> Result<(),
         tokio::select! {
             ev = pump.events.recv() => match ev.unwrap_or_else(|| Err("event loop stopped".into())) {
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                    lock(&order).new_connection(None);
                     match down_since.take() {
                         Some(t) => tracing::info!(source = %ctx.name, broker = %config.broker.address(), session_present = c.session_present, outage_s = t.elapsed().as_secs_f64(), "reconnected"),
                         None => tracing::info!(source = %ctx.name, broker = %config.broker.address(), session_present = c.session_present, "connected"),
@@ -70,14 +181,14 @@ pub async fn run(config: MqttSourceConfig, mut ctx: SourceContext) -> Result<(),
                     tracing::debug!(source = %ctx.name, codes = ?s.return_codes, "subscribed");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some(refusal) = take_message(&config, &ctx, &mut tags, &mut pending, &p) {
-                        refuse(&ctx, &client, p, refusal).await;
+                    if let Some(refusal) = take_message(&config, &ctx, &mut tags, &mut pending, &p, &order) {
+                        refuse(&ctx, &order, p, refusal).await;
                     }
                     if first_pending_at.is_none() && !pending.batch.is_empty() {
                         first_pending_at = Some(tokio::time::Instant::now());
                     }
                     if pending.batch.len() >= config.batch_size {
-                        flush(&ctx, &client, &mut pending).await?;
+                        flush(&ctx, &order, &mut pending).await?;
                         first_pending_at = None;
                     }
                 }
@@ -90,12 +201,23 @@ pub async fn run(config: MqttSourceConfig, mut ctx: SourceContext) -> Result<(),
                 }
             },
             _ = tokio::time::sleep_until(linger_wait), if first_pending_at.is_some() => {
-                flush(&ctx, &client, &mut pending).await?;
+                flush(&ctx, &order, &mut pending).await?;
                 first_pending_at = None;
+            }
+            _ = reconnect.notified() => {
+                // Drop the connection without DISCONNECT: the session stays and the broker
+                // redelivers every message not acknowledged on it.
+                flush(&ctx, &order, &mut pending).await?;
+                first_pending_at = None;
+                drop(pump);
+                let (c, p) = connect(&config, &client_id);
+                client = c;
+                pump = p;
+                lock(&order).new_connection(Some(client.clone()));
             }
             _ = ctx.shutdown.changed() => {
                 if *ctx.shutdown.borrow() {
-                    flush(&ctx, &client, &mut pending).await?;
+                    flush(&ctx, &order, &mut pending).await?;
                     // Let the acknowledgments of what is in the pipeline go out for a moment.
                     let _ = tokio::time::timeout(Duration::from_millis(500), async {
                         while let Some(Ok(_)) = pump.events.recv().await {}
@@ -117,6 +239,7 @@ fn take_message(
     tags: &mut HashMap<String, TagId>,
     pending: &mut Pending,
     p: &Publish,
+    order: &Arc<Mutex<AckOrder>>,
 ) -> Option<(&'static str, String)> {
     let topic = match std::str::from_utf8(&p.topic) {
         Ok(t) => t.to_string(),
@@ -131,46 +254,47 @@ fn take_message(
         Ok(parsed) => parsed,
         Err(e) => return Some((e.reason, e.detail)),
     };
-    let id = *tags
-        .entry(topic.clone())
-        .or_insert_with(|| ctx.registry.intern(parsed.descriptor(&ctx.name, &topic)));
+    let id = match tags.get(&topic) {
+        Some(id) => *id,
+        None => match ctx
+            .registry
+            .try_intern(parsed.descriptor(&ctx.name, &topic))
+        {
+            Ok(id) => *tags.entry(topic).or_insert(id),
+            Err(e) => return Some(("tag-limit", e.to_string())),
+        },
+    };
     parsed.append_to(id, &mut pending.batch);
     if p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce {
-        pending.messages.push(Publish {
-            payload: Bytes::new(),
-            ..p.clone()
-        });
+        pending.messages.push(lock(order).register(p));
     }
     None
 }
 
-/// An acknowledgment that sends the PUBACKs of `messages` when released.
-fn ack_for(client: &AsyncClient, messages: Vec<Publish>, source: &str) -> Option<Ack> {
-    if messages.is_empty() {
+fn lock(order: &Mutex<AckOrder>) -> std::sync::MutexGuard<'_, AckOrder> {
+    order.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An acknowledgment that settles the messages with `tickets` (their PUBACKs then go out in
+/// arrival order).
+fn ack_for(order: &Arc<Mutex<AckOrder>>, tickets: Vec<u64>) -> Option<Ack> {
+    if tickets.is_empty() {
         return None;
     }
-    let client = client.clone();
-    let source = source.to_string();
-    Some(Ack::new(move || {
-        for m in &messages {
-            if let Err(e) = client.try_ack(m) {
-                // The broker sends it again after a reconnect: a duplicate, never a loss.
-                tracing::warn!(source = %source, "could not acknowledge a message: {e}");
-            }
-        }
-    }))
+    let order = order.clone();
+    Some(Ack::new(move |outcome| lock(&order).settle(&tickets, outcome)))
 }
 
 async fn flush(
     ctx: &SourceContext,
-    client: &AsyncClient,
+    order: &Arc<Mutex<AckOrder>>,
     pending: &mut Pending,
 ) -> Result<(), SourceError> {
     if pending.batch.is_empty() {
         return Ok(());
     }
     let mut batch = std::mem::replace(&mut pending.batch, SampleBatch::with_capacity(1024));
-    batch.ack = ack_for(client, std::mem::take(&mut pending.messages), &ctx.name);
+    batch.ack = ack_for(order, std::mem::take(&mut pending.messages));
     let n = batch.len() as u64;
     ctx.out.send(batch).await.map_err(|_| SourceError::Failed {
         name: ctx.name.clone(),
@@ -183,22 +307,19 @@ async fn flush(
 /// Dead-letters a message that cannot be taken, with its topic, reason and payload.
 async fn refuse(
     ctx: &SourceContext,
-    client: &AsyncClient,
+    order: &Arc<Mutex<AckOrder>>,
     p: Publish,
     (reason, detail): (&'static str, String),
 ) {
     let topic = String::from_utf8_lossy(&p.topic).to_string();
     tracing::debug!(source = %ctx.name, topic, reason, "message refused: {detail}");
     let letter = DeadLetter::refused_by_source(&ctx.name, reason, detail, topic, &p.payload);
-    let messages = if p.qos == rumqttc::v5::mqttbytes::QoS::AtMostOnce {
+    let tickets = if p.qos == rumqttc::v5::mqttbytes::QoS::AtMostOnce {
         Vec::new()
     } else {
-        vec![Publish {
-            payload: Bytes::new(),
-            ..p
-        }]
+        vec![lock(order).register(&p)]
     };
-    let ack = ack_for(client, messages, &ctx.name);
+    let ack = ack_for(order, tickets);
     if ctx
         .dead_letters
         .send(DeadLetterBatch::new(vec![letter], ack))

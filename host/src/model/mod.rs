@@ -1,5 +1,13 @@
-//! The data model shared by sources, pipeline and sinks: tags (described once, then named by
-//! a dense host-assigned id), quality, and columnar sample batches.
+//! The data model shared by sources, pipeline, buffer and sinks: tags (described once, then
+//! named by a dense host-assigned id), quality, columnar sample batches, what leaves the chain
+//! (`OutputBatch` over a `TagTable`) and dead-letters. It imports nothing above it but the
+//! plugin contract's value types.
+
+mod dead_letter;
+mod output;
+
+pub use dead_letter::{DeadLetter, DeadLetterBatch, Refusal, TagNames, SOURCE_PAYLOAD_BYTES};
+pub use output::{OutputBatch, ResolvedTag, TagTable};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -40,10 +48,27 @@ pub struct TagDescriptor {
     pub metadata: Vec<(String, String)>,
 }
 
-/// Interns tag descriptors into dense ids, stable for the life of the process.
-#[derive(Default)]
+/// Interns tag descriptors into dense ids, stable for the life of the process. Sources that
+/// name tags by message (MQTT topics, Kafka keys) intern with `try_intern`, which refuses new
+/// tags past the registry's limit (`pipeline.max_tags`); configured sources (Modbus, OPC UA,
+/// the simulator) declare their tags at start and use `intern`.
 pub struct TagRegistry {
     inner: RwLock<RegistryInner>,
+    limit: usize,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl Default for TagRegistry {
+    fn default() -> Self {
+        TagRegistry::with_limit(usize::MAX)
+    }
+}
+
+/// A new tag past the registry's limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the host keeps at most {limit} tags (pipeline.max_tags); a new tag is refused")]
+pub struct TagLimitReached {
+    pub limit: usize,
 }
 
 #[derive(Default)]
@@ -53,6 +78,38 @@ struct RegistryInner {
 }
 
 impl TagRegistry {
+    pub fn with_limit(limit: usize) -> TagRegistry {
+        TagRegistry {
+            inner: RwLock::default(),
+            limit,
+            refused: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The most tags `try_intern` admits.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// New tags `try_intern` refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Like `intern`, but a new tag past the limit is refused (and counted).
+    pub fn try_intern(&self, descriptor: TagDescriptor) -> Result<TagId, TagLimitReached> {
+        let key = (descriptor.source.clone(), descriptor.vendor_path.clone());
+        if let Some(id) = self.read().by_name.get(&key) {
+            return Ok(*id);
+        }
+        if self.len() >= self.limit {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(TagLimitReached { limit: self.limit });
+        }
+        Ok(self.intern(descriptor))
+    }
+
     /// The id of `descriptor` (by source and vendor path), registering it when new.
     pub fn intern(&self, descriptor: TagDescriptor) -> TagId {
         let key = (descriptor.source.clone(), descriptor.vendor_path.clone());
@@ -96,7 +153,7 @@ impl TagRegistry {
 }
 
 /// A batch of samples as columns of equal length.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct SampleBatch {
     pub tag_ids: Vec<TagId>,
     pub values: Vec<f64>,
@@ -107,6 +164,21 @@ pub struct SampleBatch {
     pub extras: Vec<Extra>,
     /// The source's acknowledgment, released when every destination has the samples.
     pub ack: Option<Ack>,
+}
+
+/// A copy of the samples is not a holder of their acknowledgment: `clone` leaves `ack` None
+/// (a holder is made only on purpose, with `ack.clone()`).
+impl Clone for SampleBatch {
+    fn clone(&self) -> Self {
+        SampleBatch {
+            tag_ids: self.tag_ids.clone(),
+            values: self.values.clone(),
+            quality: self.quality.clone(),
+            timestamps: self.timestamps.clone(),
+            extras: self.extras.clone(),
+            ack: None,
+        }
+    }
 }
 
 impl SampleBatch {
@@ -123,6 +195,14 @@ impl SampleBatch {
 
     pub fn len(&self) -> usize {
         self.tag_ids.len()
+    }
+
+    /// Says done for this batch's acknowledgment share: its samples were handed on (to the
+    /// sinks or the dead-letter, each with a share of its own) or there are none left.
+    pub fn handed_on(&mut self) {
+        if let Some(a) = self.ack.take() {
+            a.done();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -220,6 +300,17 @@ mod tests {
         assert_eq!(r.intern(desc("b", "x")), 2);
         assert_eq!(r.len(), 3);
         assert_eq!(r.since(2)[0].source, "b");
+    }
+
+    #[test]
+    fn a_bounded_registry_refuses_new_tags_past_its_limit_and_counts_them() {
+        let r = TagRegistry::with_limit(2);
+        assert_eq!(r.try_intern(desc("a", "x")), Ok(0));
+        assert_eq!(r.try_intern(desc("a", "y")), Ok(1));
+        assert_eq!(r.try_intern(desc("a", "z")), Err(TagLimitReached { limit: 2 }));
+        assert_eq!(r.try_intern(desc("a", "x")), Ok(0), "known tags still resolve");
+        assert_eq!(r.refused(), 1);
+        assert_eq!(r.len(), 2);
     }
 
     #[test]

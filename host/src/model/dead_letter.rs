@@ -160,11 +160,3 @@ impl DeadLetter {
         }
     }
 }
-
-/// The name plugin `info` declared for reason `code` (`rejected` if it declared none).
-pub(super) fn reason_name(info: &crate::plugin::PluginInfo, code: u16) -> &str {
-    info.reasons
-        .iter()
-        .find(|r| r.code == code)
-        .map_or("rejected", |r| r.name.as_str())
-}

@@ -1,5 +1,6 @@
-//! The sample payload on the broker (contract `ferrule.sample.v1`), rendered by the MQTT
-//! sink and parsed by the MQTT source. The topic is the tag's path.
+//! The sample payload contract `ferrule.sample.v1`, one for every transport: rendered by the
+//! MQTT and Kafka sinks, parsed by the MQTT and Kafka sources. On MQTT the topic is the tag's
+//! path; on Kafka the record key is.
 //!
 //! One sample:
 //! `{"value":612.3,"unit":"kPa","quality":"good","status":0,"ts_ns":1764070000000000000,
@@ -17,7 +18,7 @@
 use std::fmt::Write;
 
 use crate::model::{ExtraValue, Quality};
-use crate::pipeline::ResolvedTag;
+use crate::model::ResolvedTag;
 
 /// Contract name, sent as the MQTT 5 user property `contract`.
 pub const CONTRACT: &str = "ferrule.sample.v1";

@@ -1,0 +1,353 @@
+//! Delivery guarantees under faults, against real peers, counted by an independent reader:
+//! - Parquet after `kill -9`: every sample the broker saw acknowledged is in the Parquet files
+//!   exactly once (read back by DuckDB);
+//! - a poison record for PostgreSQL (a NUL character; a value a CHECK constraint refuses) is
+//!   dead-lettered by the sink alone, and every good row lands;
+//! - `/ready` answers 503 naming the sink while it is stuck, and 200 again once it recovers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferrule::config::HostConfig;
+use ferrule::runtime;
+use ferrule_tests::mqtt::publish_all;
+use ferrule_tests::peers::{self, mosquitto};
+use ferrule_tests::read_jsonl;
+use ferrule_tests::storage::TestDatabase;
+
+const START_NS: u64 = 1_700_000_000_000_000_000;
+
+fn ferrule_bin() -> PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/ferrule
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("ferrule");
+    assert!(bin.is_file(), "{} is missing: `cargo test --workspace` builds it", bin.display());
+    bin
+}
+
+fn payload(value: f64, unit: &str, ts: u64) -> Vec<u8> {
+    serde_json::json!({"value": value, "unit": unit, "quality": "good", "ts_ns": ts})
+        .to_string()
+        .into_bytes()
+}
+
+fn topic(i: u64) -> String {
+    format!("plant/site1/area1/line{}/dev{}/flow", i % 3, i % 50)
+}
+
+/// (rows, distinct (tag, time)) in the Parquet files under `dir`, read by DuckDB.
+fn parquet_counts(dir: &Path) -> (u64, u64) {
+    let glob = format!("{}/**/*.parquet", dir.display());
+    let out = Command::new(peers::python())
+        .arg("-c")
+        .arg(
+            "import duckdb,sys; r = duckdb.sql(\"SELECT count(*), count(DISTINCT (tag, time)) \
+             FROM read_parquet('\" + sys.argv[1] + \"')\").fetchone(); print(r[0], r[1])",
+        )
+        .arg(&glob)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "duckdb: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut n = text.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+    (n.next().unwrap(), n.next().unwrap())
+}
+
+/// MQTT (QoS 1) → Parquet with the default settings, 10 000 messages acknowledged by the
+/// broker while the host is killed with SIGKILL twice mid-stream: after a clean restart and
+/// stop, the Parquet files hold every sample exactly once (no loss, no duplicate row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_after_kill_9_holds_every_acknowledged_sample_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = mosquitto(dir.path(), "max_queued_messages 0\nmax_inflight_messages 0\n");
+    let warm = dir.path().join("warm");
+    let config = dir.path().join("storage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+[admin]
+enabled = false
+[dead_letter]
+type = "file"
+path = "dead.jsonl"
+[sources.edge]
+type = "mqtt"
+topics = ["plant/#"]
+linger_ms = 5
+[sources.edge.broker]
+port = {port}
+client_id = "kill-parquet-in"
+[sinks.warm]
+type = "parquet"
+directory = "{warm}"
+max_file_bytes = 16384
+row_group_rows = 500
+"#,
+            port = broker.port,
+            warm = warm.display(),
+        ),
+    )
+    .unwrap();
+    let bin = ferrule_bin();
+    let start = || {
+        Command::new(&bin)
+            .arg("run")
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = start();
+    // The first start creates the persistent session at the broker.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n: u64 = 10_000;
+    let msgs: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| (topic(i), payload(i as f64, "bar", START_NS + i * 1000)))
+        .collect();
+    let publisher = tokio::spawn({
+        let port = broker.port;
+        async move {
+            for chunk in msgs.chunks(500) {
+                publish_all(port, "kill-parquet-pub", chunk.to_vec()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    for wait_ms in [700, 900] {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        child = start();
+    }
+    publisher.await.unwrap();
+    // Every message is acknowledged by the broker now. Let the host take them, then stop it
+    // cleanly (it publishes its open files).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exited.success(), "host exit: {exited:?}");
+    let (rows, distinct) = parquet_counts(&warm);
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    eprintln!("parquet after kill -9 x2: {rows} rows, {distinct} distinct, {} dead-letters", dead.len());
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(distinct, n, "{} acknowledged samples lost", n - distinct.min(n));
+    assert_eq!(rows, n, "{} duplicate rows", rows - n);
+}
+
+fn postgres_config(dir: &Path, broker_port: u16, connection: &str, extra: &str) -> HostConfig {
+    let text = format!(
+        r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+stall_after_s = 1
+[admin]
+enabled = false
+[dead_letter]
+type = "file"
+path = "dead.jsonl"
+[sources.edge]
+type = "mqtt"
+topics = ["plant/#"]
+linger_ms = 5
+[sources.edge.broker]
+port = {broker_port}
+client_id = "pg-poison-in-{nanos}"
+[sinks.hot]
+type = "postgres"
+connection = "{connection}"
+{extra}
+"#,
+        nanos = ferrule::model::now_ns(),
+    );
+    HostConfig::from_text(&text, dir).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One message whose `unit` holds a NUL character, then 1 000 good ones: the sink dead-letters
+/// that sample alone (with its name and the reason) and every good row lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dead_letters_a_nul_sample_and_the_good_rows_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = mosquitto(dir.path(), "max_queued_messages 0\n");
+    let db = TestDatabase::create("nul").await;
+    let config = postgres_config(dir.path(), broker.port, &db.connection(), "");
+    let running = runtime::start(&config).await.unwrap();
+    let handle = running.handle.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut msgs = vec![(topic(0), payload(1.0, "ba\u{0}r", START_NS))];
+    msgs.extend((1..=1000u64).map(|i| (topic(i), payload(i as f64, "bar", START_NS + i * 1000))));
+    publish_all(broker.port, "pg-poison-pub", msgs).await;
+    wait_until("1 000 rows and one dead-letter", Duration::from_secs(30), || {
+        let s = handle.status();
+        s.written["hot"] >= 1000 && s.dead_letters >= 1
+    })
+    .await;
+    assert_eq!(db.count("ferrule_samples").await, 1000);
+    let health = &handle.status().sinks["hot"].health;
+    assert_eq!(health.refused_samples, 1);
+    assert_eq!(health.error, None, "not retrying: {health:?}");
+    handle.stop();
+    running.wait().await.unwrap();
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["stage"], "sink.hot");
+    assert_eq!(dead[0]["reason"], "postgres-data-error");
+    assert!(dead[0]["detail"].as_str().unwrap().contains("NUL"), "{}", dead[0]);
+    assert_eq!(dead[0]["timestamp_ns"], START_NS);
+}
+
+/// A table with a CHECK constraint the plant added: three values it refuses among 1 000. The
+/// sink bisects the refused batch, dead-letters exactly those three with the server's message
+/// and commits the 997 others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bisects_a_refused_batch_to_the_offending_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = mosquitto(dir.path(), "max_queued_messages 0\n");
+    let db = TestDatabase::create("check").await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "{}; ALTER TABLE ferrule_samples ADD CONSTRAINT plausible CHECK (value_double < 1e6)",
+            ferrule::sinks::postgres::create_table_sql("ferrule_samples")
+        ))
+        .await
+        .unwrap();
+    let config = postgres_config(dir.path(), broker.port, &db.connection(), "");
+    let running = runtime::start(&config).await.unwrap();
+    let handle = running.handle.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bad = [17u64, 500, 999];
+    let msgs: Vec<(String, Vec<u8>)> = (0..1000u64)
+        .map(|i| {
+            let v = if bad.contains(&i) { 5e6 } else { i as f64 };
+            (topic(i), payload(v, "bar", START_NS + i * 1000))
+        })
+        .collect();
+    publish_all(broker.port, "pg-check-pub", msgs).await;
+    wait_until("997 rows and three dead-letters", Duration::from_secs(30), || {
+        let s = handle.status();
+        s.written["hot"] >= 997 && s.dead_letters >= 3
+    })
+    .await;
+    handle.stop();
+    running.wait().await.unwrap();
+    assert_eq!(db.count("ferrule_samples").await, 997);
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    let mut times: Vec<u64> = dead
+        .iter()
+        .map(|d| {
+            assert_eq!(d["reason"], "postgres-data-error");
+            assert!(d["detail"].as_str().unwrap().contains("plausible"), "{d}");
+            d["timestamp_ns"].as_u64().unwrap()
+        })
+        .collect();
+    times.sort();
+    assert_eq!(times, bad.map(|i| START_NS + i * 1000).to_vec());
+}
+
+/// A PostgreSQL sink whose database is unreachable: `/ready` answers 503 naming the sink and
+/// why (retrying, then no progress for `stall_after_s`); once the database is there the rows
+/// land and `/ready` answers 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_while_a_sink_is_stuck_and_200_after_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = mosquitto(dir.path(), "max_queued_messages 0\n");
+    let db = TestDatabase::create("stuck").await;
+    // A proxy port that refuses connections until we point it at PostgreSQL.
+    let port = peers::free_port();
+    let connection = format!("host=127.0.0.1 port={port} user=postgres dbname={}", db.name);
+    let config = postgres_config(dir.path(), broker.port, &connection, "connect_timeout_s = 1");
+    let running = runtime::start(&config).await.unwrap();
+    let handle = running.handle.clone();
+    let (addr, _server) =
+        ferrule::admin::serve("127.0.0.1:0".parse().unwrap(), handle.clone(), None)
+            .await
+            .unwrap();
+    let ready = format!("http://{addr}/ready");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let msgs: Vec<(String, Vec<u8>)> = (0..200u64)
+        .map(|i| (topic(i), payload(i as f64, "bar", START_NS + i * 1000)))
+        .collect();
+    publish_all(broker.port, "pg-stuck-pub", msgs).await;
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let body: serde_json::Value = loop {
+        let r = http.get(&ready).send().await.unwrap();
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap();
+        let reasons = body["reasons"].to_string();
+        if status == 503 && reasons.contains("no progress") {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let reasons = body["reasons"].to_string();
+    assert!(reasons.contains("sink `hot`"), "{body}");
+    let status = handle.status();
+    assert!(status.sinks["hot"].health.retries > 0);
+    assert!(status.sinks["hot"].health.error.is_some());
+    let metrics = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sink_state{sink=\"hot\",state=\"stalled\"} 1"),
+        "{}",
+        metrics.lines().filter(|l| l.contains("sink_state")).collect::<Vec<_>>().join("\n")
+    );
+
+    // The database comes: a relay from the port to PostgreSQL.
+    let relay = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let relay_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = relay.accept().await else { return };
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    wait_until("the 200 rows", Duration::from_secs(30), || {
+        handle.status().written["hot"] >= 200
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.get(&ready).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still not ready: {}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(db.count("ferrule_samples").await, 200);
+    handle.stop();
+    running.wait().await.unwrap();
+    relay_task.abort();
+}
