@@ -43,7 +43,7 @@ fn parquet_counts(dir: &Path) -> (u64, u64) {
         .arg("-c")
         .arg(
             "import duckdb,sys; r = duckdb.sql(\"SELECT count(*), count(DISTINCT (tag, time)) \
-             FROM read_parquet('\" + sys.argv[1] + \"')\").fetchone(); print(r[0], r[1])",
+             FROM read_parquet('\" + sys.argv[1] + \"')\").fetchall()[0]; print(r[0], r[1])",
         )
         .arg(&glob)
         .output()
@@ -194,7 +194,9 @@ async fn postgres_dead_letters_a_nul_sample_and_the_good_rows_land() {
     let running = runtime::start(&config).await.unwrap();
     let handle = running.handle.clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut msgs = vec![(topic(0), payload(1.0, "ba\u{0}r", START_NS))];
+    // A tag's unit is part of the tag: the poisoned one has a topic of its own.
+    let poisoned = "plant/site1/area1/line9/dev99/flow".to_string();
+    let mut msgs = vec![(poisoned, payload(1.0, "ba\u{0}r", START_NS))];
     msgs.extend((1..=1000u64).map(|i| (topic(i), payload(i as f64, "bar", START_NS + i * 1000))));
     publish_all(broker.port, "pg-poison-pub", msgs).await;
     wait_until("1 000 rows and one dead-letter", Duration::from_secs(30), || {

@@ -165,7 +165,7 @@ async fn publish_through(
         buffer,
         queue: rx,
         dead_letters: dl_tx,
-        delivered: delivered.clone(),
+        view: Arc::new(ferrule::sinks::SinkView::new(delivered.clone())),
         link: link.clone(),
     }));
     let t = Instant::now();

@@ -172,8 +172,12 @@ impl DurableBuffer {
         tx.open_table(TAGS).map_err(|e| open_err(e.to_string()))?;
         let (identity, stored_next_seq) = {
             let mut meta = tx.open_table(META).map_err(|e| open_err(e.to_string()))?;
-            let identity = match meta.get("identity").map_err(|e| open_err(e.to_string()))? {
-                Some(v) => v.value(),
+            let stored = meta
+                .get("identity")
+                .map_err(|e| open_err(e.to_string()))?
+                .map(|v| v.value());
+            let identity = match stored {
+                Some(v) => v,
                 None => {
                     let id = new_identity();
                     meta.insert("identity", id)

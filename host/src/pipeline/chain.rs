@@ -17,7 +17,7 @@ use super::stage::{
     StageState,
 };
 use super::QuarantinePolicy;
-use crate::model::{DataType, SampleBatch, TagRegistry};
+use crate::model::{SampleBatch, TagRegistry};
 use crate::plugin::{
     BatchColumns, CallError, LoadedPlugin, Planes, PluginInstance, TagDecision, TagInfo,
 };

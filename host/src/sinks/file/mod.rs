@@ -302,18 +302,12 @@ mod tests {
             index: 2,
             value: ExtraValue::Unsigned(u64::MAX),
         });
-        let batch = OutputBatch {
-            samples,
-            tags: Arc::new(table),
-        };
+        let batch = OutputBatch::new(samples, Arc::new(table));
         Sink::write(&mut sink, &batch).await.unwrap();
         // A new table (e.g. after a swap) re-renders the prefixes.
         let mut table2: TagTable = (*batch.tags).clone();
         table2[0] = tag(0, "plant/a/b/c/d/renamed");
-        let batch2 = OutputBatch {
-            samples: batch.samples.clone(),
-            tags: Arc::new(table2),
-        };
+        let batch2 = OutputBatch::new((*batch.samples).clone(), Arc::new(table2));
         Sink::write(&mut sink, &batch2).await.unwrap();
         Sink::flush(&mut sink).await.unwrap();
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
@@ -352,10 +346,7 @@ mod tests {
             for i in 0..20 {
                 samples.push(0, 1.0, Quality::GOOD, b * 20 + i);
             }
-            let batch = OutputBatch {
-                samples,
-                tags: table.clone(),
-            };
+            let batch = OutputBatch::new(samples, table.clone());
             Sink::write(&mut sink, &batch).await.unwrap();
             Sink::flush(&mut sink).await.unwrap();
         }

@@ -24,12 +24,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rdkafka::message::{Header, OwnedHeaders};
-use tokio::sync::mpsc;
 
 use super::{DeadLetterSink, LinkStats, PerTag, Sink, SinkError};
 use crate::model::Quality;
 use crate::payload::{self, WireSample};
-use crate::model::{DeadLetter, DeadLetterBatch, OutputBatch, ResolvedTag};
+use crate::model::{DeadLetter, OutputBatch, ResolvedTag};
 use producer::{Producer, Settings};
 
 /// What a tag's samples become, worked out once per tag table.
@@ -43,7 +42,6 @@ struct Plan {
 }
 
 pub struct KafkaSink {
-    name: String,
     config: KafkaSinkConfig,
     producer: Producer,
     dedup: Option<dedup::Dedup>,
@@ -80,7 +78,6 @@ impl KafkaSink {
             )
         });
         Ok(KafkaSink {
-            name: name.into(),
             config: config.clone(),
             producer,
             dedup,
