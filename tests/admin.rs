@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
-use ferrule::{pipeline, runtime};
 use ferrule::sources::simulator::{describe_tag, SimulatorConfig};
+use ferrule::{pipeline, runtime};
 use ferrule_tests::peers;
 use ferrule_tests::{account, plugin, read_jsonl, reference_stages_toml, repo_root};
 use serde_json::{json, Value};

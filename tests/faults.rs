@@ -22,7 +22,11 @@ fn ferrule_bin() -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/ferrule
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("ferrule");
-    assert!(bin.is_file(), "{} is missing: `cargo test --workspace` builds it", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo test --workspace` builds it",
+        bin.display()
+    );
     bin
 }
 
@@ -48,7 +52,11 @@ fn parquet_counts(dir: &Path) -> (u64, u64) {
         .arg(&glob)
         .output()
         .unwrap();
-    assert!(out.status.success(), "duckdb: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut n = text.split_whitespace().map(|x| x.parse::<u64>().unwrap());
     (n.next().unwrap(), n.next().unwrap())
@@ -60,7 +68,10 @@ fn parquet_counts(dir: &Path) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_after_kill_9_holds_every_acknowledged_sample_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = mosquitto(dir.path(), "max_queued_messages 0\nmax_inflight_messages 0\n");
+    let broker = mosquitto(
+        dir.path(),
+        "max_queued_messages 0\nmax_inflight_messages 0\n",
+    );
     let warm = dir.path().join("warm");
     let config = dir.path().join("storage.toml");
     std::fs::write(
@@ -140,9 +151,17 @@ row_group_rows = 500
     assert!(exited.success(), "host exit: {exited:?}");
     let (rows, distinct) = parquet_counts(&warm);
     let dead = read_jsonl(&dir.path().join("dead.jsonl"));
-    eprintln!("parquet after kill -9 x2: {rows} rows, {distinct} distinct, {} dead-letters", dead.len());
+    eprintln!(
+        "parquet after kill -9 x2: {rows} rows, {distinct} distinct, {} dead-letters",
+        dead.len()
+    );
     assert!(dead.is_empty(), "{dead:?}");
-    assert_eq!(distinct, n, "{} acknowledged samples lost", n - distinct.min(n));
+    assert_eq!(
+        distinct,
+        n,
+        "{} acknowledged samples lost",
+        n - distinct.min(n)
+    );
     assert_eq!(rows, n, "{} duplicate rows", rows - n);
 }
 
@@ -178,7 +197,10 @@ connection = "{connection}"
 async fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     while !ok() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -199,10 +221,14 @@ async fn postgres_dead_letters_a_nul_sample_and_the_good_rows_land() {
     let mut msgs = vec![(poisoned, payload(1.0, "ba\u{0}r", START_NS))];
     msgs.extend((1..=1000u64).map(|i| (topic(i), payload(i as f64, "bar", START_NS + i * 1000))));
     publish_all(broker.port, "pg-poison-pub", msgs).await;
-    wait_until("1 000 rows and one dead-letter", Duration::from_secs(30), || {
-        let s = handle.status();
-        s.written["hot"] >= 1000 && s.dead_letters >= 1
-    })
+    wait_until(
+        "1 000 rows and one dead-letter",
+        Duration::from_secs(30),
+        || {
+            let s = handle.status();
+            s.written["hot"] >= 1000 && s.dead_letters >= 1
+        },
+    )
     .await;
     assert_eq!(db.count("ferrule_samples").await, 1000);
     let health = &handle.status().sinks["hot"].health;
@@ -214,7 +240,11 @@ async fn postgres_dead_letters_a_nul_sample_and_the_good_rows_land() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["stage"], "sink.hot");
     assert_eq!(dead[0]["reason"], "postgres-data-error");
-    assert!(dead[0]["detail"].as_str().unwrap().contains("NUL"), "{}", dead[0]);
+    assert!(
+        dead[0]["detail"].as_str().unwrap().contains("NUL"),
+        "{}",
+        dead[0]
+    );
     assert_eq!(dead[0]["timestamp_ns"], START_NS);
 }
 
@@ -246,10 +276,14 @@ async fn postgres_bisects_a_refused_batch_to_the_offending_rows() {
         })
         .collect();
     publish_all(broker.port, "pg-check-pub", msgs).await;
-    wait_until("997 rows and three dead-letters", Duration::from_secs(30), || {
-        let s = handle.status();
-        s.written["hot"] >= 997 && s.dead_letters >= 3
-    })
+    wait_until(
+        "997 rows and three dead-letters",
+        Duration::from_secs(30),
+        || {
+            let s = handle.status();
+            s.written["hot"] >= 997 && s.dead_letters >= 3
+        },
+    )
     .await;
     handle.stop();
     running.wait().await.unwrap();
@@ -277,8 +311,16 @@ async fn ready_is_503_while_a_sink_is_stuck_and_200_after_it_recovers() {
     let db = TestDatabase::create("stuck").await;
     // A proxy port that refuses connections until we point it at PostgreSQL.
     let port = peers::free_port();
-    let connection = format!("host=127.0.0.1 port={port} user=postgres dbname={}", db.name);
-    let config = postgres_config(dir.path(), broker.port, &connection, "connect_timeout_s = 1");
+    let connection = format!(
+        "host=127.0.0.1 port={port} user=postgres dbname={}",
+        db.name
+    );
+    let config = postgres_config(
+        dir.path(),
+        broker.port,
+        &connection,
+        "connect_timeout_s = 1",
+    );
     let running = runtime::start(&config).await.unwrap();
     let handle = running.handle.clone();
     let (addr, _server) =
@@ -301,7 +343,10 @@ async fn ready_is_503_while_a_sink_is_stuck_and_200_after_it_recovers() {
         if status == 503 && reasons.contains("no progress") {
             break body;
         }
-        assert!(std::time::Instant::now() < deadline, "still {status}: {body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {status}: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let reasons = body["reasons"].to_string();
@@ -320,14 +365,22 @@ async fn ready_is_503_while_a_sink_is_stuck_and_200_after_it_recovers() {
     assert!(
         metrics.contains("sink_state{sink=\"hot\",state=\"stalled\"} 1"),
         "{}",
-        metrics.lines().filter(|l| l.contains("sink_state")).collect::<Vec<_>>().join("\n")
+        metrics
+            .lines()
+            .filter(|l| l.contains("sink_state"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // The database comes: a relay from the port to PostgreSQL.
-    let relay = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let relay = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let relay_task = tokio::spawn(async move {
         loop {
-            let Ok((mut inbound, _)) = relay.accept().await else { return };
+            let Ok((mut inbound, _)) = relay.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -345,7 +398,11 @@ async fn ready_is_503_while_a_sink_is_stuck_and_200_after_it_recovers() {
         if r.status() == 200 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "still not ready: {}", r.text().await.unwrap());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not ready: {}",
+            r.text().await.unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(db.count("ferrule_samples").await, 200);

@@ -93,12 +93,7 @@ client_id = "edge-1"
         port = broker.port,
     );
     let config = load(dir.path(), &text);
-    let status = runtime::start(&config)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let status = runtime::start(&config).await.unwrap().wait().await.unwrap();
     let file = read_jsonl(&dir.path().join("samples.jsonl"));
     assert_eq!(status.written["uplink"], file.len() as u64);
     assert!(

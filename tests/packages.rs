@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use ferrule::config::HostConfig;
 use ferrule::pipeline::{PipelineError, StageState};
-use ferrule::runtime;
 use ferrule::plugin::package::{self, NeededLimits, PackageOptions, MANIFEST_FILE};
 use ferrule::plugin::{
     Digest, EngineConfig, Grant, LoadError, PluginEngine, PluginLimits, StageTerms,
 };
+use ferrule::runtime;
 use ferrule_tests::{plugin, read_jsonl, reference_stages_toml, repo_root};
 
 fn engine() -> PluginEngine {

@@ -16,8 +16,8 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::pipeline::{ShadowState, StageState};
-use crate::runtime::PipelineStatus;
 use crate::plugin::HistogramSnapshot;
+use crate::runtime::PipelineStatus;
 
 /// A histogram already counted elsewhere (the stage's call meter), encoded as one.
 #[derive(Clone, Debug, Default)]

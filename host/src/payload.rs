@@ -17,8 +17,8 @@
 
 use std::fmt::Write;
 
-use crate::model::{ExtraValue, Quality};
 use crate::model::ResolvedTag;
+use crate::model::{ExtraValue, Quality};
 
 /// Contract name, sent as the MQTT 5 user property `contract`.
 pub const CONTRACT: &str = "ferrule.sample.v1";

@@ -80,7 +80,10 @@ mod tests {
         let d: Vec<Duration> = (0..4).map(|_| b.next_delay()).collect();
         for (d, step) in d.iter().zip([100u64, 200, 400, 400]) {
             assert!(*d >= Duration::from_millis(step), "{d:?} < {step} ms");
-            assert!(*d <= Duration::from_millis(step + step / 2), "{d:?} > 1.5 × {step} ms");
+            assert!(
+                *d <= Duration::from_millis(step + step / 2),
+                "{d:?} > 1.5 × {step} ms"
+            );
         }
         assert_eq!(b.attempts(), 4);
         b.reset();

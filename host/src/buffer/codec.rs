@@ -2,8 +2,8 @@
 //! (24 bytes a sample plus extras) naming tags by durable id; tags are stored once each in
 //! their own table. Decoding checks every length, so a damaged record is an error, not a panic.
 
-use crate::model::{DataType, Extra, ExtraValue, SampleBatch};
 use crate::model::ResolvedTag;
+use crate::model::{DataType, Extra, ExtraValue, SampleBatch};
 
 const RECORD_VERSION: u8 = 1;
 const TAG_VERSION: u8 = 1;

@@ -310,8 +310,7 @@ impl DurableBuffer {
                 }
             }
             Err(err) => {
-                *self.write_error.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(err.to_string());
+                *self.write_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
                 *self.db.write().unwrap_or_else(|e| e.into_inner()) = None;
             }
         }

@@ -211,9 +211,10 @@ impl HostConfig {
                 }
                 SinkConfig::Parquet(p) => {
                     fix(&mut p.directory);
-                    fix(p.buffer.path.get_or_insert_with(|| {
-                        PathBuf::from(format!("data/buffer/{name}.redb"))
-                    }));
+                    fix(p
+                        .buffer
+                        .path
+                        .get_or_insert_with(|| PathBuf::from(format!("data/buffer/{name}.redb"))));
                 }
                 SinkConfig::Postgres(p) => {
                     if let Some(f) = p.ca_file.as_mut() {
@@ -253,7 +254,10 @@ impl HostConfig {
         }
         for (key, value) in [
             ("pipeline.queue_batches", self.pipeline.queue_batches as u64),
-            ("pipeline.flush_interval_ms", self.pipeline.flush_interval_ms),
+            (
+                "pipeline.flush_interval_ms",
+                self.pipeline.flush_interval_ms,
+            ),
             ("pipeline.flush_batches", self.pipeline.flush_batches as u64),
             ("pipeline.stall_after_s", self.pipeline.stall_after_s),
             ("pipeline.max_tags", self.pipeline.max_tags as u64),

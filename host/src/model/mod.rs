@@ -307,8 +307,15 @@ mod tests {
         let r = TagRegistry::with_limit(2);
         assert_eq!(r.try_intern(desc("a", "x")), Ok(0));
         assert_eq!(r.try_intern(desc("a", "y")), Ok(1));
-        assert_eq!(r.try_intern(desc("a", "z")), Err(TagLimitReached { limit: 2 }));
-        assert_eq!(r.try_intern(desc("a", "x")), Ok(0), "known tags still resolve");
+        assert_eq!(
+            r.try_intern(desc("a", "z")),
+            Err(TagLimitReached { limit: 2 })
+        );
+        assert_eq!(
+            r.try_intern(desc("a", "x")),
+            Ok(0),
+            "known tags still resolve"
+        );
         assert_eq!(r.refused(), 1);
         assert_eq!(r.len(), 2);
     }

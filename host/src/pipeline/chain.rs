@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::reason_name;
-use crate::model::{DeadLetter, DeadLetterBatch, OutputBatch, ResolvedTag, Refusal, TagNames, TagTable};
 use super::shadow::{live_outcomes, Shadow, ShadowRun, ShadowState, SharedReport};
 use super::stage::{
     any_reject, changed_decisions, decide, Decisions, PrepareKind, Prepared, StageHandle,
     StageState,
 };
 use super::QuarantinePolicy;
+use crate::model::{
+    DeadLetter, DeadLetterBatch, OutputBatch, Refusal, ResolvedTag, TagNames, TagTable,
+};
 use crate::model::{SampleBatch, TagRegistry};
 use crate::plugin::{
     BatchColumns, CallError, LoadedPlugin, Planes, PluginInstance, TagDecision, TagInfo,

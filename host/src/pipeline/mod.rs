@@ -9,8 +9,8 @@ mod config;
 mod shadow;
 mod stage;
 
-pub use chain::{next_input, InstallReport};
 pub use chain::InitialStage;
+pub use chain::{next_input, InstallReport};
 pub use config::{PipelineConfig, QuarantinePolicy, StageConfig};
 pub use shadow::{Outcome, SampleDiff, ShadowReport, ShadowState, TagDiff};
 pub use stage::{PrepareKind, StageHandle, StageState, StageStats};

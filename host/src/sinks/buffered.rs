@@ -167,7 +167,10 @@ pub async fn run(
                     }
                     Err(e) => {
                         health.failed(&e);
-                        if stopping && drain_deadline.is_some_and(|d| Instant::now() > d) {
+                        let deadline = (*done_rx.borrow()).then(|| {
+                            *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT)
+                        });
+                        if deadline.is_some_and(|d| Instant::now() > d) {
                             let (records, samples) = buffer.depth();
                             tracing::warn!(sink = %name, records, samples, "stopping while the destination fails; buffered samples are written at the next start");
                             let _ = writer.await;

@@ -74,9 +74,11 @@ impl SinkHealth {
         let last = self.last_success_ns.load(Ordering::Relaxed);
         let error = self.error.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let retrying = self.retrying.load(Ordering::Relaxed);
-        let quiet_s = (busy_since != 0)
-            .then(|| now.saturating_sub(busy_since.max(last)) as f64 / 1e9)
-            .unwrap_or(0.0);
+        let quiet_s = if busy_since != 0 {
+            now.saturating_sub(busy_since.max(last)) as f64 / 1e9
+        } else {
+            0.0
+        };
         let state = if busy_since != 0 && quiet_s >= stall_after.as_secs_f64() {
             SinkState::Stalled
         } else if retrying {
@@ -180,9 +182,8 @@ impl SinkView {
 
     pub fn status(&self) -> super::SinkStatus {
         let link = self.link.as_deref();
-        let get = |f: fn(&LinkStats) -> &AtomicU64| {
-            link.map_or(0, |l| f(l).load(Ordering::Relaxed))
-        };
+        let get =
+            |f: fn(&LinkStats) -> &AtomicU64| link.map_or(0, |l| f(l).load(Ordering::Relaxed));
         let buffer: Option<BufferStatus> = self.buffer.as_ref().map(|b| b.status());
         super::SinkStatus {
             written: self.written.load(Ordering::Relaxed),
@@ -215,7 +216,10 @@ mod tests {
         let h = SinkHealth::default();
         assert_eq!(h.snapshot(Duration::from_secs(30)).state, SinkState::Idle);
         h.working();
-        assert_eq!(h.snapshot(Duration::from_secs(30)).state, SinkState::Working);
+        assert_eq!(
+            h.snapshot(Duration::from_secs(30)).state,
+            SinkState::Working
+        );
         h.failed(&SinkError::Transient {
             sink: "pg".into(),
             message: "connection refused".into(),

@@ -611,7 +611,7 @@ pub async fn run_dead_letter_sink(
         if queue.is_empty() || unflushed.len() >= out.flush.batches {
             flush_letters(sink.as_mut(), &health).await;
             crate::ack::all_done(unflushed.iter());
-                    unflushed.clear();
+            unflushed.clear();
             flush_due = None;
             if queue.is_empty() {
                 health.idle();
@@ -634,7 +634,11 @@ async fn flush_letters(sink: &mut dyn DeadLetterSink, health: &SinkHealth) {
             Err(e) => {
                 health.failed(&e);
                 let delay = backoff.next_delay();
-                tracing::warn!(sink = DEAD_LETTER_SINK, attempt = backoff.attempts(), "flush failed, retrying in {delay:?}: {e}");
+                tracing::warn!(
+                    sink = DEAD_LETTER_SINK,
+                    attempt = backoff.attempts(),
+                    "flush failed, retrying in {delay:?}: {e}"
+                );
                 tokio::time::sleep(delay).await;
             }
         }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::model::{SampleBatch, TagRegistry};
 use crate::model::DeadLetterBatch;
+use crate::model::{SampleBatch, TagRegistry};
 
 /// `[sources.<name>]`, by `type`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -23,8 +23,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use super::{DeadLetterSink, PerTag, Sink, SinkError};
-use crate::model::{ExtraValue, Quality};
 use crate::model::{DeadLetter, OutputBatch, ResolvedTag};
+use crate::model::{ExtraValue, Quality};
 
 pub struct FileSink {
     name: String,
@@ -268,8 +268,8 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DataType, Extra, SampleBatch};
     use crate::model::TagTable;
+    use crate::model::{DataType, Extra, SampleBatch};
     use std::sync::Arc;
 
     fn tag(id: u32, path: &str) -> Option<Arc<ResolvedTag>> {

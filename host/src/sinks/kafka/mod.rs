@@ -27,8 +27,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 
 use super::{DeadLetterSink, LinkStats, PerTag, Sink, SinkError};
 use crate::model::Quality;
-use crate::payload::{self, WireSample};
 use crate::model::{DeadLetter, OutputBatch, ResolvedTag};
+use crate::payload::{self, WireSample};
 use producer::{Producer, Settings};
 
 /// What a tag's samples become, worked out once per tag table.
@@ -128,10 +128,7 @@ fn headers(quality: u32, unit: &str) -> OwnedHeaders {
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn write(
-        &mut self,
-        batch: &OutputBatch,
-    ) -> Result<Vec<super::RefusedSample>, SinkError> {
+    async fn write(&mut self, batch: &OutputBatch) -> Result<Vec<super::RefusedSample>, SinkError> {
         let now = Instant::now();
         if let Some(d) = self.dedup.as_mut() {
             d.expire(now);

@@ -4,13 +4,13 @@
 //!   are the batches released, which acknowledges them to their sources;
 //! - the forwarder publishes buffered records strictly in order (so per tag, too), within an
 //!   in-flight window and an optional rate, and removes a record once the broker acknowledged
-//!   every message of it. A message the broker refuses for good (a PUBACK reason code
-//!   >= 0x80 other than quota-exceeded, e.g. not-authorized from an ACL) has its samples
-//!   dead-lettered with the reason; the rest of the record goes on. When the connection
-//!   drops it reconnects with backoff and jitter and
-//!   resends from the oldest unacknowledged record (at-least-once: a consumer may see a
-//!   message twice, never miss one). Records from the pipeline are handed over in memory
-//!   while the forwarder keeps up and read back from disk when it does not.
+//!   every message of it. A message the broker refuses for good (a PUBACK reason code of
+//!   0x80 or more other than quota-exceeded, e.g. not-authorized from an ACL) has its
+//!   samples dead-lettered with the reason; the rest of the record goes on. When the
+//!   connection drops it reconnects with backoff and jitter and resends from the oldest
+//!   unacknowledged record (at-least-once: a consumer may see a message twice, never miss
+//!   one). Records from the pipeline are handed over in memory while the forwarder keeps up
+//!   and read back from disk when it does not.
 
 mod config;
 
@@ -31,12 +31,12 @@ use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
 
 use super::{LinkStats, PerTag, SinkError, SinkView};
-use crate::retry::Backoff;
 use crate::buffer::DurableBuffer;
 use crate::model::now_ns;
-use crate::payload::{self, WireSample};
-use crate::mqtt::topic;
 use crate::model::{DeadLetter, DeadLetterBatch, OutputBatch};
+use crate::mqtt::topic;
+use crate::payload::{self, WireSample};
+use crate::retry::Backoff;
 
 /// Most samples in one batch-form message.
 const MAX_SAMPLES_PER_MESSAGE: usize = 500;
@@ -746,8 +746,14 @@ impl Forwarder {
             })
             .collect();
         r.refused = (r.refused + refused.len() as u64).min(r.samples);
-        super::dead_letter_refused(&self.name, &b, &refused, &self.dead_letters, &self.view.health)
-            .await;
+        super::dead_letter_refused(
+            &self.name,
+            &b,
+            &refused,
+            &self.dead_letters,
+            &self.view.health,
+        )
+        .await;
     }
 
     /// Deletes acknowledged records from the buffer.
@@ -784,13 +790,19 @@ impl Forwarder {
                 };
                 match ev {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        let sent = self.sent_order.pop_front().unwrap_or((NOT_A_RECORD, String::new()));
+                        let sent = self
+                            .sent_order
+                            .pop_front()
+                            .unwrap_or((NOT_A_RECORD, String::new()));
                         if sent.0 == NOT_A_RECORD {
                             self.by_pkid.insert(pkid, sent);
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(a)))
-                        if self.by_pkid.get(&a.pkid).is_some_and(|s| s.0 == NOT_A_RECORD) =>
+                        if self
+                            .by_pkid
+                            .get(&a.pkid)
+                            .is_some_and(|s| s.0 == NOT_A_RECORD) =>
                     {
                         let _ = client.try_disconnect();
                     }

@@ -557,7 +557,11 @@ impl ParquetSink {
             file.sync_all().map_err(io_err)?;
             drop(file);
             if let (Some(id), Some((first, last))) = (self.buffer_identity, f.records) {
-                let stem = f.final_path.file_stem().unwrap_or_default().to_string_lossy();
+                let stem = f
+                    .final_path
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy();
                 f.final_path = f
                     .final_path
                     .with_file_name(format!("{stem}-b{id:016x}-r{first}-{last}.parquet"));
@@ -739,10 +743,7 @@ impl Drop for ParquetSink {
 
 #[async_trait]
 impl Sink for ParquetSink {
-    async fn write(
-        &mut self,
-        batch: &OutputBatch,
-    ) -> Result<Vec<super::RefusedSample>, SinkError> {
+    async fn write(&mut self, batch: &OutputBatch) -> Result<Vec<super::RefusedSample>, SinkError> {
         let result = self
             .append(batch)
             .and_then(|touched| self.write_out(&touched));
@@ -792,7 +793,12 @@ fn published_files(dir: &Path, prefix: &str) -> std::io::Result<Vec<(Partition, 
 
 /// The hour of a `…/date=YYYY-MM-DD/hour=HH` directory.
 fn partition_of_dir(dir: &Path) -> Option<Partition> {
-    let hour: u8 = dir.file_name()?.to_str()?.strip_prefix("hour=")?.parse().ok()?;
+    let hour: u8 = dir
+        .file_name()?
+        .to_str()?
+        .strip_prefix("hour=")?
+        .parse()
+        .ok()?;
     let date = dir.parent()?.file_name()?.to_str()?.strip_prefix("date=")?;
     let mut parts = date.split('-').map(|x| x.parse::<i64>().ok());
     let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
@@ -832,7 +838,10 @@ impl ParquetBehindBuffer {
         work: impl FnOnce(&mut ParquetSink) -> R + Send + 'static,
     ) -> Result<R, SinkError> {
         let Some(mut sink) = self.sink.take() else {
-            return Err(SinkError::transient(&self.name, "the sink was lost to a failed task"));
+            return Err(SinkError::transient(
+                &self.name,
+                "the sink was lost to a failed task",
+            ));
         };
         let (sink, r) = tokio::task::spawn_blocking(move || {
             let r = work(&mut sink);
@@ -874,7 +883,11 @@ impl super::buffered::BufferedSink for ParquetBehindBuffer {
         let name = self.name.clone();
         let through = self
             .off_worker(move |s| {
-                let r = if force { s.close_all() } else { s.write_out(&[]) };
+                let r = if force {
+                    s.close_all()
+                } else {
+                    s.write_out(&[])
+                };
                 r.map(|()| s.published_through())
                     .map_err(|e| SinkError::transient(&name, e))
             })

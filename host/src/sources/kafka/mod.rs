@@ -21,9 +21,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{SourceContext, SourceError};
 use crate::ack::{Ack, Settled};
+use crate::model::{DeadLetter, DeadLetterBatch};
 use crate::model::{SampleBatch, TagId};
 use crate::payload;
-use crate::model::{DeadLetter, DeadLetterBatch};
 
 type Partition = (String, i32);
 
@@ -216,10 +216,7 @@ impl Reader {
             },
         };
         parsed.append_to(id, &mut self.batch);
-        let o = self
-            .offsets
-            .entry(p)
-            .or_insert((m.offset(), m.offset()));
+        let o = self.offsets.entry(p).or_insert((m.offset(), m.offset()));
         o.0 = o.0.min(m.offset());
         o.1 = o.1.max(m.offset());
         Ok(())
@@ -275,10 +272,12 @@ impl Reader {
         self.flush().await?;
         let id = self.next_id;
         self.next_id += 1;
-        self.tracker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(p, id, m.offset(), m.offset() + 1);
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner()).push(
+            p,
+            id,
+            m.offset(),
+            m.offset() + 1,
+        );
         let tracker = self.tracker.clone();
         let ack = Ack::new(move |outcome| {
             tracker
@@ -313,7 +312,13 @@ impl Reader {
         consumer: &StreamConsumer,
         first_pending_at: &mut Option<tokio::time::Instant>,
     ) {
-        let rewind = std::mem::take(&mut self.tracker.lock().unwrap_or_else(|e| e.into_inner()).rewind);
+        let rewind = std::mem::take(
+            &mut self
+                .tracker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rewind,
+        );
         if rewind.is_empty() {
             return;
         }
@@ -323,7 +328,12 @@ impl Reader {
         *first_pending_at = None;
         for ((topic, partition), offset) in rewind {
             tracing::warn!(source = %self.ctx.name, topic, partition, offset, "a batch was not delivered; reading it again");
-            if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+            if let Err(e) = consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
                 tracing::error!(source = %self.ctx.name, topic, partition, "cannot seek back ({e}); the records come again after a restart or rebalance");
             }
         }

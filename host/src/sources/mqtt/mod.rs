@@ -23,10 +23,10 @@ use rumqttc::v5::{AsyncClient, Event};
 
 use super::{SourceContext, SourceError};
 use crate::ack::{Ack, Settled};
+use crate::model::{DeadLetter, DeadLetterBatch};
 use crate::model::{SampleBatch, TagId};
 use crate::mqtt::topic;
 use crate::payload;
-use crate::model::{DeadLetter, DeadLetterBatch};
 
 struct Pending {
     batch: SampleBatch,
@@ -282,7 +282,9 @@ fn ack_for(order: &Arc<Mutex<AckOrder>>, tickets: Vec<u64>) -> Option<Ack> {
         return None;
     }
     let order = order.clone();
-    Some(Ack::new(move |outcome| lock(&order).settle(&tickets, outcome)))
+    Some(Ack::new(move |outcome| {
+        lock(&order).settle(&tickets, outcome)
+    }))
 }
 
 async fn flush(
