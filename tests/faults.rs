@@ -410,3 +410,211 @@ async fn ready_is_503_while_a_sink_is_stuck_and_200_after_it_recovers() {
     running.wait().await.unwrap();
     relay_task.abort();
 }
+
+/// The downstream broker's ACL refuses one topic (PUBACK reason 0x87 NotAuthorized): the MQTT
+/// sink dead-letters that topic's samples with the reason and delivers every other sample; it
+/// does not reconnect and resend forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_sink_dead_letters_what_the_broker_acl_refuses_and_delivers_the_rest() {
+    use ferrule_tests::mqtt::{samples_of, Collector};
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = mosquitto(dir.path(), "max_queued_messages 0\n");
+    let acl = dir.path().join("acl");
+    let secret = "plant/site1/area1/line9/dev9/secret";
+    std::fs::write(
+        &acl,
+        format!("topic deny {secret}\ntopic readwrite plant/#\ntopic readwrite ferrule/#\n"),
+    )
+    .unwrap();
+    // Default queue limits: Mosquitto 2.0.11 with `max_queued_messages 0` resets the
+    // connection after it refuses a publish by ACL (and every later one of that client).
+    let downstream = mosquitto(dir.path(), &format!("acl_file {}\n", acl.display()));
+    let sub = Collector::start(downstream.port, "acl-sub", &["plant/#"], false).await;
+    let text = format!(
+        r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+[admin]
+enabled = false
+[dead_letter]
+type = "file"
+path = "dead.jsonl"
+[sources.edge]
+type = "mqtt"
+topics = ["plant/#"]
+linger_ms = 5
+[sources.edge.broker]
+port = {up}
+client_id = "acl-in"
+[sinks.uplink]
+type = "mqtt"
+[sinks.uplink.broker]
+port = {down}
+client_id = "acl-out"
+"#,
+        up = upstream.port,
+        down = downstream.port,
+    );
+    let config = HostConfig::from_text(&text, dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
+    let running = runtime::start(&config).await.unwrap();
+    let handle = running.handle.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut msgs: Vec<(String, Vec<u8>)> = (0..1000u64)
+        .map(|i| (topic(i), payload(i as f64, "bar", START_NS + i * 1000)))
+        .collect();
+    for k in 0..5u64 {
+        msgs.insert(
+            (k * 200) as usize,
+            (
+                secret.to_string(),
+                payload(-1.0, "bar", START_NS + 7 + k * 1000),
+            ),
+        );
+    }
+    publish_all(upstream.port, "acl-pub", msgs).await;
+    sub.wait_for(Duration::from_secs(30), "the 1 000 allowed samples", |m| {
+        m.iter()
+            .map(|r| samples_of(&r.payload).len())
+            .sum::<usize>()
+            >= 1000
+    })
+    .await;
+    wait_until("five dead-letters", Duration::from_secs(20), || {
+        handle.status().dead_letters >= 5
+    })
+    .await;
+    let status = handle.status();
+    let sink = &status.sinks["uplink"];
+    assert_eq!(sink.health.refused_samples, 5, "{sink:?}");
+    assert_eq!(sink.written, 1000, "{sink:?}");
+    assert_eq!(sink.buffer.as_ref().unwrap().depth_samples, 0);
+    handle.stop();
+    running.wait().await.unwrap();
+    let received = sub.snapshot();
+    assert!(received.iter().all(|r| r.topic != secret));
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    assert_eq!(dead.len(), 5, "{dead:?}");
+    for d in &dead {
+        assert_eq!(d["stage"], "sink.uplink");
+        assert_eq!(d["reason"], "broker-refused");
+        assert_eq!(d["path"], secret);
+        assert!(
+            d["detail"].as_str().unwrap().contains("NotAuthorized"),
+            "{d}"
+        );
+    }
+}
+
+/// A sink task that panics after writing a batch it had not flushed (a debug-build fault
+/// hook): the host stops, nothing of what the sink held was acknowledged, and after a restart
+/// the broker redelivers it: every sample the broker saw acknowledged is in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_sink_loses_no_acknowledged_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = mosquitto(
+        dir.path(),
+        "max_queued_messages 0\nmax_inflight_messages 0\n",
+    );
+    let config = dir.path().join("panic.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+[admin]
+enabled = false
+[dead_letter]
+type = "file"
+path = "dead.jsonl"
+[sources.edge]
+type = "mqtt"
+topics = ["plant/#"]
+linger_ms = 5
+batch_size = 100
+[sources.edge.broker]
+port = {port}
+client_id = "panic-in"
+[sinks.samples]
+type = "file"
+path = "samples.jsonl"
+delay_ms = 20
+"#,
+            port = broker.port,
+        ),
+    )
+    .unwrap();
+    let bin = ferrule_bin();
+    let start = |fault: bool| {
+        let mut c = Command::new(&bin);
+        c.arg("run")
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if fault {
+            c.env("FERRULE_FAULT_SINK_PANIC", "samples:5");
+        }
+        c.spawn().unwrap()
+    };
+    let mut child = start(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n: u64 = 3000;
+    let msgs: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| (topic(i), payload(i as f64, "bar", START_NS + i * 1000)))
+        .collect();
+    publish_all(broker.port, "panic-pub", msgs).await;
+    // The sink panics at its fifth batch; the host stops with an error.
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !exited.success(),
+        "the host should stop when a sink task dies"
+    );
+    let before: usize = read_jsonl(&dir.path().join("samples.jsonl")).len();
+    child = start(false);
+    let samples = dir.path().join("samples.jsonl");
+    wait_until(
+        "every sample after the restart",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&samples)
+                .map(|t| t.lines().count() as u64 >= n)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let lines = read_jsonl(&samples);
+    let distinct: std::collections::HashSet<(String, u64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["path"].as_str().unwrap().to_string(),
+                l["ts_ns"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    eprintln!(
+        "sink panic: {} samples before the panic, {} lines, {} distinct, {} duplicates",
+        before,
+        lines.len(),
+        distinct.len(),
+        lines.len() - distinct.len()
+    );
+    assert_eq!(
+        distinct.len() as u64,
+        n,
+        "{} acknowledged samples lost",
+        n as usize - distinct.len()
+    );
+}

@@ -501,6 +501,8 @@ pub async fn run_sink(
     let health = view.health.clone();
     let mut unflushed: Vec<Arc<OutputBatch>> = Vec::new();
     let mut flush_due: Option<tokio::time::Instant> = None;
+    #[cfg(debug_assertions)]
+    let mut batches_written = 0u64;
     loop {
         let next = match flush_due {
             None => queue.recv().await,
@@ -523,6 +525,11 @@ pub async fn run_sink(
             Ordering::Relaxed,
         );
         unflushed.push(batch);
+        #[cfg(debug_assertions)]
+        {
+            batches_written += 1;
+            injected_panic(&name, batches_written);
+        }
         flush_due.get_or_insert_with(|| tokio::time::Instant::now() + flush.interval);
         if queue.is_empty() || unflushed.len() >= flush.batches {
             flush_until_done(&name, sink.as_mut(), &health).await;
@@ -536,6 +543,21 @@ pub async fn run_sink(
     flush_until_done(&name, sink.as_mut(), &health).await;
     release(&mut unflushed);
     health.idle();
+}
+
+/// Fault injection for the fault tests, compiled only into debug builds (never into the
+/// release binary): `FERRULE_FAULT_SINK_PANIC=<sink>:<n>` makes sink `<sink>` panic right after
+/// writing its n-th batch, before flushing it.
+#[cfg(debug_assertions)]
+fn injected_panic(name: &str, batches: u64) {
+    let Ok(spec) = std::env::var("FERRULE_FAULT_SINK_PANIC") else {
+        return;
+    };
+    if let Some((sink, n)) = spec.split_once(':') {
+        if sink == name && n.parse::<u64>().ok() == Some(batches) {
+            panic!("injected fault: sink `{name}` panics after writing batch {batches}");
+        }
+    }
 }
 
 /// Says done for the flushed batches' acknowledgment shares and lets them go.

@@ -199,9 +199,8 @@ struct InFlight {
     unsent: VecDeque<Message>,
     unacked: usize,
     samples: u64,
-    /// Samples the broker refused for good (dead-lettered), and their topics.
+    /// Samples the broker refused for good (dead-lettered).
     refused: u64,
-    refused_topics: Vec<String>,
 }
 
 struct Forwarder {
@@ -217,6 +216,9 @@ struct Forwarder {
     next_seq: u64,
     ready: VecDeque<(u64, u64, Arc<OutputBatch>)>,
     inflight: VecDeque<InFlight>,
+    /// Per record not yet settled, the topics the broker refused for good (kept across
+    /// reconnects: their samples are dead-lettered once and not sent again).
+    refused_topics: HashMap<u64, Vec<String>>,
     /// Record and topic of each publish handed to the client, until its packet id is known.
     sent_order: VecDeque<(u64, String)>,
     by_pkid: HashMap<u16, (u64, String)>,
@@ -256,6 +258,7 @@ impl Forwarder {
             next_seq,
             ready: VecDeque::new(),
             inflight: VecDeque::new(),
+            refused_topics: HashMap::new(),
             sent_order: VecDeque::new(),
             by_pkid: HashMap::new(),
             outstanding: 0,
@@ -621,16 +624,16 @@ impl Forwarder {
                 tracing::warn!(sink = %self.name, samples, max_age_s = self.buffer.config().max_age_s, "dropping expired buffered samples");
                 VecDeque::new()
             } else {
-                self.messages(&batch)
+                self.messages(seq, &batch)
             };
+            let refused = self.refused_samples(seq, &batch);
             self.inflight.push_back(InFlight {
                 seq,
                 batch,
                 unsent,
                 unacked: 0,
                 samples: if expired { 0 } else { samples },
-                refused: 0,
-                refused_topics: Vec::new(),
+                refused,
             });
             if expired {
                 self.settle();
@@ -643,7 +646,8 @@ impl Forwarder {
 
     /// The messages of a record: per tag in order of first appearance; several samples of a
     /// tag become one batch-form message when `batch_form` is on.
-    fn messages(&self, b: &OutputBatch) -> VecDeque<Message> {
+    fn messages(&self, seq: u64, b: &OutputBatch) -> VecDeque<Message> {
+        let refused = self.refused_topics.get(&seq);
         let s = &b.samples;
         let mut order: Vec<u32> = Vec::new();
         let mut by_tag: HashMap<u32, Vec<usize>> = HashMap::new();
@@ -667,6 +671,10 @@ impl Forwarder {
             let Some(Some(tag)) = b.tags.get(t as usize) else {
                 continue;
             };
+            if refused.is_some_and(|r| r.contains(&tag.path)) {
+                // Dead-lettered already, on an earlier connection.
+                continue;
+            }
             let fields = payload::tag_fields(tag, self.config.include_metadata);
             let idx = &by_tag[&t];
             let chunk = if self.config.batch_form {
@@ -706,6 +714,7 @@ impl Forwarder {
         {
             let r = self.inflight.pop_front().expect("front exists");
             self.acked_through = Some(r.seq);
+            self.refused_topics.remove(&r.seq);
             self.view
                 .written
                 .fetch_add(r.samples.saturating_sub(r.refused), Ordering::Relaxed);
@@ -719,6 +728,23 @@ impl Forwarder {
         }
     }
 
+    /// Samples of record `seq` whose topic the broker refused on an earlier connection.
+    fn refused_samples(&self, seq: u64, b: &OutputBatch) -> u64 {
+        let Some(topics) = self.refused_topics.get(&seq) else {
+            return 0;
+        };
+        b.samples
+            .tag_ids
+            .iter()
+            .filter(|&&t| {
+                b.tags
+                    .get(t as usize)
+                    .and_then(|t| t.as_deref())
+                    .is_some_and(|t| topics.contains(&t.path))
+            })
+            .count() as u64
+    }
+
     /// The broker refused the message on `topic` of record `seq` for good: its samples go to
     /// the dead-letter with the reason (buffered records hold no acknowledgment: their sources
     /// were acknowledged when they entered the buffer).
@@ -726,11 +752,13 @@ impl Forwarder {
         let Some(r) = self.inflight.iter_mut().find(|r| r.seq == seq) else {
             return;
         };
-        // A tag's samples may have gone as several messages: dead-lettered once.
-        if r.refused_topics.iter().any(|t| t == topic) {
+        // A tag's samples may have gone as several messages: dead-lettered once, and not
+        // sent again after a reconnect.
+        let refused_here = self.refused_topics.entry(seq).or_default();
+        if refused_here.iter().any(|t| t == topic) {
             return;
         }
-        r.refused_topics.push(topic.to_string());
+        refused_here.push(topic.to_string());
         let b = r.batch.clone();
         let refused: Vec<super::RefusedSample> = (0..b.samples.len())
             .filter(|&i| {
