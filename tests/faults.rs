@@ -618,3 +618,173 @@ delay_ms = 20
         n as usize - distinct.len()
     );
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "mounting a tmpfs at {} needs root (the test command runs as root in CI)",
+            at.display()
+        );
+        Tmpfs(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `path` until it refuses another byte; returns the filler file.
+fn fill_disk(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0xA5u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let small = vec![0xA5u8; 512];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+    filler
+}
+
+/// The MQTT sink's buffer on a disk that fills up while the broker downstream is unreachable:
+/// the buffer cannot write, `/ready` says so, the source stops acknowledging (the upstream
+/// broker keeps the messages); when space is freed the buffer reopens and writes again by
+/// itself, and once the broker is back every sample the upstream broker acknowledged arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_the_stream_back_and_it_resumes_without_a_restart() {
+    use ferrule_tests::mqtt::{samples_of, Collector};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(dir.path().join("disk"), "4m");
+    let upstream = mosquitto(
+        dir.path(),
+        "max_queued_messages 0\nmax_inflight_messages 0\n",
+    );
+    let downstream = mosquitto(dir.path(), "max_queued_messages 0\n");
+    let sub = Collector::start(downstream.port, "disk-sub", &["plant/#"], true).await;
+    // The downstream broker freezes: the sink cannot deliver, its buffer grows.
+    let freeze = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &downstream.pid().to_string()])
+            .status()
+            .unwrap()
+    };
+    freeze("-STOP");
+    let text = format!(
+        r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+[admin]
+enabled = false
+[dead_letter]
+type = "file"
+path = "dead.jsonl"
+[sources.edge]
+type = "mqtt"
+topics = ["plant/#"]
+linger_ms = 5
+[sources.edge.broker]
+port = {up}
+client_id = "disk-in"
+[sinks.uplink]
+type = "mqtt"
+[sinks.uplink.broker]
+port = {down}
+client_id = "disk-out"
+keep_alive_s = 5
+[sinks.uplink.buffer]
+path = "{buffer}"
+"#,
+        up = upstream.port,
+        down = downstream.port,
+        buffer = disk.0.join("uplink.redb").display(),
+    );
+    let config = HostConfig::from_text(&text, dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
+    let running = runtime::start(&config).await.unwrap();
+    let handle = running.handle.clone();
+    let (addr, _server) =
+        ferrule::admin::serve("127.0.0.1:0".parse().unwrap(), handle.clone(), None)
+            .await
+            .unwrap();
+    let filler = fill_disk(&disk.0);
+    let n: u64 = 20_000;
+    let msgs: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| (topic(i), payload(i as f64, "bar", START_NS + i * 1000)))
+        .collect();
+    publish_all(upstream.port, "disk-pub", msgs).await;
+    let http = reqwest::Client::new();
+    let ready = format!("http://{addr}/ready");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let r = http.get(&ready).send().await.unwrap();
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap();
+        if status == 503 && body["reasons"].to_string().contains("buffer cannot write") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("full disk: {body}");
+    let held = handle.status();
+    assert!(held.sinks["uplink"]
+        .buffer
+        .as_ref()
+        .unwrap()
+        .write_error
+        .is_some());
+    assert!(
+        held.produced["edge"] < n,
+        "the source must be held back: {:?}",
+        held.produced
+    );
+
+    // Space again, then the broker back: no restart.
+    std::fs::remove_file(&filler).unwrap();
+    freeze("-CONT");
+    sub.wait_for(Duration::from_secs(60), "every acknowledged sample", |m| {
+        let keys: std::collections::HashSet<u64> = m
+            .iter()
+            .flat_map(|r| samples_of(&r.payload).into_iter().map(|(_, _, ts)| ts))
+            .collect();
+        keys.len() as u64 >= n
+    })
+    .await;
+    let status = handle.status();
+    let buffer = status.sinks["uplink"].buffer.clone().unwrap();
+    assert_eq!(buffer.write_error, None);
+    assert!(buffer.reopens >= 1, "{buffer:?}");
+    handle.stop();
+    running.wait().await.unwrap();
+    let received = sub.snapshot();
+    let all: Vec<u64> = received
+        .iter()
+        .flat_map(|r| samples_of(&r.payload).into_iter().map(|(_, _, ts)| ts))
+        .collect();
+    let distinct: std::collections::HashSet<u64> = all.iter().copied().collect();
+    eprintln!(
+        "full disk: {} samples received, {} distinct, {} duplicates, {} buffer reopens",
+        all.len(),
+        distinct.len(),
+        all.len() - distinct.len(),
+        buffer.reopens
+    );
+    assert_eq!(distinct.len() as u64, n);
+    drop(disk);
+}
