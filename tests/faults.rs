@@ -788,3 +788,83 @@ path = "{buffer}"
     assert_eq!(distinct.len() as u64, n);
     drop(disk);
 }
+
+/// A record over the producer's size limit (`message.max.bytes`) is refused by Kafka's client
+/// for good: that sample alone is dead-lettered by the Kafka sink, every other one is in Kafka
+/// (read back by confluent-kafka), and the sink does not retry it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_dead_letters_a_record_over_the_size_limit_and_the_rest_lands() {
+    use ferrule_tests::kafka;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = mosquitto(dir.path(), "max_queued_messages 0\n");
+    let k = kafka::tansu();
+    kafka::create_topic(k.port, "plant.telemetry", 1);
+    let text = format!(
+        r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+[admin]
+enabled = false
+[dead_letter]
+type = "file"
+path = "dead.jsonl"
+[sources.edge]
+type = "mqtt"
+topics = ["plant/#"]
+linger_ms = 5
+[sources.edge.broker]
+port = {mqtt}
+client_id = "kafka-poison-in"
+[sinks.kafka]
+type = "kafka"
+brokers = "127.0.0.1:{kafka}"
+linger_ms = 5
+properties = {{ "message.max.bytes" = "4000" }}
+[[sinks.kafka.routes]]
+match = "plant/**"
+topics = ["plant.telemetry"]
+"#,
+        mqtt = broker.port,
+        kafka = k.port,
+    );
+    let config = HostConfig::from_text(&text, dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
+    let running = runtime::start(&config).await.unwrap();
+    let handle = running.handle.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let big = serde_json::json!({
+        "value": null, "text": "x".repeat(6000), "unit": "", "quality": "good", "ts_ns": START_NS
+    })
+    .to_string()
+    .into_bytes();
+    let mut msgs = vec![("plant/site1/area1/line9/dev9/label".to_string(), big)];
+    msgs.extend((1..=500u64).map(|i| (topic(i), payload(i as f64, "bar", START_NS + i * 1000))));
+    publish_all(broker.port, "kafka-poison-pub", msgs).await;
+    wait_until(
+        "500 records and one dead-letter",
+        Duration::from_secs(60),
+        || {
+            let s = handle.status();
+            s.written["kafka"] >= 500 && s.dead_letters >= 1
+        },
+    )
+    .await;
+    let records = kafka::read(k.port, &["plant.telemetry"], 500, 60);
+    assert_eq!(records.len(), 500, "records in Kafka");
+    assert!(records
+        .iter()
+        .all(|r| r.key != "plant/site1/area1/line9/dev9/label"));
+    let health = handle.status().sinks["kafka"].health.clone();
+    assert_eq!(health.refused_samples, 1, "{health:?}");
+    handle.stop();
+    running.wait().await.unwrap();
+    let dead = read_jsonl(&dir.path().join("dead.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["stage"], "sink.kafka");
+    assert_eq!(dead[0]["reason"], "kafka-refused");
+    assert!(
+        dead[0]["detail"].as_str().unwrap().contains("too large"),
+        "{}",
+        dead[0]
+    );
+}

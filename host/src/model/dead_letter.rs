@@ -78,16 +78,32 @@ impl DeadLetter {
         place: String,
         payload: &[u8],
     ) -> DeadLetter {
+        let mut letter =
+            DeadLetter::refused_record(&format!("source.{source}"), reason, detail, place, payload);
+        letter.source = source.into();
+        letter
+    }
+
+    /// A dead-letter for a whole record refused by `stage` (`source.<name>` or
+    /// `sink.<name>`) without samples to name: `place` is where it came from or was going
+    /// (topic, key), `payload` its bytes (the first `SOURCE_PAYLOAD_BYTES`, as text).
+    pub fn refused_record(
+        stage: &str,
+        reason: &str,
+        detail: String,
+        place: String,
+        payload: &[u8],
+    ) -> DeadLetter {
         let cut = payload.len().min(SOURCE_PAYLOAD_BYTES);
         DeadLetter {
-            stage: format!("source.{source}"),
+            stage: stage.into(),
             plugin: String::new(),
             plugin_version: String::new(),
             reason: reason.into(),
             reason_code: None,
             detail: Some(detail),
             tag_id: u32::MAX,
-            source: source.into(),
+            source: String::new(),
             vendor_path: place.clone(),
             path: place,
             value: None,

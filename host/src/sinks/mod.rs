@@ -318,7 +318,13 @@ impl SinkConfig {
             }
             SinkConfig::Kafka(c) => {
                 let link = Arc::new(LinkStats::default());
-                let sink = Box::new(kafka::KafkaSink::open(&ctx.name, c, link.clone())?);
+                let sink = Box::new(kafka::KafkaSink::open(
+                    &ctx.name,
+                    c,
+                    link.clone(),
+                    view.health.clone(),
+                    ctx.dead_letters.clone(),
+                )?);
                 view.link = Some(link);
                 let view = Arc::new(view);
                 Ok(RunningSink {

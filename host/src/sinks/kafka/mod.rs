@@ -42,11 +42,15 @@ struct Plan {
 }
 
 pub struct KafkaSink {
+    name: String,
     config: KafkaSinkConfig,
     producer: Producer,
     dedup: Option<dedup::Dedup>,
     plans: PerTag<Arc<Plan>>,
     link: Arc<LinkStats>,
+    /// Where records Kafka refused at delivery go (refusals at hand-over are returned by
+    /// `write` instead).
+    dead_letters: tokio::sync::mpsc::Sender<crate::model::DeadLetterBatch>,
 }
 
 impl KafkaSink {
@@ -54,6 +58,8 @@ impl KafkaSink {
         name: &str,
         config: &KafkaSinkConfig,
         link: Arc<LinkStats>,
+        health: Arc<crate::sinks::SinkHealth>,
+        dead_letters: tokio::sync::mpsc::Sender<crate::model::DeadLetterBatch>,
     ) -> Result<Self, SinkError> {
         let producer = Producer::new(
             name,
@@ -70,6 +76,7 @@ impl KafkaSink {
                 properties: &config.properties,
             },
             link.clone(),
+            Some(health),
         )?;
         let dedup = (config.dedup.window_s > 0).then(|| {
             dedup::Dedup::new(
@@ -78,11 +85,13 @@ impl KafkaSink {
             )
         });
         Ok(KafkaSink {
+            name: name.into(),
             config: config.clone(),
             producer,
             dedup,
             plans: PerTag::default(),
             link,
+            dead_letters,
         })
     }
 
@@ -174,6 +183,17 @@ impl Sink for KafkaSink {
                     .send(topic, plan.key.as_bytes(), &body, h.clone())
                     .await
                 {
+                    if producer::fatal(&e) {
+                        // Rebuilt by the runner; the batch is written again (the dedup
+                        // window drops what was sent already).
+                        return Err(SinkError::Fatal {
+                            sink: self.name.clone(),
+                            message: e.to_string(),
+                        });
+                    }
+                    if !producer::permanent(&e) {
+                        return Err(SinkError::transient(&self.name, format!("{topic}: {e}")));
+                    }
                     refused.push((i, "kafka-refused", format!("{topic}: {e}")));
                     break;
                 }
@@ -191,6 +211,35 @@ impl Sink for KafkaSink {
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.producer.settle_all().await;
+        let refused = self.producer.take_refused();
+        if !refused.is_empty() {
+            let letters = refused
+                .into_iter()
+                .map(|r| {
+                    let key = String::from_utf8_lossy(&r.key);
+                    DeadLetter::refused_record(
+                        &format!("sink.{}", self.name),
+                        "kafka-refused",
+                        format!("{}: {}", r.topic, r.error),
+                        format!("{}/{key}", r.topic),
+                        &r.payload,
+                    )
+                })
+                .collect();
+            if self
+                .dead_letters
+                .send(crate::model::DeadLetterBatch::new(letters, None))
+                .await
+                .is_err()
+            {
+                tracing::error!(sink = %self.name, "the dead-letter sink stopped; records Kafka refused are only logged");
+            }
+        }
+        Ok(())
+    }
+
+    async fn rebuild(&mut self) -> Result<(), SinkError> {
+        self.producer.rebuild();
         Ok(())
     }
 }
@@ -221,6 +270,7 @@ impl KafkaDeadLetterSink {
                 properties: &config.properties,
             },
             Arc::new(LinkStats::default()),
+            None,
         )?;
         Ok(KafkaDeadLetterSink {
             topic: config.topic.clone(),

@@ -1,7 +1,12 @@
 //! The producer shared by the Kafka sink and the Kafka dead-letter: an idempotent
 //! (`enable.idempotence=true`, `acks=all`) rdkafka `FutureProducer` with a bounded window of
-//! records awaiting acknowledgment. A record Kafka reports as failed (after librdkafka's own
-//! retries, i.e. `message.timeout.ms`) is sent again, never dropped.
+//! records awaiting acknowledgment. What Kafka reports as failed is sorted by class:
+//! - transient (timeouts, a broker away; after librdkafka's own retries, i.e.
+//!   `message.timeout.ms`): sent again, never dropped;
+//! - permanent for the record (too large, not authorized for the topic, invalid): kept as
+//!   refused, for the sink to dead-letter, and not sent again;
+//! - fatal for the client (the idempotent producer's fatal error, after which it refuses
+//!   everything): the producer is rebuilt, counted, and the record sent again on the new one.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -14,7 +19,38 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use super::config::Compression;
-use crate::sinks::{LinkStats, SinkError};
+use crate::sinks::{LinkStats, SinkError, SinkHealth};
+
+/// A record Kafka refused for good.
+pub struct RefusedRecord {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub error: String,
+}
+
+/// Whether `e` refuses this record for good (sending it again cannot help).
+pub fn permanent(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::TopicAuthorizationFailed
+                | C::InvalidTopic
+                | C::PolicyViolation
+                | C::InvalidRequiredAcks
+        )
+    )
+}
+
+/// Whether `e` leaves the producer unusable (it must be rebuilt).
+pub fn fatal(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+}
 
 /// What the producer is built from.
 pub struct Settings<'a> {
@@ -29,14 +65,22 @@ pub struct Settings<'a> {
 
 pub struct Producer {
     name: String,
+    config: ClientConfig,
     inner: FutureProducer,
     pending: VecDeque<DeliveryFuture>,
     max_inflight: usize,
     link: Arc<LinkStats>,
+    health: Option<Arc<SinkHealth>>,
+    refused: Vec<RefusedRecord>,
 }
 
 impl Producer {
-    pub fn new(name: &str, s: Settings<'_>, link: Arc<LinkStats>) -> Result<Self, SinkError> {
+    pub fn new(
+        name: &str,
+        s: Settings<'_>,
+        link: Arc<LinkStats>,
+        health: Option<Arc<SinkHealth>>,
+    ) -> Result<Self, SinkError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", s.brokers)
             .set("client.id", &s.client_id)
@@ -58,11 +102,35 @@ impl Producer {
         })?;
         Ok(Producer {
             name: name.into(),
+            config: c,
             inner,
             pending: VecDeque::new(),
             max_inflight: s.max_inflight,
             link,
+            health,
+            refused: Vec::new(),
         })
+    }
+
+    /// Records Kafka refused for good since the last call.
+    pub fn take_refused(&mut self) -> Vec<RefusedRecord> {
+        std::mem::take(&mut self.refused)
+    }
+
+    /// Replaces the producer after a fatal error (the old one refuses everything).
+    pub fn rebuild(&mut self) {
+        match self.config.create::<FutureProducer>() {
+            Ok(p) => {
+                self.inner = p;
+                if let Some(h) = &self.health {
+                    h.rebuilt();
+                }
+                tracing::warn!(sink = %self.name, "Kafka producer rebuilt after a fatal error; unacknowledged records are sent again");
+            }
+            Err(e) => {
+                tracing::error!(sink = %self.name, "cannot rebuild the Kafka producer (retrying at the next record): {e}")
+            }
+        }
     }
 
     /// Hands a record to the producer, first waiting for room in the window. An error is a
@@ -118,8 +186,24 @@ impl Producer {
             }
             Ok(Err((e, msg))) => {
                 self.link.refused.fetch_add(1, Ordering::Relaxed);
+                if permanent(&e) {
+                    tracing::warn!(sink = %self.name, topic = msg.topic(), "Kafka refused a record for good: {e}");
+                    self.refused.push(RefusedRecord {
+                        topic: msg.topic().to_string(),
+                        key: msg.key().unwrap_or_default().to_vec(),
+                        payload: msg.payload().unwrap_or_default().to_vec(),
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+                if fatal(&e) {
+                    self.rebuild();
+                }
                 if self.link.connected.swap(false, Ordering::Relaxed) {
                     self.link.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(h) = &self.health {
+                    h.failed(&SinkError::transient(&self.name, &e));
                 }
                 tracing::warn!(sink = %self.name, topic = msg.topic(), "Kafka did not acknowledge a record, sending it again: {e}");
                 self.resend(msg).await;
@@ -133,7 +217,7 @@ impl Producer {
 
     /// Sends a failed record again (at the back of the window).
     async fn resend(&mut self, msg: OwnedMessage) {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = crate::retry::Backoff::default();
         loop {
             let mut record =
                 FutureRecord::to(msg.topic()).payload(msg.payload().unwrap_or_default());
@@ -149,11 +233,30 @@ impl Producer {
                     return;
                 }
                 Err((e, _)) => {
+                    if fatal(&e) {
+                        self.rebuild();
+                    }
+                    let delay = backoff.next_delay();
                     tracing::warn!(sink = %self.name, "cannot hand a record to the producer again, retrying in {delay:?}: {e}");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_sorted_into_permanent_fatal_and_transient() {
+        let e = |c| KafkaError::MessageProduction(c);
+        assert!(permanent(&e(RDKafkaErrorCode::MessageSizeTooLarge)));
+        assert!(permanent(&e(RDKafkaErrorCode::TopicAuthorizationFailed)));
+        assert!(!permanent(&e(RDKafkaErrorCode::MessageTimedOut)));
+        assert!(!permanent(&e(RDKafkaErrorCode::BrokerTransportFailure)));
+        assert!(fatal(&e(RDKafkaErrorCode::Fatal)));
+        assert!(!fatal(&e(RDKafkaErrorCode::MessageTimedOut)));
     }
 }
