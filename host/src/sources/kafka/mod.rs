@@ -5,6 +5,10 @@
 //! sinks took everything before it. A batch that fails (a holder let go without saying done)
 //! is never committed: the source seeks its partitions back to it and reads it again. A
 //! rebalance or crash re-reads from the last commit (at-least-once; duplicates, never gaps).
+//! When a rebalance revokes partitions, what may be committed for them is committed then and
+//! there (synchronously, before they go), and nothing is committed for them afterwards: a
+//! late acknowledgment of a revoked partition's batch is dropped, since its new owner reads
+//! from the last commit.
 
 mod config;
 
@@ -15,8 +19,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::ClientContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{SourceContext, SourceError};
@@ -38,10 +45,17 @@ struct Tracker {
     queues: HashMap<Partition, VecDeque<(u64, i64, i64, bool)>>,
     /// Partitions to read again from an offset (a failed batch), for the reader to seek.
     rewind: Vec<(Partition, i64)>,
+    /// Offsets ready to commit whose commit has not succeeded yet.
+    uncommitted: HashMap<Partition, i64>,
+    /// Partitions a rebalance took away (until assigned again): never committed.
+    revoked: std::collections::HashSet<Partition>,
 }
 
 impl Tracker {
     fn push(&mut self, p: Partition, id: u64, first: i64, next: i64) {
+        if self.revoked.contains(&p) {
+            return;
+        }
         self.queues
             .entry(p)
             .or_default()
@@ -64,6 +78,37 @@ impl Tracker {
     }
     fn is_empty(&self) -> bool {
         self.queues.values().all(|q| q.is_empty())
+    }
+
+    /// Partitions leave: returns what may still be committed for them, and forgets them.
+    fn revoke(&mut self, partitions: &[Partition]) -> Vec<(Partition, i64)> {
+        let mut ready: HashMap<Partition, i64> = HashMap::new();
+        for (p, next) in self.committable() {
+            // Other partitions' offsets stay ready for the next commit.
+            let into = if partitions.contains(&p) {
+                &mut ready
+            } else {
+                &mut self.uncommitted
+            };
+            let e = into.entry(p).or_insert(next);
+            *e = (*e).max(next);
+        }
+        for p in partitions {
+            if let Some(o) = self.uncommitted.remove(p) {
+                let e = ready.entry(p.clone()).or_insert(o);
+                *e = (*e).max(o);
+            }
+            self.queues.remove(p);
+            self.rewind.retain(|(r, _)| r != p);
+            self.revoked.insert(p.clone());
+        }
+        ready.into_iter().collect()
+    }
+
+    fn assign(&mut self, partitions: &[Partition]) {
+        for p in partitions {
+            self.revoked.remove(p);
+        }
     }
 
     /// Offsets that may be committed now (every entry before them released).
@@ -90,8 +135,6 @@ struct Reader {
     batch: SampleBatch,
     /// Lowest and highest offset per partition in `batch`.
     offsets: HashMap<Partition, (i64, i64)>,
-    /// Offsets ready to commit whose commit has not succeeded yet.
-    uncommitted: HashMap<Partition, i64>,
     next_id: u64,
 }
 
@@ -101,6 +144,61 @@ fn failed(name: &str, message: String) -> SourceError {
         message,
     }
 }
+
+/// Commits what is ready for partitions a rebalance revokes, before they go.
+struct RebalanceContext {
+    tracker: Arc<Mutex<Tracker>>,
+    source: String,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let partitions = partitions_of(tpl);
+        let ready = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .revoke(&partitions);
+        if ready.is_empty() {
+            return;
+        }
+        let mut commit = TopicPartitionList::new();
+        for ((topic, partition), next) in &ready {
+            let _ = commit.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        match consumer.commit(&commit, CommitMode::Sync) {
+            Ok(()) => {
+                tracing::info!(source = %self.source, partitions = ready.len(), "committed revoked partitions before the rebalance")
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.source, "commit of revoked partitions failed (their records are read again by the new owner): {e}")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.tracker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .assign(&partitions_of(tpl));
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<Partition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+type KafkaConsumer = StreamConsumer<RebalanceContext>;
 
 pub async fn run(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), SourceError> {
     let mut c = ClientConfig::new();
@@ -118,8 +216,12 @@ pub async fn run(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), So
     for (k, v) in &config.properties {
         c.set(k, v);
     }
-    let consumer: StreamConsumer = c
-        .create()
+    let tracker: Arc<Mutex<Tracker>> = Arc::default();
+    let consumer: KafkaConsumer = c
+        .create_with_context(RebalanceContext {
+            tracker: tracker.clone(),
+            source: ctx.name.clone(),
+        })
         .map_err(|e| failed(&ctx.name, format!("cannot create the Kafka consumer: {e}")))?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer
@@ -131,10 +233,9 @@ pub async fn run(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), So
         batch: SampleBatch::with_capacity(config.batch_size),
         config,
         ctx,
-        tracker: Arc::default(),
+        tracker,
         tags: HashMap::new(),
         offsets: HashMap::new(),
-        uncommitted: HashMap::new(),
         next_id: 0,
     };
     let mut first_pending_at: Option<tokio::time::Instant> = None;
@@ -309,7 +410,7 @@ impl Reader {
     /// Seeks partitions back to the first record of a failed batch (read again, at least once).
     fn rewind(
         &mut self,
-        consumer: &StreamConsumer,
+        consumer: &KafkaConsumer,
         first_pending_at: &mut Option<tokio::time::Instant>,
     ) {
         let rewind = std::mem::take(
@@ -341,25 +442,22 @@ impl Reader {
 
     /// Commits the offsets whose every earlier entry was released; offsets whose commit
     /// failed are kept and committed again at the next call, not forgotten.
-    fn commit(&mut self, consumer: &StreamConsumer) {
-        let ready = self
-            .tracker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .committable();
-        for (p, next) in ready {
-            let o = self.uncommitted.entry(p).or_insert(next);
+    fn commit(&mut self, consumer: &KafkaConsumer) {
+        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, next) in t.committable() {
+            let o = t.uncommitted.entry(p).or_insert(next);
             *o = (*o).max(next);
         }
-        if self.uncommitted.is_empty() {
+        if t.uncommitted.is_empty() {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.uncommitted {
+        for ((topic, partition), next) in &t.uncommitted {
             let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
         }
+        // Held across the commit call: a rebalance callback cannot revoke meanwhile.
         match consumer.commit(&tpl, CommitMode::Async) {
-            Ok(()) => self.uncommitted.clear(),
+            Ok(()) => t.uncommitted.clear(),
             Err(e) => {
                 tracing::warn!(source = %self.ctx.name, "offset commit failed, retrying at the next commit: {e}")
             }
@@ -370,6 +468,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::{Settled, Tracker};
+    use std::collections::HashMap;
 
     #[test]
     fn an_offset_is_committable_only_after_everything_before_it() {
@@ -401,5 +500,28 @@ mod tests {
         // Entry 3 was dropped with it: a late release of it commits nothing past the gap.
         t.settle(3, Settled::Done);
         assert!(t.committable().is_empty());
+    }
+
+    #[test]
+    fn a_revoked_partition_is_committed_once_and_then_never_again() {
+        let mut t = Tracker::default();
+        let (p, q) = (("t".to_string(), 0), ("t".to_string(), 1));
+        t.push(p.clone(), 1, 0, 10);
+        t.push(q.clone(), 1, 0, 5);
+        t.push(p.clone(), 2, 10, 20);
+        t.settle(1, Settled::Done);
+        let ready = t.revoke(std::slice::from_ref(&p));
+        assert_eq!(ready, vec![(p.clone(), 10)]);
+        // A late release of the revoked partition's batch commits nothing for it.
+        t.settle(2, Settled::Done);
+        t.push(p.clone(), 3, 20, 30);
+        t.settle(3, Settled::Done);
+        assert!(t.committable().is_empty());
+        assert_eq!(t.uncommitted, HashMap::from([(q.clone(), 5)]));
+        // Assigned again: tracked again.
+        t.assign(std::slice::from_ref(&p));
+        t.push(p.clone(), 4, 40, 50);
+        t.settle(4, Settled::Done);
+        assert_eq!(t.committable(), vec![(p, 50)]);
     }
 }
