@@ -480,9 +480,14 @@ client_id = "acl-out"
             >= 1000
     })
     .await;
-    wait_until("five dead-letters", Duration::from_secs(20), || {
-        handle.status().dead_letters >= 5
-    })
+    wait_until(
+        "five dead-letters, 1 000 delivered",
+        Duration::from_secs(20),
+        || {
+            let s = handle.status();
+            s.dead_letters >= 5 && s.sinks["uplink"].written >= 1000
+        },
+    )
     .await;
     let status = handle.status();
     let sink = &status.sinks["uplink"];

@@ -194,7 +194,7 @@ impl DurableBuffer {
         tx.commit().map_err(|e| open_err(e.to_string()))?;
 
         let mut tag_ids = HashMap::new();
-        let mut tags: TagTable = Vec::new();
+        let mut tags = TagTable::new();
         let mut index = VecDeque::new();
         let mut bytes = 0;
         {
@@ -206,7 +206,7 @@ impl DurableBuffer {
                 let tag =
                     codec::decode_tag(id, enc).map_err(|e| open_err(format!("tag {id}: {e}")))?;
                 if tags.len() <= id as usize {
-                    tags.resize(id as usize + 1, None);
+                    tags.resize(id as usize + 1);
                 }
                 tags[id as usize] = Some(Arc::new(tag));
                 tag_ids.insert(enc.to_vec(), id);

@@ -228,7 +228,7 @@ impl Chain {
             stages,
             registry,
             known_tags: 0,
-            table: Arc::new(Vec::new()),
+            table: Arc::new(TagTable::new()),
             outputs,
             dead_letters,
             control_tx,

@@ -289,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.jsonl");
         let mut sink = FileSink::open("t", &FileSinkConfig::new(&path)).unwrap();
-        let table: TagTable = vec![tag(0, "plant/a/b/c/d/p"), tag(1, "plant/a/b/c/d/q")];
+        let table = TagTable::from(vec![tag(0, "plant/a/b/c/d/p"), tag(1, "plant/a/b/c/d/q")]);
         let mut samples = SampleBatch::default();
         samples.push(0, 1.5, Quality::GOOD, 10);
         samples.push(1, f64::NAN, Quality(0x8031_0000), 11);
@@ -339,7 +339,7 @@ mod tests {
             ..FileSinkConfig::new(&path)
         };
         let mut sink = FileSink::open("t", &config).unwrap();
-        let table = Arc::new(vec![tag(0, "plant/a/b/c/d/p")]);
+        let table = Arc::new(TagTable::from(vec![tag(0, "plant/a/b/c/d/p")]));
         // 30 batches of 20 samples, ~110 bytes a line: a rotation every ~2 batches.
         for b in 0..30u64 {
             let mut samples = SampleBatch::default();
