@@ -873,3 +873,147 @@ topics = ["plant.telemetry"]
         dead[0]
     );
 }
+
+/// Peak resident memory a host may reach while draining the 5 M-record Kafka backlog into a
+/// slow sink (the README states it).
+const BACKLOG_RSS_BOUND_MIB: u64 = 160;
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Offsets the group committed, summed over the topic's partitions (read by confluent-kafka).
+fn committed(port: u16, group: &str, topic: &str, partitions: u32) -> i64 {
+    let out = Command::new(peers::python())
+        .arg("-c")
+        .arg(format!(
+            "from confluent_kafka import Consumer, TopicPartition\n\
+             c = Consumer({{'bootstrap.servers': '127.0.0.1:{port}', 'group.id': '{group}'}})\n\
+             print(sum(max(tp.offset, 0) for tp in c.committed([TopicPartition('{topic}', p) \
+             for p in range({partitions})], timeout=10)))"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A Kafka source with a backlog of 5 M records in front of a slow sink: memory stays under
+/// `BACKLOG_RSS_BOUND_MIB` (the source prefetches a bounded amount, the sink holds at most
+/// `flush_batches` unflushed batches) and offsets are committed while it drains, not only
+/// when the queue runs empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_backlog_of_five_million_drains_in_bounded_memory_committing_as_it_goes() {
+    use ferrule_tests::kafka;
+    let dir = tempfile::tempdir().unwrap();
+    let k = kafka::tansu();
+    kafka::create_topic(k.port, "backlog", 3);
+    let n: u64 = 5_000_000;
+    let produced = Command::new(peers::python())
+        .arg(ferrule_tests::repo_root().join("tests/peers/kafka_backlog.py"))
+        .arg(format!("127.0.0.1:{}", k.port))
+        .args(["backlog", &n.to_string(), &START_NS.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&produced.stdout).trim(),
+        n.to_string()
+    );
+    let config = dir.path().join("backlog.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+[admin]
+enabled = false
+[dead_letter]
+type = "file"
+path = "dead.jsonl"
+[sources.backlog]
+type = "kafka"
+brokers = "127.0.0.1:{port}"
+group_id = "backlog"
+topics = ["backlog"]
+[sinks.slow]
+type = "file"
+path = "samples.jsonl"
+delay_ms = 20
+"#,
+            port = k.port
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(ferrule_bin())
+        .arg("run")
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak_kib = 0;
+    // Joining the group takes Tansu up to ~25 s; then the first commit comes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        peak_kib = peak_kib.max(rss_kib(pid));
+        let c = committed(k.port, "backlog", "backlog", 3);
+        if c > 0 {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no offset committed in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for _ in 0..20 {
+        peak_kib = peak_kib.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let second = committed(k.port, "backlog", "backlog", 3);
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "kafka backlog of {n}: committed {first} then {second} 5 s later, peak RSS {} MiB",
+        peak_kib / 1024
+    );
+    assert!(
+        second > first,
+        "offsets must be committed while the backlog drains"
+    );
+    assert!(
+        (second as u64) < n,
+        "the slow sink cannot have drained it all"
+    );
+    assert!(
+        peak_kib / 1024 < BACKLOG_RSS_BOUND_MIB,
+        "peak RSS {} MiB over the bound of {BACKLOG_RSS_BOUND_MIB} MiB",
+        peak_kib / 1024
+    );
+}

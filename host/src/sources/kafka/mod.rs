@@ -34,6 +34,9 @@ use crate::payload;
 
 type Partition = (String, i32);
 
+/// Prefetched records librdkafka may hold per partition, in KiB.
+const PREFETCH_KBYTES: &str = "8192";
+
 /// At shutdown, how long the source waits for the pipeline to settle what it sent before the
 /// last commit (what is not settled by then is read again after the restart).
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
@@ -212,7 +215,13 @@ pub async fn run(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), So
                 .unwrap_or_else(|| format!("ferrule-{}", ctx.name)),
         )
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", &config.offset_reset);
+        .set("auto.offset.reset", &config.offset_reset)
+        // librdkafka prefetches up to 64 MiB and 100 000 records per partition, 50 MiB per
+        // fetch, by default: a backlog would hold that in memory. These keep a gateway's
+        // memory bounded and still fetch ahead (`properties` can override each).
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
+        .set("queued.min.messages", "10000")
+        .set("fetch.max.bytes", "4194304");
     for (k, v) in &config.properties {
         c.set(k, v);
     }
