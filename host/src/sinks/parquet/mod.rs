@@ -766,9 +766,25 @@ impl Sink for ParquetSink {
     }
 }
 
-/// The sink's published files under `dir`: (hour, file name).
+/// The sink's published files under `dir`, and those uploaded from it (the upload ledger):
+/// (hour, file name).
 fn published_files(dir: &Path, prefix: &str) -> std::io::Result<Vec<(Partition, String)>> {
     let mut found = Vec::new();
+    if let Ok(ledger) = std::fs::read_to_string(dir.join(upload::UPLOADED_LEDGER)) {
+        for line in ledger.lines() {
+            let path = dir.join(line);
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if let (true, Some(p)) = (
+                name.starts_with(prefix),
+                path.parent().and_then(partition_of_dir),
+            ) {
+                found.push((p, name));
+            }
+        }
+    }
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
         for entry in std::fs::read_dir(&d)? {
@@ -906,6 +922,29 @@ impl super::buffered::BufferedSink for ParquetBehindBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_skips_records_held_by_files_published_or_uploaded_before_for_this_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = dir.path().join("date=2023-11-14/hour=22");
+        std::fs::create_dir_all(&hour).unwrap();
+        // Published and still here; published for another buffer; uploaded (ledger only).
+        std::fs::write(hour.join("warm-1-0-b000000000000002a-r5-9.parquet"), b"").unwrap();
+        std::fs::write(hour.join("warm-1-1-b00000000000000ff-r20-30.parquet"), b"").unwrap();
+        std::fs::write(
+            dir.path().join(upload::UPLOADED_LEDGER),
+            "date=2023-11-14/hour=22/warm-2-0-b000000000000002a-r12-14.parquet\n",
+        )
+        .unwrap();
+        let sink =
+            ParquetSink::open_behind("warm", &ParquetSinkConfig::new(dir.path()), 42).unwrap();
+        let p = Partition::of(1_700_000_000_000_000_000);
+        let other = Partition { hour: 23, ..p };
+        assert!(sink.already_published(p, 5) && sink.already_published(p, 9));
+        assert!(sink.already_published(p, 13), "from the upload ledger");
+        assert!(!sink.already_published(p, 10) && !sink.already_published(p, 25));
+        assert!(!sink.already_published(other, 7), "another hour");
+    }
 
     #[test]
     fn dates_round_trip() {

@@ -147,6 +147,9 @@ pub struct Uploader {
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// In the staging directory: the relative paths of files uploaded (and deleted locally).
+pub const UPLOADED_LEDGER: &str = ".ferrule-uploaded";
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 impl Uploader {
@@ -239,6 +242,26 @@ impl Uploader {
             return Err(store_err(e));
         }
         writer.shutdown().await.map_err(store_err)?;
+        // Remember the name before the local copy goes: after a crash the sink reads which
+        // buffer records the uploaded files hold from it (exactly-once replay).
+        let line = format!(
+            "{}\n",
+            path.strip_prefix(&self.staging).unwrap_or(path).display()
+        );
+        let ledger = self.staging.join(UPLOADED_LEDGER);
+        let noted = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&ledger)?;
+            f.write_all(line.as_bytes())?;
+            f.sync_data()
+        })
+        .await;
+        if !matches!(noted, Ok(Ok(()))) {
+            tracing::warn!(path = %path.display(), "cannot note the uploaded file in the ledger; a crash before its buffer records are removed may upload its rows again");
+        }
         tokio::fs::remove_file(path).await.map_err(read_err)?;
         Ok(key)
     }
