@@ -1,7 +1,8 @@
 //! The OPC UA source end to end through the pipeline against an independent server (Python
 //! asyncua): every node id form and data type, status codes kept, a bad node that leaves the
-//! others running, polled reads, and a server killed and restarted (with its namespaces
-//! renumbered) mid-stream.
+//! others running, polled reads (also a source whose 1 000 nodes are all polled, with no
+//! subscription at all), and a server killed and restarted (with its namespaces renumbered) or
+//! gone silent mid-stream.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -178,69 +179,192 @@ async fn a_restarted_server_with_renumbered_namespaces_is_resubscribed_and_the_g
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut server = asyncua(port, &[]);
+    // `dcs` subscribes; `polled` only polls (no subscription at all): both must notice the
+    // loss, show the gap as bad and deliver again after the restart.
     let mut source = format!(
         "[sources.dcs]\ntype = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{port}/ferrule/\"\npki_dir = \"pki\"\npublishing_interval_ms = 100\nreconnect_min_ms = 200\nreconnect_max_ms = 500\n"
     );
     source += &node("counter", "nsu=urn:ferrule:test;s=Counter", "");
-    let running = start(dir.path(), &source).await;
-    wait_for_samples(dir.path(), |t| {
-        t.get("counter").is_some_and(|v| {
-            v.iter()
-                .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > 0)
-                .count()
-                >= 6
+    source += &format!(
+        "[sources.polled]\ntype = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{port}/ferrule/\"\npki_dir = \"pki-polled\"\npublishing_interval_ms = 100\nreconnect_min_ms = 200\nreconnect_max_ms = 500\n"
+    );
+    source += &node(
+        "polled.counter",
+        "nsu=urn:ferrule:test;s=Counter",
+        "poll_interval_ms = 100",
+    )
+    .replace("sources.dcs", "sources.polled");
+    let tags = ["counter", "polled.counter"];
+    let good_after = |t: &HashMap<String, Vec<Value>>, after: u64| {
+        tags.iter().all(|tag| {
+            t.get(*tag).is_some_and(|v| {
+                v.iter()
+                    .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > after)
+                    .count()
+                    >= 6
+            })
         })
-    })
-    .await;
+    };
+    let running = start(dir.path(), &source).await;
+    wait_for_samples(dir.path(), |t| good_after(t, 0)).await;
     let killed_at = now_ns();
     server.kill();
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let restarted_at = now_ns();
     // The restarted server numbers the test namespace 3 instead of 2.
     let _server = asyncua(port, &["--shift"]);
+    wait_for_samples(dir.path(), |t| good_after(t, restarted_at)).await;
+    let samples = stop(running, dir.path()).await;
+    let mut by = by_tag(&samples);
+    for tag in tags {
+        let mut got = by.remove(tag).unwrap();
+        got.sort_by_key(|s| s["ts_ns"].as_u64().unwrap());
+
+        let before = got
+            .iter()
+            .filter(|s| s["ts_ns"].as_u64().unwrap() < killed_at && status(s) == 0)
+            .count();
+        assert!(before >= 5, "{tag}: {before} good samples before the kill");
+        let gap: Vec<&Value> = got
+            .iter()
+            .filter(|s| {
+                let t = s["ts_ns"].as_u64().unwrap();
+                t > killed_at + 300_000_000 && t < restarted_at
+            })
+            .collect();
+        assert!(
+            gap.len() >= 3,
+            "{tag}: gap not visible: {} samples",
+            gap.len()
+        );
+        assert!(
+            gap.iter()
+                .all(|s| status(s) == BAD_NO_COMMUNICATION && s["value"].is_null()),
+            "{tag}: {gap:?}"
+        );
+        let after: Vec<&Value> = got
+            .iter()
+            .filter(|s| s["ts_ns"].as_u64().unwrap() > restarted_at && status(s) == 0)
+            .collect();
+        assert!(
+            after.len() >= 5,
+            "{tag}: no values after the restart: {} good samples; last {:?}",
+            after.len(),
+            got.last()
+        );
+        // The restarted counter starts again near 0: these are new values, not replays.
+        assert!(
+            after[0]["value"].as_f64().unwrap() < 60.0,
+            "{tag}: {}",
+            after[0]
+        );
+    }
+}
+
+/// Issue 15 item 4: a source whose nodes are all polled has no subscription at all; it must
+/// stay connected and deliver the values the server serves, not tear its session down at once
+/// and reconnect forever with every sample bad. 1 000 Double variables, each polled every
+/// 10 ms, plus the server's count of sessions created (polled too): it stays 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_polled_at_10_ms_delivers_the_servers_values_on_one_session() {
+    const N: u64 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = asyncua(port, &["--many", &N.to_string()]);
+    let mut source = format!(
+        "[sources.dcs]\ntype = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{port}/ferrule/\"\npki_dir = \"pki\"\npublishing_interval_ms = 100\nreconnect_min_ms = 200\nreconnect_max_ms = 500\n"
+    );
+    for k in 0..N {
+        source += &node(
+            &format!("many.{k}"),
+            &format!("nsu=urn:ferrule:test;s=Many.{k}"),
+            "poll_interval_ms = 10",
+        );
+    }
+    source += &node(
+        "sessions",
+        "nsu=urn:ferrule:test;s=Sessions",
+        "poll_interval_ms = 10",
+    );
+    let running = start(dir.path(), &source).await;
+    // Connected: a good sample of every tag. Then some seconds of steady polling.
     wait_for_samples(dir.path(), |t| {
-        t.get("counter").is_some_and(|v| {
-            v.iter()
-                .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > restarted_at)
-                .count()
-                >= 6
-        })
+        t.len() as u64 == N + 1 && t.values().all(|v| v.iter().any(|s| status(s) == 0))
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let samples = stop(running, dir.path()).await;
-    let mut got = by_tag(&samples).remove("counter").unwrap();
-    got.sort_by_key(|s| s["ts_ns"].as_u64().unwrap());
+    let tags = by_tag(&samples);
 
-    let before = got
+    let bad: Vec<&Value> = samples.iter().filter(|s| status(s) != 0).collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} samples not good while the server was up, e.g. {:?}",
+        bad.len(),
+        samples.len(),
+        &bad[..bad.len().min(3)]
+    );
+    assert_eq!(tags.len() as u64, N + 1, "tags seen");
+    // One session all along: the server counted one CreateSession.
+    let sessions: Vec<f64> = tags["sessions"]
         .iter()
-        .filter(|s| s["ts_ns"].as_u64().unwrap() < killed_at && status(s) == 0)
-        .count();
-    assert!(before >= 5, "{before} good samples before the kill");
-    let gap: Vec<&Value> = got
-        .iter()
-        .filter(|s| {
-            let t = s["ts_ns"].as_u64().unwrap();
-            t > killed_at + 300_000_000 && t < restarted_at
+        .map(|s| s["value"].as_f64().unwrap())
+        .collect();
+    assert!(
+        sessions.iter().all(|v| *v == 1.0),
+        "the source reconnected: sessions the server saw {:?}",
+        sessions.iter().fold(Vec::new(), |mut d: Vec<f64>, v| {
+            if d.last() != Some(v) {
+                d.push(*v);
+            }
+            d
         })
-        .collect();
-    assert!(gap.len() >= 3, "gap not visible: {} samples", gap.len());
-    assert!(
-        gap.iter()
-            .all(|s| status(s) == BAD_NO_COMMUNICATION && s["value"].is_null()),
-        "{gap:?}"
     );
-    let after: Vec<&Value> = got
-        .iter()
-        .filter(|s| s["ts_ns"].as_u64().unwrap() > restarted_at && status(s) == 0)
-        .collect();
+    // Every value is the one the server serves: Many.k = k + 10000 * generation, one source
+    // timestamp per generation (the same for all variables), generations only move forward.
+    let mut generation_ts: HashMap<u64, u64> = HashMap::new();
+    let mut fewest = usize::MAX;
+    for k in 0..N {
+        let tag = format!("many.{k}");
+        let got = &tags[&tag];
+        fewest = fewest.min(got.len());
+        let mut last = 0;
+        let mut generations = 0;
+        for s in got {
+            let v = s["value"].as_f64().unwrap();
+            let rest = v - k as f64;
+            assert!(
+                rest >= 0.0 && rest % 10000.0 == 0.0,
+                "{tag} = {v} is not a value the server serves"
+            );
+            let g = (rest / 10000.0) as u64;
+            assert!(g >= last, "{tag}: generation {g} after {last}");
+            if g != last || generations == 0 {
+                generations += 1;
+            }
+            last = g;
+            let ts = s["ts_ns"].as_u64().unwrap();
+            let first = *generation_ts.entry(g).or_insert(ts);
+            assert_eq!(ts, first, "{tag}: generation {g} with another source time");
+        }
+        // Polled every 10 ms for 5 s of generations changing every second: fresh values, and
+        // many reads of each (the server's read time, not 10 ms, sets the rate).
+        assert!(
+            generations >= 4,
+            "{tag}: only {generations} generations seen"
+        );
+        assert!(got.len() >= 20, "{tag}: only {} samples", got.len());
+    }
+    let mut by_generation: Vec<(u64, u64)> = generation_ts.into_iter().collect();
+    by_generation.sort_unstable();
     assert!(
-        after.len() >= 5,
-        "not resubscribed after the restart: {} good samples; last {:?}",
-        after.len(),
-        got.last()
+        by_generation.windows(2).all(|w| w[1].1 > w[0].1),
+        "source times do not follow the generations: {by_generation:?}"
     );
-    // The restarted counter starts again near 0: these are new values, not replays.
-    assert!(after[0]["value"].as_f64().unwrap() < 60.0, "{}", after[0]);
+    println!(
+        "all {N} nodes polled: {} good samples, {fewest} or more per node",
+        samples.len()
+    );
 }
 
 fn now_ns() -> u64 {
@@ -412,64 +536,70 @@ async fn a_silent_server_is_noticed_by_the_keep_alive_and_the_session_recreated(
     let port = free_port();
     let _server = asyncua(port, &[]);
     let (relay, frozen) = freezable_relay(port).await;
+    // `dcs` subscribes; `polled` only polls (no subscription: its reads are what go unanswered).
     let source = format!(
         "[sources.dcs]\ntype = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{relay}/ferrule/\"\npki_dir = \"pki\"\n\
+         publishing_interval_ms = 100\nkeep_alive_ms = 500\nreconnect_min_ms = 200\nreconnect_max_ms = 400\n{}\
+         [sources.polled]\ntype = \"opcua\"\nendpoint = \"opc.tcp://127.0.0.1:{relay}/ferrule/\"\npki_dir = \"pki-polled\"\n\
          publishing_interval_ms = 100\nkeep_alive_ms = 500\nreconnect_min_ms = 200\nreconnect_max_ms = 400\n{}",
-        node("counter", "ns=2;s=Counter", "")
+        node("counter", "ns=2;s=Counter", ""),
+        node("polled.counter", "ns=2;s=Counter", "poll_interval_ms = 100")
+            .replace("sources.dcs", "sources.polled"),
     );
-    let running = start(dir.path(), &source).await;
-    wait_for_samples(dir.path(), |t| {
-        t.get("counter").is_some_and(|v| {
-            v.iter()
-                .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > 0)
-                .count()
-                >= 6
+    let tags = ["counter", "polled.counter"];
+    let good_after = |t: &HashMap<String, Vec<Value>>, after: u64| {
+        tags.iter().all(|tag| {
+            t.get(*tag).is_some_and(|v| {
+                v.iter()
+                    .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > after)
+                    .count()
+                    >= 6
+            })
         })
-    })
-    .await;
+    };
+    let running = start(dir.path(), &source).await;
+    wait_for_samples(dir.path(), |t| good_after(t, 0)).await;
     let frozen_at = now_ns();
     frozen.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(5000)).await;
     let thawed_at = now_ns();
     frozen.store(false, Ordering::Relaxed);
-    wait_for_samples(dir.path(), |t| {
-        t.get("counter").is_some_and(|v| {
-            v.iter()
-                .filter(|s| status(s) == 0 && s["ts_ns"].as_u64().unwrap() > thawed_at)
-                .count()
-                >= 6
-        })
-    })
-    .await;
+    wait_for_samples(dir.path(), |t| good_after(t, thawed_at)).await;
     let samples = stop(running, dir.path()).await;
-    let mut got = by_tag(&samples).remove("counter").unwrap();
-    got.sort_by_key(|s| s["ts_ns"].as_u64().unwrap());
-    let in_window = |from: u64, to: u64| -> Vec<&Value> {
-        got.iter()
-            .filter(|s| (from..to).contains(&s["ts_ns"].as_u64().unwrap()))
-            .collect()
-    };
-    let before = in_window(0, frozen_at);
-    assert!(before.iter().filter(|s| status(s) == 0).count() >= 5);
-    // Within ~2 s of going silent the gap shows as bad quality.
-    // (Until shortly before the thaw: the first value of the new session carries the source
-    // time the server wrote it, up to 100 ms before.)
-    let gap = in_window(frozen_at + 2_500_000_000, thawed_at - 300_000_000);
-    assert!(
-        gap.len() >= 3,
-        "silence not noticed: {} samples in the gap",
-        gap.len()
-    );
-    assert!(
-        gap.iter().all(|s| status(s) == BAD_NO_COMMUNICATION),
-        "{gap:?}"
-    );
-    let after = in_window(thawed_at, u64::MAX);
-    let good = after.iter().filter(|s| status(s) == 0).count();
-    assert!(
-        good >= 5,
-        "no new session after the link came back: {good} good samples"
-    );
+    let mut by = by_tag(&samples);
+    for tag in tags {
+        let mut got = by.remove(tag).unwrap();
+        got.sort_by_key(|s| s["ts_ns"].as_u64().unwrap());
+        let in_window = |from: u64, to: u64| -> Vec<&Value> {
+            got.iter()
+                .filter(|s| (from..to).contains(&s["ts_ns"].as_u64().unwrap()))
+                .collect()
+        };
+        let before = in_window(0, frozen_at);
+        assert!(
+            before.iter().filter(|s| status(s) == 0).count() >= 5,
+            "{tag}: too few good samples before the silence"
+        );
+        // Within ~2 s of going silent the gap shows as bad quality.
+        // (Until shortly before the thaw: the first value of the new session carries the
+        // source time the server wrote it, up to 100 ms before.)
+        let gap = in_window(frozen_at + 2_500_000_000, thawed_at - 300_000_000);
+        assert!(
+            gap.len() >= 3,
+            "{tag}: silence not noticed: {} samples in the gap",
+            gap.len()
+        );
+        assert!(
+            gap.iter().all(|s| status(s) == BAD_NO_COMMUNICATION),
+            "{tag}: {gap:?}"
+        );
+        let after = in_window(thawed_at, u64::MAX);
+        let good = after.iter().filter(|s| status(s) == 0).count();
+        assert!(
+            good >= 5,
+            "{tag}: no new session after the link came back: {good} good samples"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,13 @@
 """An independent OPC UA server for Ferrule's interop tests (Python asyncua).
 
-Usage: opcua_server.py PORT [--shift] [--pki DIR]
+Usage: opcua_server.py PORT [--shift] [--pki DIR] [--many N]
 
 Namespace `urn:ferrule:test` holds one variable per node id form and data type (see NODES);
-`Counter` counts up by one every 100 ms. `--shift` registers another namespace first, so the
+`Counter` counts up by one every 100 ms; `Sessions` is the number of sessions created since
+the server started (a client that reconnects shows as more than one).
+`--many N` adds N Double variables `Many.<k>` (k = 0..N-1, N <= 10000) whose value is
+k + 10000 * g: g is a generation counted up every second from 0, and all of them carry the
+same source timestamp per generation. `--shift` registers another namespace first, so the
 test namespace gets a different index (as after a server restart with a changed config).
 `--pki DIR` adds Basic256Sha256 (Sign, SignAndEncrypt) with a self-signed certificate for
 127.0.0.1 in DIR, and a user `operator` / `secret`.
@@ -13,9 +17,11 @@ import asyncio
 import logging
 import sys
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 from asyncua import Server, ua
+from asyncua.server.internal_session import InternalSession
 
 URI = "urn:ferrule:test"
 GUID = uuid.UUID("72962b91-fa75-4ae6-8d28-b404dc7daf63")
@@ -45,11 +51,37 @@ class Users:
         return None
 
 
+def count_sessions(server, node):
+    """Counts every CreateSession the server answers in `node`, before it answers."""
+    create = InternalSession.create_session
+    sessions = 0
+
+    async def counted(self, *args, **kwargs):
+        nonlocal sessions
+        sessions += 1
+        await server.write_attribute_value(
+            node.nodeid, ua.DataValue(ua.Variant(float(sessions), ua.VariantType.Double)))
+        return await create(self, *args, **kwargs)
+
+    InternalSession.create_session = counted
+
+
+async def write_generation(server, many, g):
+    now = datetime.now(timezone.utc)
+    for k, node in enumerate(many):
+        await server.write_attribute_value(node.nodeid, ua.DataValue(
+            ua.Variant(float(k + 10000 * g), ua.VariantType.Double),
+            SourceTimestamp=now, ServerTimestamp=now,
+        ))
+
+
 async def main():
     logging.basicConfig(level=logging.WARNING)
     port = int(sys.argv[1])
     shift = "--shift" in sys.argv
     pki = Path(sys.argv[sys.argv.index("--pki") + 1]) if "--pki" in sys.argv else None
+    many = int(sys.argv[sys.argv.index("--many") + 1]) if "--many" in sys.argv else 0
+    assert many <= 10000
 
     server = Server(user_manager=Users() if pki else None)
     await server.init()
@@ -93,12 +125,23 @@ async def main():
         ua.Variant(7.25, ua.VariantType.Double),
         StatusCode=ua.StatusCode(ua.StatusCodes.UncertainLastUsableValue),
     ))
+    sessions = await line.add_variable(ua.NodeId("Sessions", idx), "Sessions",
+                                       ua.Variant(0.0, ua.VariantType.Double))
+    count_sessions(server, sessions)
+    many_nodes = [
+        await line.add_variable(ua.NodeId(f"Many.{k}", idx), f"Many.{k}",
+                                ua.Variant(0.0, ua.VariantType.Double))
+        for k in range(many)
+    ]
+    await write_generation(server, many_nodes, 0)
     async with server:
-        n = 0.0
+        n = 0
         while True:
             await asyncio.sleep(0.1)
-            n += 1.0
-            await counter.write_value(ua.Variant(n, ua.VariantType.Double))
+            n += 1
+            await counter.write_value(ua.Variant(float(n), ua.VariantType.Double))
+            if many_nodes and n % 10 == 0:
+                await write_generation(server, many_nodes, n // 10)
 
 
 if __name__ == "__main__":

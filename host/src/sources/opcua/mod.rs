@@ -1,8 +1,9 @@
-//! The OPC UA source (async-opcua client): one session per source, monitored items in one
-//! subscription (polled reads for nodes configured so), node ids resolved against the
-//! server's namespace array on every (re)connect. A lost connection makes every tag bad
-//! (BadNoCommunication) at the publishing interval until a new session is up and subscribed
-//! again, so the gap is visible; one bad node gives only its tag bad quality, logged once.
+//! The OPC UA source (async-opcua client): one session per source, monitored items in
+//! subscriptions (polled reads for nodes configured so; a source whose nodes are all polled
+//! has no subscription at all), node ids resolved against the server's namespace array on
+//! every (re)connect. A lost connection makes every tag bad (BadNoCommunication) at the
+//! publishing interval until a new session is up and subscribed again, so the gap is visible;
+//! one bad node gives only its tag bad quality, logged once.
 
 mod config;
 mod node_ref;
@@ -399,7 +400,11 @@ impl Runner {
                 return ended;
             }
         }
+        // Only the subscriptions' callbacks hold senders now. With none (every node polled, or
+        // none resolved) the channel is closed from the start and means nothing: the session
+        // is then watched by its polled reads, the keep-alive and the transport alone.
         drop(tx);
+        let has_subscriptions = !subscribed.is_empty();
         // Polled nodes, grouped by interval.
         let mut polls: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
         for (i, t) in self.tags.iter().enumerate() {
@@ -411,9 +416,11 @@ impl Runner {
             .into_iter()
             .map(|(ms, tags)| (tokio::time::interval(Duration::from_millis(ms)), tags))
             .collect();
-        // Proof of life: any data notification or polled read; only when none came for a
-        // keep-alive interval is the server asked (ServerStatus.CurrentTime), and only two
-        // unanswered asks in a row end the session. A busy subscription is never torn down.
+        // Proof of life: any data notification or answered polled read; only when none came
+        // for a keep-alive interval is the server asked (ServerStatus.CurrentTime), and only
+        // two unanswered asks in a row end the session. A polled read unanswered within the
+        // keep-alive interval counts as an unanswered ask. A busy subscription is never torn
+        // down.
         let keep_alive = Duration::from_millis(self.config.keep_alive_ms);
         let mut watchdog =
             tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
@@ -441,7 +448,7 @@ impl Runner {
                 }
             };
             tokio::select! {
-                first = rx.recv() => {
+                first = rx.recv(), if has_subscriptions => {
                     let Some(first) = first else { return Ended::Lost("subscription closed".into()) };
                     let mut items = vec![first];
                     while let Ok(more) = rx.try_recv() {
@@ -475,15 +482,33 @@ impl Runner {
                 }
                 g = next_poll => {
                     let tags = timers[g].1.clone();
-                    match self.poll(session, &tags, &resolved).await {
-                        Ok(batch) => {
+                    // A read in flight does not hold up noticing a lost transport or a stop.
+                    let read = tokio::select! {
+                        r = read_polled(session, &tags, &resolved, keep_alive) => r,
+                        status = &mut *event_loop => return connection_lost(status),
+                        _ = self.ctx.shutdown.changed() => return Ended::Shutdown,
+                    };
+                    match read {
+                        Ok(values) => {
                             last_life = tokio::time::Instant::now();
                             unanswered = 0;
+                            let handles = tags.iter().map(|i| *i as u32 + 1);
+                            let batch = self.batch_of(handles.zip(values).collect());
                             if !self.send(batch).await { return Ended::Shutdown; }
                         }
                         Err(status) => {
-                            // The read failed as a whole: its tags are bad with the reason;
-                            // a lost connection is noticed by the transport or the watchdog.
+                            // The read failed as a whole: its tags are bad with the reason.
+                            // Unanswered, it counts as an unanswered keep-alive ask; refused,
+                            // the watchdog asks the server whether the session is still alive
+                            // (a failed read is no proof of life); a lost connection is noticed
+                            // by the transport.
+                            if status == StatusCode::BadTimeout {
+                                unanswered += 1;
+                                if unanswered >= 2 {
+                                    let silent = last_life.elapsed();
+                                    return Ended::Lost(format!("no answer to polled reads for {silent:?}"));
+                                }
+                            }
                             let ts = now_ns();
                             let mut batch = SampleBatch::with_capacity(tags.len());
                             for i in &tags {
@@ -494,10 +519,7 @@ impl Runner {
                         }
                     }
                 }
-                status = &mut *event_loop => {
-                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                    return Ended::Lost(format!("connection lost: {status}"));
-                }
+                status = &mut *event_loop => return connection_lost(status),
                 _ = self.ctx.shutdown.changed() => return Ended::Shutdown,
             }
         }
@@ -584,32 +606,6 @@ impl Runner {
         Ok(())
     }
 
-    async fn poll(
-        &mut self,
-        session: &Arc<Session>,
-        tags: &[usize],
-        resolved: &[Option<NodeId>],
-    ) -> Result<SampleBatch, StatusCode> {
-        let reads: Vec<ReadValueId> = tags
-            .iter()
-            .map(|i| ReadValueId {
-                node_id: resolved[*i].clone().expect("resolved"),
-                attribute_id: AttributeId::Value as u32,
-                ..Default::default()
-            })
-            .collect();
-        let values = session
-            .read(&reads, TimestampsToReturn::Both, 0.0)
-            .await
-            .map_err(|e| e.status())?;
-        Ok(self.batch_of(
-            tags.iter()
-                .zip(values)
-                .map(|(i, dv)| (*i as u32 + 1, dv))
-                .collect(),
-        ))
-    }
-
     fn batch_of(&mut self, items: Vec<(u32, DataValue)>) -> SampleBatch {
         let now = now_ns();
         let mut batch = SampleBatch::with_capacity(items.len());
@@ -640,6 +636,35 @@ impl Runner {
             batch.push(self.tags[i].id, c.value, Quality(c.quality), c.timestamp_ns);
         }
         batch
+    }
+}
+
+fn connection_lost(status: Result<StatusCode, tokio::task::JoinError>) -> Ended {
+    let status = status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|e| e.to_string());
+    Ended::Lost(format!("connection lost: {status}"))
+}
+
+/// One polled read of `tags`' values; BadTimeout when the server does not answer within
+/// `timeout`.
+async fn read_polled(
+    session: &Session,
+    tags: &[usize],
+    resolved: &[Option<NodeId>],
+    timeout: Duration,
+) -> Result<Vec<DataValue>, StatusCode> {
+    let reads: Vec<ReadValueId> = tags
+        .iter()
+        .map(|i| ReadValueId {
+            node_id: resolved[*i].clone().expect("resolved"),
+            attribute_id: AttributeId::Value as u32,
+            ..Default::default()
+        })
+        .collect();
+    match tokio::time::timeout(timeout, session.read(&reads, TimestampsToReturn::Both, 0.0)).await {
+        Err(_) => Err(StatusCode::BadTimeout),
+        Ok(read) => read.map_err(|e| e.status()),
     }
 }
 
