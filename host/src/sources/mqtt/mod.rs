@@ -331,3 +331,91 @@ async fn refuse(
         tracing::error!(source = %ctx.name, "the dead-letter sink stopped; the message stays unacknowledged");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::Request;
+
+    fn order() -> (AckOrder, flume::Receiver<Request>, Arc<tokio::sync::Notify>) {
+        let (tx, rx) = flume::unbounded();
+        let reconnect = Arc::new(tokio::sync::Notify::new());
+        let order = AckOrder {
+            client: AsyncClient::from_senders(tx),
+            epoch: 0,
+            base: 0,
+            entries: VecDeque::new(),
+            failed_epoch: None,
+            reconnect: reconnect.clone(),
+            source: "test".into(),
+            withheld: 0,
+        };
+        (order, rx, reconnect)
+    }
+
+    fn publish(pkid: u16) -> Publish {
+        let mut p = Publish::new("plant/a/b/c/d/e", QoS::AtLeastOnce, "x", None);
+        p.pkid = pkid;
+        p
+    }
+
+    fn acked(rx: &flume::Receiver<Request>) -> Vec<u16> {
+        rx.try_iter()
+            .filter_map(|r| match r {
+                Request::PubAck(a) => Some(a.pkid),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pubacks_go_out_in_arrival_order_whatever_order_batches_settle_in() {
+        let (mut o, rx, _) = order();
+        let t: Vec<u64> = (1..=3).map(|k| o.register(&publish(k))).collect();
+        o.settle(&[t[2]], Settled::Done);
+        assert_eq!(acked(&rx), Vec::<u16>::new());
+        o.settle(&[t[0]], Settled::Done);
+        assert_eq!(acked(&rx), vec![1]);
+        o.settle(&[t[1]], Settled::Done);
+        assert_eq!(acked(&rx), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_failed_batch_stops_acknowledging_on_its_connection_and_asks_for_a_reconnect() {
+        let (mut o, rx, reconnect) = order();
+        let t: Vec<u64> = (1..=3).map(|k| o.register(&publish(k))).collect();
+        o.settle(&[t[0]], Settled::Done);
+        o.settle(&[t[1]], Settled::Failed);
+        o.settle(&[t[2]], Settled::Done);
+        assert_eq!(acked(&rx), vec![1], "nothing after the failed message");
+        let notified = reconnect.notified();
+        tokio::pin!(notified);
+        use std::future::Future;
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(
+            notified.as_mut().poll(&mut cx).is_ready(),
+            "a reconnect was asked for"
+        );
+        assert_eq!(o.withheld, 2);
+        // On the new connection, acknowledgments flow again.
+        o.new_connection(None);
+        let t4 = o.register(&publish(1));
+        o.settle(&[t4], Settled::Done);
+        assert_eq!(acked(&rx), vec![1]);
+    }
+
+    #[test]
+    fn an_acknowledgment_from_before_a_reconnect_is_never_sent_on_the_new_connection() {
+        let (mut o, rx, _) = order();
+        let old = o.register(&publish(7));
+        o.new_connection(None);
+        let new = o.register(&publish(7));
+        o.settle(&[new], Settled::Done);
+        assert_eq!(acked(&rx), Vec::<u16>::new(), "waits for the older message");
+        o.settle(&[old], Settled::Done);
+        assert_eq!(acked(&rx), vec![7], "only the new connection's message");
+        assert_eq!(o.withheld, 1);
+    }
+}
