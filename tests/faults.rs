@@ -13,21 +13,35 @@ use ferrule::config::HostConfig;
 use ferrule::runtime;
 use ferrule_tests::mqtt::publish_all;
 use ferrule_tests::peers::{self, mosquitto};
-use ferrule_tests::read_jsonl;
 use ferrule_tests::storage::TestDatabase;
+use ferrule_tests::{ferrule_bin, read_jsonl};
 
 const START_NS: u64 = 1_700_000_000_000_000_000;
 
-fn ferrule_bin() -> PathBuf {
-    // target/<profile>/deps/<test> → target/<profile>/ferrule
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("ferrule");
-    assert!(
-        bin.is_file(),
-        "{} is missing: `cargo test --workspace` builds it",
-        bin.display()
-    );
-    bin
+/// The head of a test host config: no watcher or progress line, no admin endpoint, a file
+/// dead-letter (`dead.jsonl`), and an MQTT source `edge` on `plant/#` at the broker on `port`.
+fn mqtt_edge(port: u16, client_id: &str, pipeline_extra: &str, source_extra: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+watch_plugins = false
+progress_interval_s = 0
+{pipeline_extra}
+[admin]
+enabled = false
+[dead_letter]
+type = "file"
+path = "dead.jsonl"
+[sources.edge]
+type = "mqtt"
+topics = ["plant/#"]
+linger_ms = 5
+{source_extra}
+[sources.edge.broker]
+port = {port}
+client_id = "{client_id}"
+"#
+    )
 }
 
 fn payload(value: f64, unit: &str, ts: u64) -> Vec<u8> {
@@ -78,28 +92,14 @@ async fn parquet_after_kill_9_holds_every_acknowledged_sample_exactly_once() {
         &config,
         format!(
             r#"
-[pipeline]
-watch_plugins = false
-progress_interval_s = 0
-[admin]
-enabled = false
-[dead_letter]
-type = "file"
-path = "dead.jsonl"
-[sources.edge]
-type = "mqtt"
-topics = ["plant/#"]
-linger_ms = 5
-[sources.edge.broker]
-port = {port}
-client_id = "kill-parquet-in"
+{edge}
 [sinks.warm]
 type = "parquet"
 directory = "{warm}"
 max_file_bytes = 16384
 row_group_rows = 500
 "#,
-            port = broker.port,
+            edge = mqtt_edge(broker.port, "kill-parquet-in", "", ""),
             warm = warm.display(),
         ),
     )
@@ -168,28 +168,18 @@ row_group_rows = 500
 fn postgres_config(dir: &Path, broker_port: u16, connection: &str, extra: &str) -> HostConfig {
     let text = format!(
         r#"
-[pipeline]
-watch_plugins = false
-progress_interval_s = 0
-stall_after_s = 1
-[admin]
-enabled = false
-[dead_letter]
-type = "file"
-path = "dead.jsonl"
-[sources.edge]
-type = "mqtt"
-topics = ["plant/#"]
-linger_ms = 5
-[sources.edge.broker]
-port = {broker_port}
-client_id = "pg-poison-in-{nanos}"
+{edge}
 [sinks.hot]
 type = "postgres"
 connection = "{connection}"
 {extra}
 "#,
-        nanos = ferrule::model::now_ns(),
+        edge = mqtt_edge(
+            broker_port,
+            &format!("pg-poison-in-{}", ferrule::model::now_ns()),
+            "stall_after_s = 1",
+            ""
+        ),
     );
     HostConfig::from_text(&text, dir).unwrap_or_else(|e| panic!("{e:?}"))
 }
@@ -432,28 +422,14 @@ async fn mqtt_sink_dead_letters_what_the_broker_acl_refuses_and_delivers_the_res
     let sub = Collector::start(downstream.port, "acl-sub", &["plant/#"], false).await;
     let text = format!(
         r#"
-[pipeline]
-watch_plugins = false
-progress_interval_s = 0
-[admin]
-enabled = false
-[dead_letter]
-type = "file"
-path = "dead.jsonl"
-[sources.edge]
-type = "mqtt"
-topics = ["plant/#"]
-linger_ms = 5
-[sources.edge.broker]
-port = {up}
-client_id = "acl-in"
+{edge}
 [sinks.uplink]
 type = "mqtt"
 [sinks.uplink.broker]
 port = {down}
 client_id = "acl-out"
 "#,
-        up = upstream.port,
+        edge = mqtt_edge(upstream.port, "acl-in", "", ""),
         down = downstream.port,
     );
     let config = HostConfig::from_text(&text, dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
@@ -526,28 +502,13 @@ async fn a_panicking_sink_loses_no_acknowledged_sample() {
         &config,
         format!(
             r#"
-[pipeline]
-watch_plugins = false
-progress_interval_s = 0
-[admin]
-enabled = false
-[dead_letter]
-type = "file"
-path = "dead.jsonl"
-[sources.edge]
-type = "mqtt"
-topics = ["plant/#"]
-linger_ms = 5
-batch_size = 100
-[sources.edge.broker]
-port = {port}
-client_id = "panic-in"
+{edge}
 [sinks.samples]
 type = "file"
 path = "samples.jsonl"
 delay_ms = 20
 "#,
-            port = broker.port,
+            edge = mqtt_edge(broker.port, "panic-in", "", "batch_size = 100"),
         ),
     )
     .unwrap();
@@ -689,21 +650,7 @@ async fn a_full_disk_holds_the_stream_back_and_it_resumes_without_a_restart() {
     freeze("-STOP");
     let text = format!(
         r#"
-[pipeline]
-watch_plugins = false
-progress_interval_s = 0
-[admin]
-enabled = false
-[dead_letter]
-type = "file"
-path = "dead.jsonl"
-[sources.edge]
-type = "mqtt"
-topics = ["plant/#"]
-linger_ms = 5
-[sources.edge.broker]
-port = {up}
-client_id = "disk-in"
+{edge}
 [sinks.uplink]
 type = "mqtt"
 [sinks.uplink.broker]
@@ -713,7 +660,7 @@ keep_alive_s = 5
 [sinks.uplink.buffer]
 path = "{buffer}"
 "#,
-        up = upstream.port,
+        edge = mqtt_edge(upstream.port, "disk-in", "", ""),
         down = downstream.port,
         buffer = disk.0.join("uplink.redb").display(),
     );
@@ -806,21 +753,7 @@ async fn kafka_sink_dead_letters_a_record_over_the_size_limit_and_the_rest_lands
     kafka::create_topic(k.port, "plant.telemetry", 1);
     let text = format!(
         r#"
-[pipeline]
-watch_plugins = false
-progress_interval_s = 0
-[admin]
-enabled = false
-[dead_letter]
-type = "file"
-path = "dead.jsonl"
-[sources.edge]
-type = "mqtt"
-topics = ["plant/#"]
-linger_ms = 5
-[sources.edge.broker]
-port = {mqtt}
-client_id = "kafka-poison-in"
+{edge}
 [sinks.kafka]
 type = "kafka"
 brokers = "127.0.0.1:{kafka}"
@@ -830,7 +763,7 @@ properties = {{ "message.max.bytes" = "4000" }}
 match = "plant/**"
 topics = ["plant.telemetry"]
 "#,
-        mqtt = broker.port,
+        edge = mqtt_edge(broker.port, "kafka-poison-in", "", ""),
         kafka = k.port,
     );
     let config = HostConfig::from_text(&text, dir.path()).unwrap_or_else(|e| panic!("{e:?}"));

@@ -376,17 +376,7 @@ async fn two_bridges_on_one_shared_subscription_split_the_load_and_deliver_every
     assert_eq!(seen, expected);
 }
 
-fn ferrule_bin() -> std::path::PathBuf {
-    // target/<profile>/deps/<test> → target/<profile>/ferrule
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("ferrule");
-    assert!(
-        bin.is_file(),
-        "{} is missing: `cargo test --workspace` builds it",
-        bin.display()
-    );
-    bin
-}
+use ferrule_tests::ferrule_bin;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_killed_with_sigkill_mid_stream_loses_no_sample() {

@@ -5,7 +5,7 @@
 //! with SIGKILL twenty times while every acknowledged sample still arrives.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -229,17 +229,7 @@ keep_alive_s = 5
     }
 }
 
-fn ferrule_bin() -> PathBuf {
-    // target/<profile>/deps/<test> → target/<profile>/ferrule
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("ferrule");
-    assert!(
-        bin.is_file(),
-        "{} is missing: `cargo test --workspace` builds it",
-        bin.display()
-    );
-    bin
-}
+use ferrule_tests::ferrule_bin;
 
 fn payload(value: f64, ts: u64) -> Vec<u8> {
     format!("{{\"value\":{value},\"unit\":\"bar\",\"quality\":\"good\",\"ts_ns\":{ts}}}")

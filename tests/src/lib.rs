@@ -13,6 +13,20 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `ferrule` binary built beside the running test (`target/<profile>/ferrule`), for tests
+/// that kill and restart a host process.
+pub fn ferrule_bin() -> PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/ferrule
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("ferrule");
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo test --workspace` builds it",
+        bin.display()
+    );
+    bin
+}
+
 /// A built component from `dist/plugins/` (written by `scripts/build-plugins`).
 pub fn plugin(name: &str) -> PathBuf {
     let path = repo_root()
