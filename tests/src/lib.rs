@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod crash;
 pub mod timescale;
 
 /// The repository root.
