@@ -95,10 +95,10 @@ fn main() -> ExitCode {
             r.sent,
             r.lost,
             r.duplicates,
-            if r.path.exactly_once() {
-                ""
-            } else {
-                " (at-least-once)"
+            match r.path.duplicates_per_kill() {
+                Some(0) => String::new(),
+                Some(b) => format!(" (≤ {b}/kill)"),
+                None => " (at-least-once)".into(),
             },
             secs(r.recovery_p50()),
             secs(r.recovery_max()),
@@ -108,7 +108,9 @@ fn main() -> ExitCode {
         failed |= r.lost > 0
             || r.corrupt > 0
             || r.exit.is_err()
-            || (r.path.exactly_once() && r.duplicates > 0);
+            || r.path
+                .duplicates_per_kill()
+                .is_some_and(|b| r.duplicates > b * r.kills as u64);
     }
     for r in reports.iter().filter(|r| r.kept.is_some()) {
         println!("{}: kept {}", r.path, r.kept.as_ref().unwrap().display());
