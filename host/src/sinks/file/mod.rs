@@ -31,6 +31,8 @@ pub struct FileSink {
     path: String,
     file: PathBuf,
     out: File,
+    /// Bytes in the file (kept, not asked for at every flush).
+    len: u64,
     /// Lines rendered and not yet appended.
     pending: Vec<u8>,
     fsync: FsyncPolicy,
@@ -75,6 +77,10 @@ impl FileSink {
             name: name.into(),
             path: c.path.display().to_string(),
             file: c.path.clone(),
+            len: file
+                .metadata()
+                .map_err(|e| err(format!("cannot read {}: {e}", c.path.display())))?
+                .len(),
             out: file,
             pending: Vec::with_capacity(1 << 20),
             fsync: c.fsync,
@@ -94,12 +100,13 @@ impl FileSink {
     /// starts a new file.
     fn flush_and_rotate(&mut self) -> Result<(), SinkError> {
         if !self.pending.is_empty() {
-            let before = self.out.metadata().map_err(|e| self.io(e))?.len();
+            // Into the page cache, on this thread; the fsync below goes off the workers.
             if let Err(e) = self.out.write_all(&self.pending) {
                 // No torn line: cut back to the last whole line; the lines stay pending.
-                let _ = self.out.set_len(before);
+                let _ = self.out.set_len(self.len);
                 return Err(self.io(e));
             }
+            self.len += self.pending.len() as u64;
             self.pending.clear();
         }
         let due = match self.fsync {
@@ -107,16 +114,21 @@ impl FileSink {
             FsyncPolicy::Interval => self.last_sync.elapsed() >= self.fsync_interval,
         };
         if due {
-            self.out.sync_data().map_err(|e| self.io(e))?;
+            super::off_worker(|| self.out.sync_data()).map_err(|e| self.io(e))?;
             self.last_sync = Instant::now();
         }
         let Some(limit) = self.rotate_bytes else {
             return Ok(());
         };
-        let len = self.out.metadata().map_err(|e| self.io(e))?.len();
+        let len = self.len;
         if len < limit {
             return Ok(());
         }
+        super::off_worker(|| self.rotate(len))
+    }
+
+    /// Shifts the rotated files up by one and starts a new file (blocking file work).
+    fn rotate(&mut self, len: u64) -> Result<(), SinkError> {
         self.out.sync_all().map_err(|e| self.io(e))?;
         let keep = self.keep_files;
         let dropped = rotated(&self.file, keep);
@@ -131,6 +143,7 @@ impl FileSink {
         }
         std::fs::rename(&self.file, rotated(&self.file, 1)).map_err(|e| self.io(e))?;
         self.out = append_to(&self.file).map_err(|e| self.io(e))?;
+        self.len = 0;
         if let Some(dir) = self.file.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)
                 .and_then(|d| d.sync_all())
@@ -235,7 +248,7 @@ impl Sink for FileSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        super::off_worker(|| self.flush_and_rotate())
+        self.flush_and_rotate()
     }
 }
 
@@ -250,7 +263,7 @@ impl DeadLetterSink for FileSink {
     }
 
     async fn flush(&mut self) -> Result<(), SinkError> {
-        super::off_worker(|| self.flush_and_rotate())
+        self.flush_and_rotate()
     }
 }
 

@@ -383,7 +383,10 @@ impl ParquetSink {
         for i in 0..s.len() {
             let ts = s.timestamps[i];
             let partition = Partition::of(ts);
-            if let Some(seq) = self.current_record {
+            if let Some(seq) = self
+                .current_record
+                .filter(|_| !self.published_ranges.is_empty())
+            {
                 if self.already_published(partition, seq) {
                     continue;
                 }
