@@ -2,9 +2,12 @@
 //! (JSON lines) + dead-letter. Reports samples/s (wall), samples per CPU-second of the process
 //! (the one-core figure), peak RSS, the validator's call latency; the same with a shadow run
 //! beside the validator (the ratio is the cost of a shadow run); then the hot-swap stall (time
-//! the chain waits at an install) over 200 swaps of the validator under load, p50/p99/max.
+//! the chain waits at an install) over 200 swaps of the validator under load, p50/p99/max;
+//! last, the file sink's `fsync = "batch"` (the default) against `fsync = "interval"`, same
+//! run, alternated (batch, interval, batch, interval), and the ratio.
 //!
-//! Run: `scripts/build-plugins && cargo bench -p ferrule --bench pipeline`
+//! Run: `scripts/build-plugins && cargo bench -p ferrule --bench pipeline` (`-- fsync`: only
+//! the fsync comparison)
 
 mod common;
 
@@ -27,6 +30,11 @@ fn cpu_and_peak_rss() -> (f64, f64) {
 }
 
 fn config(dir: &Path, scans: u64, interval_ms: u64) -> HostConfig {
+    config_fsync(dir, scans, interval_ms, "batch")
+}
+
+/// `fsync` goes on the samples sink and on the dead-letter file alike.
+fn config_fsync(dir: &Path, scans: u64, interval_ms: u64, fsync: &str) -> HostConfig {
     let plant = std::fs::read_to_string(repo().join("examples/plant.toml")).unwrap();
     let stages = &plant[plant.find("[[stages]]").unwrap()..plant.find("[sinks.samples]").unwrap()];
     let stages = stages.replace(
@@ -53,9 +61,11 @@ batch_size = 1024
 type = "file"
 path = "samples.jsonl"
 include_metadata = true
+fsync = "{fsync}"
 [dead_letter]
 type = "file"
 path = "dead-letter.jsonl"
+fsync = "{fsync}"
 "#,
         assets = repo().join("examples/assets.csv").display()
     );
@@ -111,8 +121,12 @@ impl Throughput {
 }
 
 async fn throughput(shadow: Option<&str>) -> Throughput {
+    throughput_fsync(shadow, "batch").await
+}
+
+async fn throughput_fsync(shadow: Option<&str>, fsync: &str) -> Throughput {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), u64::MAX, 0);
+    let cfg = config_fsync(dir.path(), u64::MAX, 0, fsync);
     let t_start = Instant::now();
     let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
@@ -169,7 +183,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `-- fsync`: only the fsync comparison at the end.
+    let only_fsync = std::env::args().skip(1).any(|a| a == "fsync");
     rt.block_on(async {
+        if only_fsync {
+            fsync_comparison().await;
+            return;
+        }
         // Throughput: as fast as the pipeline takes it, then the same with a shadow run of the
         // validator (the most expensive sample-plane stage) beside the live one, same run.
         let plain = throughput(None).await;
@@ -234,5 +254,44 @@ fn main() {
             status.dead_letters,
             status.produced["plant"] == status.written["samples"] + status.dead_letters
         );
+
+        fsync_comparison().await;
     });
+}
+
+/// The file sink's `fsync = "batch"` (the default: at every flush) against `"interval"` (at
+/// most once a second), whole pipeline as in `throughput`, alternated.
+async fn fsync_comparison() {
+    let mut batch = Vec::new();
+    let mut interval = Vec::new();
+    for _ in 0..2 {
+        batch.push(throughput_fsync(None, "batch").await);
+        interval.push(throughput_fsync(None, "interval").await);
+    }
+    let mean =
+        |v: &[Throughput], f: fn(&Throughput) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let rates = |v: &[Throughput]| v.iter().map(|t| t.rate / 1e6).collect::<Vec<_>>();
+    let per_cpu = |v: &[Throughput]| v.iter().map(|t| t.per_cpu / 1e6).collect::<Vec<_>>();
+    println!("file sink fsync, whole pipeline as above (samples sink and dead-letter file alike), alternated:");
+    println!(
+        "  fsync = \"batch\":    {:.2} M samples/s (runs {:.2?}), {:.2} M samples per CPU-second (runs {:.2?}); nothing lost: {}",
+        mean(&batch, |t| t.rate) / 1e6,
+        rates(&batch),
+        mean(&batch, |t| t.per_cpu) / 1e6,
+        per_cpu(&batch),
+        batch.iter().all(|t| t.nothing_lost)
+    );
+    println!(
+        "  fsync = \"interval\": {:.2} M samples/s (runs {:.2?}), {:.2} M samples per CPU-second (runs {:.2?}); nothing lost: {}",
+        mean(&interval, |t| t.rate) / 1e6,
+        rates(&interval),
+        mean(&interval, |t| t.per_cpu) / 1e6,
+        per_cpu(&interval),
+        interval.iter().all(|t| t.nothing_lost)
+    );
+    println!(
+        "  batch/interval: throughput {:.2}x, samples per CPU-second {:.2}x",
+        mean(&batch, |t| t.rate) / mean(&interval, |t| t.rate),
+        mean(&batch, |t| t.per_cpu) / mean(&interval, |t| t.per_cpu)
+    );
 }

@@ -1,7 +1,8 @@
 //! The storage sinks: rows/s into PostgreSQL by binary COPY (the sink's default: COPY straight
 //! into the table; a batch that hits the key goes through a staging table and INSERT … ON
 //! CONFLICT DO NOTHING, timed as "replay") and by batched multi-row INSERT … ON CONFLICT, in
-//! one run against the same server; then rows/s and bytes per row for Parquet.
+//! one run against the same server; then rows/s and bytes per row for Parquet; last, the file
+//! sink alone with `fsync = "batch"` against `fsync = "interval"` (flush after every batch).
 //!
 //! Data: a simulated plant of 5 000 tags (the simulator's paths, units and values), 1 Hz
 //! scans, batches of 5 000 samples, tag metadata (asset id, line) on every row.
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use ferrule::model::SampleBatch;
 use ferrule::model::{OutputBatch, ResolvedTag, TagTable};
+use ferrule::sinks::file::{FileSink, FileSinkConfig, FsyncPolicy};
 use ferrule::sinks::parquet::{ParquetSink, ParquetSinkConfig};
 use ferrule::sinks::postgres::{PostgresSink, PostgresSinkConfig, WriteMethod};
 use ferrule::sinks::Sink;
@@ -184,5 +186,36 @@ fn main() {
             rows as f64 / elapsed,
             bytes as f64 / rows as f64
         );
+
+        // File sink alone: each batch of 5 000 rendered, then flushed (append + fsync per
+        // policy), as a sink whose queue runs empty after every batch; alternated.
+        let rows = 400_000;
+        let data = &data[..rows / BATCH];
+        let file_rate = |fsync: FsyncPolicy| {
+            let data = &data;
+            async move {
+                let dir = tempfile::tempdir().unwrap();
+                let mut config = FileSinkConfig::new(dir.path().join("samples.jsonl"));
+                config.include_metadata = true;
+                config.fsync = fsync;
+                let mut sink = FileSink::open("bench", &config).unwrap();
+                let t0 = Instant::now();
+                for b in data.iter() {
+                    Sink::write(&mut sink, b).await.unwrap();
+                    Sink::flush(&mut sink).await.unwrap();
+                }
+                rows as f64 / t0.elapsed().as_secs_f64()
+            }
+        };
+        let (mut batch, mut interval) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            batch.push(file_rate(FsyncPolicy::Batch).await);
+            interval.push(file_rate(FsyncPolicy::Interval).await);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        println!("File sink alone (JSON lines with metadata), batches of {BATCH}, flush after each, {rows} rows per run:");
+        println!("  fsync = \"batch\":    {:>9.0} rows/s  (runs: {:.0?})", mean(&batch), batch);
+        println!("  fsync = \"interval\": {:>9.0} rows/s  (runs: {:.0?})", mean(&interval), interval);
+        println!("  batch/interval: {:.2}x", mean(&batch) / mean(&interval));
     });
 }
