@@ -697,6 +697,9 @@ enum Feed {
     Kafka {
         stop_file: PathBuf,
         child: Child,
+        /// Reads the producer's lines as they come (its progress into `acked`); returns the
+        /// last one, the result.
+        lines: std::thread::JoinHandle<String>,
     },
 }
 
@@ -728,9 +731,9 @@ impl Feed {
         Feed::Mqtt { stop, task }
     }
 
-    fn kafka(port: u16, opts: &Options, dir: &std::path::Path) -> Feed {
+    fn kafka(port: u16, opts: &Options, dir: &std::path::Path, acked: Arc<AtomicU64>) -> Feed {
         let stop_file = dir.join("feed.stop");
-        let child = Command::new(peers::python())
+        let mut child = Command::new(peers::python())
             .arg(repo_root().join("tests/peers/kafka_produce_until.py"))
             .arg(format!("127.0.0.1:{port}"))
             .arg(TOPIC)
@@ -743,7 +746,24 @@ impl Feed {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        Feed::Kafka { stop_file, child }
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::thread::spawn(move || {
+            let mut last = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if let Some(n) = v["acked"].as_u64() {
+                        acked.store(n, Ordering::SeqCst);
+                    }
+                }
+                last = line;
+            }
+            last
+        });
+        Feed::Kafka {
+            stop_file,
+            child,
+            lines,
+        }
     }
 
     /// Stops the feed (once it sent its minimum) and returns the indices of the messages it
@@ -760,20 +780,18 @@ impl Feed {
             Feed::Kafka {
                 stop_file,
                 mut child,
+                lines,
             } => {
                 std::fs::write(&stop_file, b"").unwrap();
                 let out = tokio::task::spawn_blocking(move || {
-                    let mut stdout = child.stdout.take().unwrap();
-                    let mut text = String::new();
-                    std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
                     let status = child.wait().unwrap();
                     assert!(status.success(), "kafka_produce_until.py: {status}");
-                    text
+                    lines.join().unwrap()
                 })
                 .await
                 .unwrap();
                 let last: serde_json::Value =
-                    serde_json::from_str(out.lines().last().expect("feed result")).unwrap();
+                    serde_json::from_str(&out).expect("the feed's result");
                 let produced = last["produced"].as_u64().unwrap();
                 let unacked: std::collections::HashSet<u64> = last["unacked"]
                     .as_array()
@@ -958,7 +976,7 @@ topics = ["{TOPIC}"]
         }
         Feed::mqtt(b.port, opts, acked.clone())
     } else {
-        let feed = Feed::kafka(tansu.as_ref().unwrap().port, opts, &dir);
+        let feed = Feed::kafka(tansu.as_ref().unwrap().port, opts, &dir, acked.clone());
         let started = dest.wait_grown(mark, first, Duration::from_secs(60)).await;
         assert!(
             started.is_some(),
