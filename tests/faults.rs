@@ -18,6 +18,20 @@ use ferrule_tests::{ferrule_bin, read_jsonl};
 
 const START_NS: u64 = 1_700_000_000_000_000_000;
 
+/// The `ferrule` binary running `config` in `dir` (quiet), with `env` set.
+fn spawn_host(config: &Path, dir: &Path, env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(ferrule_bin())
+        .arg("run")
+        .arg(config)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The head of a test host config: no watcher or progress line, no admin endpoint, a file
 /// dead-letter (`dead.jsonl`), and an MQTT source `edge` on `plant/#` at the broker on `port`.
 fn mqtt_edge(port: u16, client_id: &str, pipeline_extra: &str, source_extra: &str) -> String {
@@ -105,18 +119,7 @@ row_group_rows = 500
         ),
     )
     .unwrap();
-    let bin = ferrule_bin();
-    let start = || {
-        Command::new(&bin)
-            .arg("run")
-            .arg(&config)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let start = || spawn_host(&config, dir.path(), &[]);
     let mut child = start();
     // The first start creates the persistent session at the broker.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -517,19 +520,13 @@ delay_ms = 20
         ),
     )
     .unwrap();
-    let bin = ferrule_bin();
     let start = |fault: bool| {
-        let mut c = Command::new(&bin);
-        c.arg("run")
-            .arg(&config)
-            .current_dir(dir.path())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if fault {
-            c.env("FERRULE_FAULT_SINK_PANIC", "samples:5");
-        }
-        c.spawn().unwrap()
+        let hook: &[(&str, &str)] = if fault {
+            &[("FERRULE_FAULT_SINK_PANIC", "samples:5")]
+        } else {
+            &[]
+        };
+        spawn_host(&config, dir.path(), hook)
     };
     let mut child = start(true);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -905,15 +902,7 @@ delay_ms = 20
         ),
     )
     .unwrap();
-    let mut child = Command::new(ferrule_bin())
-        .arg("run")
-        .arg(&config)
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_host(&config, dir.path(), &[]);
     let pid = child.id();
     let mut peak_kib = 0;
     // Joining the group takes Tansu up to ~25 s; then the first commit comes.
