@@ -255,6 +255,11 @@ pub fn render(status: &PipelineStatus) -> String {
         "sink_client_rebuilds",
         "Times a sink rebuilt its client after an error fatal to it",
     );
+    let h_restarts = counter_family(
+        &mut r,
+        "sink_runner_restarts",
+        "Times a sink's runner was restarted in place after it panicked",
+    );
     let h_age = gauge_family(
         &mut r,
         "sink_last_success_age_seconds",
@@ -293,6 +298,9 @@ pub fn render(status: &PipelineStatus) -> String {
         h_rebuilds
             .get_or_create(&sink_l)
             .inc_by(sink.health.client_rebuilds);
+        h_restarts
+            .get_or_create(&sink_l)
+            .inc_by(sink.health.runner_restarts);
         if let Some(age) = sink.health.last_success_age_s {
             h_age.get_or_create(&sink_l).set(age);
         }

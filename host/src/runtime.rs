@@ -218,18 +218,12 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
         stats.sinks.insert(name.clone(), running.view);
         sink_tasks.push(running.task);
     }
-    let dead_letter = config
-        .dead_letter
-        .as_ref()
-        .expect("resolved at load")
-        .build()
-        .map_err(|e| start_err("dead_letter".into(), e.to_string()))?;
     let dead_letter_view = Arc::new(SinkView {
         stall_after: flush_policy(&config.pipeline).stall_after,
         ..SinkView::new(stats.dead_letters.clone())
     });
-    sink_tasks.push(tokio::spawn(crate::sinks::run_dead_letter_sink(
-        dead_letter,
+    let dead_letter_task = crate::sinks::start_dead_letter_sink(
+        config.dead_letter.as_ref().expect("resolved at load"),
         dl_rx,
         crate::sinks::DeadLetterOutputs {
             written: stats.dead_letters.clone(),
@@ -238,7 +232,9 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
             health: dead_letter_view.health.clone(),
             flush: flush_policy(&config.pipeline),
         },
-    )));
+    )
+    .map_err(|e| start_err("dead_letter".into(), e.to_string()))?;
+    sink_tasks.push(dead_letter_task);
     stats
         .sinks
         .insert(crate::sinks::DEAD_LETTER_SINK.into(), dead_letter_view);

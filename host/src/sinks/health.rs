@@ -25,6 +25,10 @@ pub struct SinkHealth {
     refused_samples: AtomicU64,
     /// Times the client was rebuilt after an error fatal to it.
     client_rebuilds: AtomicU64,
+    /// Times the sink's runner was restarted after it panicked.
+    runner_restarts: AtomicU64,
+    /// `last_success_ns` when the runner last died (progress after it resets the backoff).
+    died_at_success_ns: AtomicU64,
     error: Mutex<Option<String>>,
 }
 
@@ -68,6 +72,29 @@ impl SinkHealth {
         self.client_rebuilds.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The sink's runner died (`why`: "panicked: …"); it shows as retrying with that error
+    /// until a restarted runner makes progress.
+    pub fn runner_died(&self, why: &str) {
+        self.died_at_success_ns.store(
+            self.last_success_ns.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.retrying.store(true, Ordering::Relaxed);
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(format!("the sink's runner {why}"));
+    }
+
+    /// A new runner started after the previous one died.
+    pub fn runner_restarted(&self) {
+        self.runner_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the sink wrote or flushed anything since its runner last died.
+    pub fn progressed_since_restart(&self) -> bool {
+        self.last_success_ns.load(Ordering::Relaxed)
+            > self.died_at_success_ns.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self, stall_after: Duration) -> SinkHealthStatus {
         let now = now_ns();
         let busy_since = self.busy_since_ns.load(Ordering::Relaxed);
@@ -96,6 +123,7 @@ impl SinkHealth {
             retries: self.retries.load(Ordering::Relaxed),
             refused_samples: self.refused_samples.load(Ordering::Relaxed),
             client_rebuilds: self.client_rebuilds.load(Ordering::Relaxed),
+            runner_restarts: self.runner_restarts.load(Ordering::Relaxed),
         }
     }
 }
@@ -137,6 +165,9 @@ pub struct SinkHealthStatus {
     pub retries: u64,
     pub refused_samples: u64,
     pub client_rebuilds: u64,
+    /// Times the sink's runner was restarted in place after it panicked.
+    #[serde(default)]
+    pub runner_restarts: u64,
 }
 
 impl SinkHealthStatus {

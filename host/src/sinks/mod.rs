@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod mqtt;
 pub mod parquet;
 pub mod postgres;
+mod supervisor;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -237,109 +238,125 @@ impl SinkConfig {
         }
     }
 
-    /// Opens the sink (errors here refuse the start) and spawns its task.
+    /// Opens the sink (errors here refuse the start) and spawns its task: a supervisor that
+    /// restarts the sink's runner in place if it panics (see `supervisor`).
     pub fn start(&self, ctx: SinkContext) -> Result<RunningSink, SinkError> {
         let mut view = SinkView::new(ctx.written.clone());
         view.stall_after = ctx.flush.stall_after;
-        match self {
+        let name = ctx.name.clone();
+        let config = self.clone();
+        let dead_letters = ctx.dead_letters.clone();
+        let flush = ctx.flush;
+        let spawn: supervisor::SpawnRunner<Arc<OutputBatch>>;
+        let view = match self {
             SinkConfig::Postgres(c) if c.buffer.is_some() => {
-                let sink = self.build(&ctx.name)?;
-                let buffer = open_buffer(&ctx.name, c.buffer.as_ref().expect("checked"))?;
+                let buffer = open_buffer(&name, c.buffer.as_ref().expect("checked"))?;
                 view.buffer = Some(buffer.clone());
                 let view = Arc::new(view);
-                Ok(RunningSink {
-                    task: tokio::spawn(buffered::run(
+                let v = view.clone();
+                spawn = Box::new(move |queue| {
+                    let sink = config.build(&name)?;
+                    Ok(tokio::spawn(buffered::run(
                         buffered::Forwarding {
-                            name: ctx.name,
-                            buffer,
-                            view: view.clone(),
-                            dead_letters: ctx.dead_letters,
+                            name: name.clone(),
+                            buffer: buffer.clone(),
+                            view: v.clone(),
+                            dead_letters: dead_letters.clone(),
                         },
                         Box::new(buffered::EachWrite::new(sink)),
-                        ctx.queue,
-                    )),
-                    view,
-                })
+                        queue,
+                    )))
+                });
+                view
             }
             SinkConfig::Parquet(c) => {
-                let buffer = open_buffer(&ctx.name, &c.buffer)?;
-                let sink = parquet::ParquetBehindBuffer::new(parquet::ParquetSink::open_behind(
-                    &ctx.name,
-                    c,
-                    buffer.identity(),
-                )?);
+                let buffer = open_buffer(&name, &c.buffer)?;
                 view.buffer = Some(buffer.clone());
                 let view = Arc::new(view);
-                Ok(RunningSink {
-                    task: tokio::spawn(buffered::run(
+                let v = view.clone();
+                let c = c.clone();
+                spawn = Box::new(move |queue| {
+                    let sink = parquet::ParquetBehindBuffer::new(
+                        parquet::ParquetSink::open_behind(&name, &c, buffer.identity())?,
+                    );
+                    Ok(tokio::spawn(buffered::run(
                         buffered::Forwarding {
-                            name: ctx.name,
-                            buffer,
-                            view: view.clone(),
-                            dead_letters: ctx.dead_letters,
+                            name: name.clone(),
+                            buffer: buffer.clone(),
+                            view: v.clone(),
+                            dead_letters: dead_letters.clone(),
                         },
                         Box::new(sink),
-                        ctx.queue,
-                    )),
-                    view,
-                })
+                        queue,
+                    )))
+                });
+                view
             }
             SinkConfig::File(_) | SinkConfig::Postgres(_) => {
-                let sink = self.build(&ctx.name)?;
                 let view = Arc::new(view);
-                Ok(RunningSink {
-                    task: tokio::spawn(run_sink(
-                        ctx.name,
+                let v = view.clone();
+                spawn = Box::new(move |queue| {
+                    let sink = config.build(&name)?;
+                    Ok(tokio::spawn(run_sink(
+                        name.clone(),
                         sink,
-                        ctx.queue,
-                        view.clone(),
-                        ctx.dead_letters,
-                        ctx.flush,
-                    )),
-                    view,
-                })
+                        queue,
+                        v.clone(),
+                        dead_letters.clone(),
+                        flush,
+                    )))
+                });
+                view
             }
             SinkConfig::Mqtt(c) => {
-                let buffer = open_buffer(&ctx.name, &c.buffer)?;
+                let buffer = open_buffer(&name, &c.buffer)?;
                 let link = Arc::new(LinkStats::default());
                 view.buffer = Some(buffer.clone());
                 view.link = Some(link.clone());
                 let view = Arc::new(view);
-                let task = tokio::spawn(mqtt::run(mqtt::MqttSinkParts {
-                    name: ctx.name,
-                    config: (**c).clone(),
-                    buffer,
-                    queue: ctx.queue,
-                    dead_letters: ctx.dead_letters,
-                    view: view.clone(),
-                    link,
-                }));
-                Ok(RunningSink { task, view })
+                let v = view.clone();
+                let c = (**c).clone();
+                spawn = Box::new(move |queue| {
+                    Ok(tokio::spawn(mqtt::run(mqtt::MqttSinkParts {
+                        name: name.clone(),
+                        config: c.clone(),
+                        buffer: buffer.clone(),
+                        queue,
+                        dead_letters: dead_letters.clone(),
+                        view: v.clone(),
+                        link: link.clone(),
+                    })))
+                });
+                view
             }
             SinkConfig::Kafka(c) => {
                 let link = Arc::new(LinkStats::default());
-                let sink = Box::new(kafka::KafkaSink::open(
-                    &ctx.name,
-                    c,
-                    link.clone(),
-                    view.health.clone(),
-                    ctx.dead_letters.clone(),
-                )?);
-                view.link = Some(link);
+                view.link = Some(link.clone());
                 let view = Arc::new(view);
-                Ok(RunningSink {
-                    task: tokio::spawn(run_sink(
-                        ctx.name,
+                let v = view.clone();
+                let c = c.clone();
+                spawn = Box::new(move |queue| {
+                    let sink = Box::new(kafka::KafkaSink::open(
+                        &name,
+                        &c,
+                        link.clone(),
+                        v.health.clone(),
+                        dead_letters.clone(),
+                    )?);
+                    Ok(tokio::spawn(run_sink(
+                        name.clone(),
                         sink,
-                        ctx.queue,
-                        view.clone(),
-                        ctx.dead_letters,
-                        ctx.flush,
-                    )),
-                    view,
-                })
+                        queue,
+                        v.clone(),
+                        dead_letters.clone(),
+                        flush,
+                    )))
+                });
+                view
             }
-        }
+        };
+        let task = supervisor::start(ctx.name, ctx.queue, view.health.clone(), spawn)?;
+        Ok(RunningSink { task, view })
     }
 }
 
@@ -553,14 +570,18 @@ pub async fn run_sink(
 
 /// Fault injection for the fault tests, compiled only into debug builds (never into the
 /// release binary): `FERRULE_FAULT_SINK_PANIC=<sink>:<n>` makes sink `<sink>` panic right after
-/// writing its n-th batch, before flushing it.
+/// writing its n-th batch, before flushing it; once per process (the restarted runner does not).
 #[cfg(debug_assertions)]
 fn injected_panic(name: &str, batches: u64) {
+    static FIRED: AtomicBool = AtomicBool::new(false);
     let Ok(spec) = std::env::var("FERRULE_FAULT_SINK_PANIC") else {
         return;
     };
     if let Some((sink, n)) = spec.split_once(':') {
-        if sink == name && n.parse::<u64>().ok() == Some(batches) {
+        if sink == name
+            && n.parse::<u64>().ok() == Some(batches)
+            && !FIRED.swap(true, Ordering::SeqCst)
+        {
             panic!("injected fault: sink `{name}` panics after writing batch {batches}");
         }
     }
@@ -574,12 +595,32 @@ fn release(flushed: &mut Vec<Arc<OutputBatch>>) {
 }
 
 /// Where the dead-letter sink reports.
+#[derive(Clone)]
 pub struct DeadLetterOutputs {
     pub written: Arc<AtomicU64>,
     pub recent: Arc<std::sync::Mutex<std::collections::VecDeque<DeadLetter>>>,
     pub keep_recent: usize,
     pub health: Arc<SinkHealth>,
     pub flush: FlushPolicy,
+}
+
+/// Opens the dead-letter sink (an error refuses the start) and spawns its supervised runner.
+pub fn start_dead_letter_sink(
+    config: &DeadLetterConfig,
+    queue: mpsc::Receiver<DeadLetterBatch>,
+    out: DeadLetterOutputs,
+) -> Result<tokio::task::JoinHandle<()>, SinkError> {
+    let config = config.clone();
+    let health = out.health.clone();
+    supervisor::start(
+        DEAD_LETTER_SINK.to_string(),
+        queue,
+        health,
+        Box::new(move |queue| {
+            let sink = config.build()?;
+            Ok(tokio::spawn(run_dead_letter_sink(sink, queue, out.clone())))
+        }),
+    )
 }
 
 /// Runs the dead-letter sink until its queue closes; counts letters written. Like `run_sink`,
