@@ -310,6 +310,9 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
     );
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("unknown mode 'nope'"), "{text}");
+    // Back to the original (empty) config, which later loads keep.
+    let (code, text) = ferrule(&["plugin", "swap", "x", "--config", "{}", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
     // Without a file, a config or a loaded version: says what to give, no HTTP route.
     let (code, text) = ferrule(&["plugin", "swap", "x", "--admin", &admin]);
     assert_eq!(code, 1, "{text}");
@@ -407,7 +410,7 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
     let status: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(status["stages"][0]["state"], "running");
     assert_eq!(status["stages"][0]["plugin"], "hostile");
-    assert_eq!(status["stages"][0]["swaps"], 3);
+    assert_eq!(status["stages"][0]["swaps"], 4);
 
     // Ctrl-C: the host drains and reports every produced sample as written.
     let pid = host.id().to_string();
