@@ -91,6 +91,23 @@ fn check_names_the_offending_key_and_line() {
 }
 
 #[test]
+fn plugin_inspect_says_which_contract_a_component_speaks() {
+    let old = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/v0.1.0/validator-0.1.0.wasm")
+        .display()
+        .to_string();
+    let (code, text) = ferrule(&["plugin", "inspect", &old]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("contract:    ferrule:plugin@0.1.0 (older contract, adapted by this host"),
+        "{text}"
+    );
+    let (code, text) = ferrule(&["plugin", "test", &old, "--config", "{}"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("contract 0.1.0 (older contract, adapted)"), "{text}");
+}
+
+#[test]
 fn plugin_inspect_and_test() {
     let (code, text) = ferrule(&["plugin", "inspect", &dist("validator")]);
     assert_eq!(code, 0, "{text}");
