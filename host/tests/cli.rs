@@ -104,7 +104,10 @@ fn plugin_inspect_says_which_contract_a_component_speaks() {
     );
     let (code, text) = ferrule(&["plugin", "test", &old, "--config", "{}"]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("contract 0.1.0 (older contract, adapted)"), "{text}");
+    assert!(
+        text.contains("contract 0.1.0 (older contract, adapted)"),
+        "{text}"
+    );
 }
 
 #[test]
