@@ -45,7 +45,7 @@ pub mod prelude {
 /// A plugin: its self-description, its construction from config, and the two planes.
 pub trait Plugin: Sized + 'static {
     /// Self-description: name, version, planes, the columns read and written, config keys,
-    /// and the reason codes used for rejected samples.
+    /// and the reason codes used for rejected or dropped samples and refused commands.
     fn info() -> PluginInfo;
 
     /// Builds the plugin from the stage's config; an error refuses the plugin at load.
