@@ -3,7 +3,8 @@ with componentize-py, pinned to the version this SDK is tested with.
 
 The plugin directory holds the module that calls `export(...)` and a `pyproject.toml` whose
 `[tool.ferrule]` table names it (`app = "rate_alarm"`) and, optionally, the output file
-(`output = "rate_alarm.wasm"`). The component bundles CPython, the standard library modules
+(`output = "rate_alarm.wasm"`) and more directories of modules (`python_path = ["../lib"]`,
+relative to the plugin directory). The component bundles CPython, the standard library modules
 the plugin imports, this SDK and the plugin's own modules (about 18 MB).
 
 The build is skipped when nothing it depends on changed (the plugin's and the SDK's Python
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 #: The componentize-py version this SDK is built and tested with (also in requirements.txt).
 COMPONENTIZE_PY_VERSION = "0.25.1"
@@ -49,11 +50,18 @@ def _read_tool_table(plugin_dir: Path) -> dict:
         except tomllib.TOMLDecodeError as e:
             raise BuildError(f"{pyproject}: {e}") from None
     table = data.get("tool", {}).get("ferrule", {})
-    unknown = set(table) - {"app", "output"}
+    unknown = set(table) - {"app", "output", "python_path"}
     if unknown:
         raise BuildError(
-            f"{pyproject}: unknown key `tool.ferrule.{sorted(unknown)[0]}` (expected app, output)"
+            f"{pyproject}: unknown key `tool.ferrule.{sorted(unknown)[0]}` "
+            "(expected app, output, python_path)"
         )
+    paths = table.get("python_path", [])
+    if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+        raise BuildError(f"{pyproject}: `tool.ferrule.python_path` must be a list of directories")
+    for p in paths:
+        if not (plugin_dir / p).is_dir():
+            raise BuildError(f"{pyproject}: `tool.ferrule.python_path`: {p} is not a directory")
     return table
 
 
@@ -84,16 +92,15 @@ def _python_files(root: Path) -> List[Path]:
     return out
 
 
-def inputs_digest(plugin_dir: Path, app: str, wit: Path) -> str:
+def inputs_digest(plugin_dir: Path, app: str, wit: Path, extra: Sequence[Path] = ()) -> str:
     """Digest of everything the component is built from."""
     h = hashlib.sha256()
     h.update(f"componentize-py {COMPONENTIZE_PY_VERSION}\napp {app}\nworld {WORLD}\n".encode())
     wit_files = [wit] if wit.is_file() else _python_files(wit)
-    for root, files in (
-        (plugin_dir, _python_files(plugin_dir)),
-        (SDK_DIR, _python_files(SDK_DIR)),
-        (wit if wit.is_dir() else wit.parent, wit_files),
-    ):
+    roots = [(plugin_dir, _python_files(plugin_dir)), (SDK_DIR, _python_files(SDK_DIR))]
+    roots += [(d, _python_files(d)) for d in extra]
+    roots.append((wit if wit.is_dir() else wit.parent, wit_files))
+    for root, files in roots:
         for f in files:
             h.update(str(f.relative_to(root)).encode() + b"\0")
             h.update(f.read_bytes() + b"\0")
@@ -131,7 +138,8 @@ def build(
         raise BuildError(f"WIT {wit} not found")
     check_componentize_py()
 
-    digest = inputs_digest(plugin_dir, app, wit)
+    extra = [(plugin_dir / p).resolve() for p in table.get("python_path", [])]
+    digest = inputs_digest(plugin_dir, app, wit, extra)
     stamp = out.with_name(f".{out.name}.inputs")
     if not force and out.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         if not quiet:
@@ -154,6 +162,7 @@ def build(
         str(plugin_dir),
         "-p",
         str(SDK_DIR.parent),
+        *[a for d in extra for a in ("-p", str(d))],
         app,
         "-o",
         str(tmp),
