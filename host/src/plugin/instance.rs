@@ -14,7 +14,7 @@ use super::engine::{CpuLimitMode, PluginEngine};
 use super::host_api::{HostBackends, HostServices, PluginLabel};
 use super::limits::{Grant, MemoryLimiter, PluginLimits};
 use super::meter::{CallCost, CallMeter, Plane};
-use super::{CallError, Columns, Planes, PluginInfo};
+use super::{CallError, Columns, LoadError, Planes, PluginInfo};
 
 /// What a store holds for one instance.
 pub struct StoreState {
@@ -160,6 +160,20 @@ impl PluginInstance {
     /// Whether the instance passed its recycle high-water mark.
     pub fn needs_recycle(&self) -> bool {
         self.memory_bytes() > self.limits.recycle_bytes()
+    }
+
+    /// Refuses an instance that is past its recycle mark right after `after` (init, the tag
+    /// plane): the chain would replace it after every batch.
+    pub fn check_recycle_mark(&self, plugin: &str, after: &'static str) -> Result<(), LoadError> {
+        if !self.needs_recycle() {
+            return Ok(());
+        }
+        Err(LoadError::OverRecycleMark {
+            plugin: plugin.into(),
+            after,
+            used_mib: (self.memory_bytes() as u64).div_ceil(1 << 20),
+            recycle_at_mib: self.limits.recycle_at_mib,
+        })
     }
 
     /// Whether an earlier trap or limit hit made the instance unusable.

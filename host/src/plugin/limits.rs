@@ -50,7 +50,7 @@ impl std::str::FromStr for Grant {
 #[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginLimits {
-    /// Largest linear memory an instance may grow to, in MiB.
+    /// Largest linear memory an instance may grow to, in MiB (all its memories together).
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
     /// Memory (MiB) past which an instance is replaced with a fresh one between batches.
@@ -167,17 +167,21 @@ impl MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
+    /// Called for each linear memory of the instance (at instantiation from 0, and on every
+    /// growth): the cap applies to their sum. A component made from an interpreter (CPython
+    /// through componentize-py) has several memories, not one.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        let total = self.current_memory.saturating_sub(current) + desired;
+        if total > self.max_memory {
             self.refused = true;
             return Ok(false);
         }
-        self.current_memory = desired;
+        self.current_memory = total;
         Ok(true)
     }
 
@@ -216,6 +220,19 @@ mod tests {
         assert!(l.take_refused());
         assert!(!l.take_refused());
         assert_eq!(l.current_memory(), 65536);
+    }
+
+    #[test]
+    fn the_cap_applies_to_all_memories_together() {
+        let mut l = MemoryLimiter::new(4 << 20);
+        // Two memories instantiated, then the first grows: 1 + 2 + 1 MiB fits, one more does not.
+        assert!(l.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 2 << 20, None).unwrap());
+        assert!(l.memory_growing(1 << 20, 2 << 20, None).unwrap());
+        assert_eq!(l.current_memory(), 4 << 20);
+        assert!(!l.memory_growing(2 << 20, 3 << 20, None).unwrap());
+        assert!(l.take_refused());
+        assert_eq!(l.current_memory(), 4 << 20);
     }
 
     #[test]
