@@ -625,8 +625,13 @@ async fn wait_written(h: &runtime::PipelineHandle, from: u64, more: u64) -> u64 
         }
         assert!(
             Instant::now() < deadline,
-            "the sink wrote {written} samples, waiting for {}",
-            from + more
+            "the sink wrote {written} samples, waiting for {}; stages: {:#?}",
+            from + more,
+            h.status()
+                .stages
+                .iter()
+                .map(|s| (&s.name, &s.version, &s.state, s.failures, s.samples_in))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -753,6 +758,9 @@ rules = [
             last = Some((value, ts, v2));
         }
     }
+    eprintln!(
+        "rate alarm: {flagged} of {evaluated} evaluated samples flagged; by version {versions:?}"
+    );
     assert!(
         flagged > 100 && flagged < evaluated,
         "{flagged} of {evaluated} evaluated samples flagged"

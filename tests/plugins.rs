@@ -364,6 +364,8 @@ fn python_plugins_pass_the_conformance_kit() {
             r#"{"rules": [{"match": "*", "max_per_second": 0.5}]}"#,
         ),
         ("py_unit_converter", units.as_str()),
+        // The Python template: a filter that drops (contract 0.2.0), never dead-letters.
+        ("py_deadband", r#"{"deadband": 0.5}"#),
     ];
     for (name, config) in cases {
         let report = conformance::run(&engine, &plugin(name), config);

@@ -46,6 +46,11 @@ impl std::str::FromStr for Grant {
     }
 }
 
+/// Wall-time budget (ms) of the calls that set an instance up — instantiation, `describe`,
+/// `init` — when `cpu_ms_per_call` is lower: they run once per instance, off the hot path, and
+/// a big guest (CPython, ~18 MB) pages in its memory image during them.
+pub const SETUP_CPU_MS: u64 = 1000;
+
 /// Limits for one stage's plugin. Every field has a safe default.
 #[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -57,7 +62,8 @@ pub struct PluginLimits {
     /// Must be below `memory_mib`. Catches plugins that leak.
     #[serde(default = "default_recycle_at_mib")]
     pub recycle_at_mib: u64,
-    /// CPU budget of one call, in milliseconds of wall time (epoch mode).
+    /// CPU budget of one call, in milliseconds of wall time (epoch mode). Instantiation,
+    /// `describe` and `init` get at least `SETUP_CPU_MS` (1 s).
     #[serde(default = "default_cpu_ms")]
     pub cpu_ms_per_call: u64,
     /// CPU budget of one call in Wasm fuel units (fuel mode only).
