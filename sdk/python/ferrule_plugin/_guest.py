@@ -206,8 +206,11 @@ def make_transform(plugin_cls: Any) -> type:
         )
         try:
             d: CommandDecision = plugin.on_command(command)
-        except Exception as e:  # noqa: BLE001 - a failing check refuses the command
-            return wit.CommandDecision_Refuse(wit.CommandRefusal(0, _error_text(e)))
+        except Exception as e:
+            # The contract has no error here: a trap refuses the command (and replaces the
+            # instance). Log the reason first, so it is not lost.
+            sdk_host.log(sdk_host.Level.ERROR, "on_command raised", [("command", cmd.id), ("error", _error_text(e))])
+            raise
         if d.refused is not None:
             return wit.CommandDecision_Refuse(wit.CommandRefusal(d.refused[0], d.refused[1]))
         return wit.CommandDecision_Allow(d.value)

@@ -14,6 +14,7 @@ import pytest
 from ferrule_plugin import (
     Batch,
     Columns,
+    CommandDecision,
     ConfigError,
     Plugin,
     PluginInfo,
@@ -157,3 +158,42 @@ def test_sample_plane_conversions(glue):
     with pytest.raises(Err) as e:
         t.on_batch([1], [1.0], [0], [], [])
     assert e.value.value == "ZeroDivisionError: division by zero"
+
+
+class Interlock(Plugin):
+    @classmethod
+    def info(cls):
+        return PluginInfo("interlock", "1.0.0").command_plane().reason(7, "interlocked", "door open")
+
+    def on_command(self, cmd):
+        if cmd.requester == "bug":
+            raise RuntimeError("oops")
+        if cmd.dry_run:
+            return CommandDecision.refuse(7, f"door open for {cmd.path}")
+        return CommandDecision.allow(cmd.value * 10)
+
+
+def test_command_plane_conversions(glue, monkeypatch):
+    guest, wit, _ = glue
+    if not hasattr(wit, "Command"):
+        pytest.skip("contract 0.1.0 has no command plane")
+    logged = []
+    monkeypatch.setattr(guest.wit_host, "log", lambda level, msg, fields: logged.append((msg, fields)))
+    t = guest.make_transform(Interlock)()
+    assert t.describe().planes == wit.Planes.TAG | wit.Planes.COMMAND
+    t.init("{}")
+    cmd = lambda requester, dry: wit.Command("c1", 3, "plant/x", 2.5, None, None, requester, 99, dry)
+    assert t.on_command(cmd("mes", False)) == wit.CommandDecision_Allow(25.0)
+    assert t.on_command(cmd("mes", True)) == wit.CommandDecision_Refuse(wit.CommandRefusal(7, "door open for plant/x"))
+    with pytest.raises(RuntimeError, match="oops"):
+        t.on_command(cmd("bug", False))
+    assert logged == [("on_command raised", [("command", "c1"), ("error", "RuntimeError: oops")])]
+
+
+def test_command_plane_needs_contract_0_2_0(glue):
+    guest, wit, _ = glue
+    if hasattr(wit, "Command"):
+        pytest.skip("contract 0.2.0 has the command plane")
+    t = guest.make_transform(Interlock)()
+    with pytest.raises(RuntimeError, match="command plane needs contract ferrule:plugin@0.2.0"):
+        t.describe()
