@@ -236,10 +236,10 @@ class Harness:
         # The host passes only the columns the plugin reads.
         reads = self.info.reads
         batch = Batch(
-            batch.tag_ids,
-            batch.values if reads & Columns.VALUES else (),
-            batch.quality if reads & Columns.QUALITY else (),
-            batch.timestamps if reads & Columns.TIMESTAMPS else (),
+            list(batch.tag_ids),
+            list(batch.values) if reads & Columns.VALUES else (),
+            list(batch.quality) if reads & Columns.QUALITY else (),
+            list(batch.timestamps) if reads & Columns.TIMESTAMPS else (),
             [Extra(i, v) for i, v in batch.extras.items()] if reads & Columns.EXTRAS else (),
         )
         result = self.plugin.on_batch(batch)

@@ -321,6 +321,10 @@ class Sample:
         )
 
 
+def _own(column: Sequence) -> list:
+    return column if type(column) is list else list(column)
+
+
 class Batch:
     """A batch on the sample plane: columns of equal length as plain lists. A column the
     plugin did not declare in `reads` arrives empty from the host and is filled here (NaN
@@ -339,11 +343,12 @@ class Batch:
         timestamps: Sequence[int] = (),
         extras: Sequence[Extra] = (),
     ) -> None:
+        # Lists are taken as they are (no copy: the component hands over fresh ones per call).
         n = len(tag_ids)
-        self.tag_ids: List[int] = list(tag_ids)
-        self.values: List[float] = list(values) if len(values) == n else [math.nan] * n
-        self.quality: List[int] = list(quality) if len(quality) == n else [0] * n
-        self.timestamps: List[int] = list(timestamps) if len(timestamps) == n else [0] * n
+        self.tag_ids: List[int] = _own(tag_ids)
+        self.values: List[float] = _own(values) if len(values) == n else [math.nan] * n
+        self.quality: List[int] = _own(quality) if len(quality) == n else [0] * n
+        self.timestamps: List[int] = _own(timestamps) if len(timestamps) == n else [0] * n
         self.extras = {e.index: e.value for e in extras}
         self._rejected: List[Rejection] = []
         self._dropped: List[Drop] = []
