@@ -129,14 +129,23 @@ fn plugin_inspect_and_test_a_python_component() {
     assert!(text.contains("contract:    ferrule:plugin@0.2.0"), "{text}");
     let mib: f64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("memory:")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("memory:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no memory line: {text}"));
     assert!((4.0..48.0).contains(&mib), "{text}");
 
     let config = r#"{"rules": [{"match": "*", "max_per_second": 1.0}], "action": "drop"}"#;
     let (code, text) = ferrule(&["plugin", "test", &dist("rate_alarm"), "--config", config]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains(" 0 failed") && text.contains("dropped"), "{text}");
+    assert!(
+        text.contains(" 0 failed") && text.contains("dropped"),
+        "{text}"
+    );
 }
 
 /// `ferrule plugin package` writes a package from a component; `inspect` shows its manifest

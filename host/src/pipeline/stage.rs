@@ -20,9 +20,11 @@ use crate::plugin::{
 
 /// Tags passed to one `on-tags` call at most. Small enough that a call stays well inside the CPU
 /// budget per call (`cpu_ms_per_call`, wall time) even on a loaded machine: about 8 µs a tag
-/// for a Rust plugin here. A slower plugin (Python: 20–80 µs a tag) gets smaller calls, see
-/// `decide`.
+/// for a Rust plugin here. A slower plugin (Python: 20–80 µs a tag, more on a loaded
+/// machine) gets smaller calls, see `decide`.
 pub const TAG_CHUNK: usize = 256;
+/// Tags in the first `on-tags` call of a round, before the cost per tag is known.
+pub const TAG_CHUNK_FIRST: usize = 16;
 
 /// Counters of one stage (samples, not batches, unless named so).
 #[derive(Default, Debug)]
@@ -414,10 +416,11 @@ pub(super) fn decide(
         .enumerate()
         .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
         .collect();
-    // Each call is kept within an eighth of the CPU budget: a plugin slow per tag (an
-    // interpreter, a loaded machine) gets smaller chunks, a fast one goes back up to TAG_CHUNK.
+    // Each call is kept within an eighth of the CPU budget: the first chunk is small, the next
+    // ones as large as the measured cost per tag allows (up to TAG_CHUNK), so a plugin slow per
+    // tag (an interpreter, a loaded machine) never gets a call it cannot finish in time.
     let budget = Duration::from_millis(instance.limits().cpu_ms_per_call) / 8;
-    let mut size = TAG_CHUNK;
+    let mut size = TAG_CHUNK_FIRST;
     let mut rest = present.as_slice();
     while !rest.is_empty() {
         let (chunk, later) = rest.split_at(size.min(rest.len()));
