@@ -617,16 +617,26 @@ async fn a_replaced_plugin_file_is_swapped_in_and_a_pinned_one_is_refused() {
 
 /// Waits until the sink has written `more` samples beyond `from`.
 async fn wait_written(h: &runtime::PipelineHandle, from: u64, more: u64) -> u64 {
+    let written =
+        |h: &runtime::PipelineHandle| h.stats().written["samples"].load(Ordering::Relaxed);
+    wait_until(h, from + more, written).await
+}
+
+/// Waits until `count` reaches `target`; names the stages' state if it never does.
+async fn wait_until(
+    h: &runtime::PipelineHandle,
+    target: u64,
+    count: impl Fn(&runtime::PipelineHandle) -> u64,
+) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let written = h.stats().written["samples"].load(Ordering::Relaxed);
-        if written >= from + more {
-            return written;
+        let now = count(h);
+        if now >= target {
+            return now;
         }
         assert!(
             Instant::now() < deadline,
-            "the sink wrote {written} samples, waiting for {}; stages: {:#?}",
-            from + more,
+            "reached {now} of {target}; stages: {:#?}",
             h.status()
                 .stages
                 .iter()
@@ -668,19 +678,21 @@ rules = [
     cfg.engine.cache_dir = Some(ferrule_tests::artifact_cache_dir());
     let running = runtime::start(&cfg).await.unwrap();
     let h = running.handle.clone();
-    let written = wait_written(&h, 0, 6_000).await;
+    // Each version handles at least 6 000 samples (the stage's own count: the sink lags).
+    let seen = |h: &runtime::PipelineHandle| h.status().stages[4].samples_in;
+    wait_written(&h, 0, 6_000).await;
     let v2 = h
         .swap("rate-alarm", &plugin("rate_alarm_v2"), None)
         .await
         .unwrap();
     assert_eq!(v2.stage, "rate-alarm");
     assert_eq!(h.status().stages[4].version, "0.2.0");
-    let written = wait_written(&h, written, 6_000).await;
+    wait_until(&h, seen(&h) + 6_000, seen).await;
     h.swap("rate-alarm", &plugin("rate_alarm"), None)
         .await
         .unwrap();
     assert_eq!(h.status().stages[4].version, "0.1.0");
-    wait_written(&h, written, 6_000).await;
+    wait_until(&h, seen(&h) + 6_000, seen).await;
     h.stop();
     let status = running.wait().await.unwrap();
     let alarm = status
