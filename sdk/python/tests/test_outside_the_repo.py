@@ -24,9 +24,12 @@ def test_template_copied_outside_tests_and_builds(tmp_path):
     site = tmp_path / "site"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # pip as an integrator runs it (it fetches the build backend, setuptools, from PyPI).
+    # From a copy, so the build leaves nothing in the repository (the WIT link is resolved).
+    sdk = tmp_path / "sdk"
+    shutil.copytree(SDK, sdk, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".*"))
     run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-         "--disable-pip-version-check", "--target", str(site), str(SDK)],
+         "--disable-pip-version-check", "--target", str(site), str(sdk)],
         tmp_path,
         env,
     )
