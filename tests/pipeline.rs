@@ -556,7 +556,7 @@ fn replace_file(source: &Path, path: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replaced_plugin_file_is_swapped_in_and_a_pinned_one_is_refused() {
+async fn a_replaced_plugin_file_is_swapped_in_and_a_pinned_or_unwatched_one_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant {
         tags: 200,
@@ -566,13 +566,16 @@ async fn a_replaced_plugin_file_is_swapped_in_and_a_pinned_one_is_refused() {
     };
     let live = dir.path().join("stage.wasm");
     let pinned = dir.path().join("pinned.wasm");
+    let unwatched = dir.path().join("unwatched.wasm");
     std::fs::copy(plugin("fixture_hostile"), &live).unwrap();
     std::fs::copy(plugin("fixture_hostile"), &pinned).unwrap();
+    std::fs::copy(plugin("fixture_hostile"), &unwatched).unwrap();
     let pin = ferrule::plugin::Digest::of(&std::fs::read(&pinned).unwrap());
     let stages = format!(
-        "[[stages]]\nname = \"live\"\nplugin = \"{}\"\nconfig = {{}}\n\n[[stages]]\nname = \"pinned\"\nplugin = \"{}\"\ndigest = \"{pin}\"\nconfig = {{}}\n",
+        "[[stages]]\nname = \"live\"\nplugin = \"{}\"\nconfig = {{}}\n\n[[stages]]\nname = \"pinned\"\nplugin = \"{}\"\ndigest = \"{pin}\"\nconfig = {{}}\n\n[[stages]]\nname = \"unwatched\"\nplugin = \"{}\"\nwatch = false\nconfig = {{}}\n",
         live.display(),
-        pinned.display()
+        pinned.display(),
+        unwatched.display()
     );
     let mut cfg = config(dir.path(), &plant, &stages, "");
     cfg.pipeline.watch_plugins = true;
@@ -582,6 +585,7 @@ async fn a_replaced_plugin_file_is_swapped_in_and_a_pinned_one_is_refused() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The unit converter accepts the empty config, so the new file comes in.
+    replace_file(&plugin("unit_converter"), &unwatched);
     replace_file(&plugin("unit_converter"), &live);
     replace_file(&plugin("unit_converter"), &pinned);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -610,6 +614,9 @@ async fn a_replaced_plugin_file_is_swapped_in_and_a_pinned_one_is_refused() {
     assert_eq!(status.stages[1].plugin, "hostile");
     assert_eq!(status.stages[1].digest, pin.to_string());
     assert_eq!(status.stages[1].swaps, 0);
+    // A stage with `watch = false` keeps its version though its file changed.
+    assert_eq!(status.stages[2].plugin, "hostile");
+    assert_eq!(status.stages[2].swaps, 0);
     h.stop();
     let status = running.wait().await.unwrap();
     account(dir.path(), status.produced["plant"] as usize);

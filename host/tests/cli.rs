@@ -91,6 +91,26 @@ fn check_names_the_offending_key_and_line() {
 }
 
 #[test]
+fn plugin_inspect_says_which_contract_a_component_speaks() {
+    let old = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/v0.1.0/validator-0.1.0.wasm")
+        .display()
+        .to_string();
+    let (code, text) = ferrule(&["plugin", "inspect", &old]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("contract:    ferrule:plugin@0.1.0 (older contract, adapted by this host"),
+        "{text}"
+    );
+    let (code, text) = ferrule(&["plugin", "test", &old, "--config", "{}"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("contract 0.1.0 (older contract, adapted)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn plugin_inspect_and_test() {
     let (code, text) = ferrule(&["plugin", "inspect", &dist("validator")]);
     assert_eq!(code, 0, "{text}");
@@ -339,6 +359,9 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
     );
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("unknown mode 'nope'"), "{text}");
+    // Back to the original (empty) config, which later loads keep.
+    let (code, text) = ferrule(&["plugin", "swap", "x", "--config", "{}", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
     // Without a file, a config or a loaded version: says what to give, no HTTP route.
     let (code, text) = ferrule(&["plugin", "swap", "x", "--admin", &admin]);
     assert_eq!(code, 1, "{text}");
@@ -436,7 +459,7 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
     let status: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(status["stages"][0]["state"], "running");
     assert_eq!(status["stages"][0]["plugin"], "hostile");
-    assert_eq!(status["stages"][0]["swaps"], 3);
+    assert_eq!(status["stages"][0]["swaps"], 4);
 
     // Ctrl-C: the host drains and reports every produced sample as written.
     let pid = host.id().to_string();

@@ -652,3 +652,140 @@ pub fn check_output(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::bindings::Reason;
+    use crate::plugin::{ExtraValue, Rejection, SampleDrop};
+
+    fn info(reads: Columns, writes: Columns) -> PluginInfo {
+        PluginInfo {
+            name: "p".into(),
+            version: "1".into(),
+            description: String::new(),
+            planes: Planes::TAG | Planes::SAMPLE,
+            reads,
+            writes,
+            config_keys: vec![],
+            reasons: vec![Reason {
+                code: 1,
+                name: "filtered".into(),
+                description: String::new(),
+            }],
+        }
+    }
+
+    fn output() -> BatchOutput {
+        BatchOutput {
+            values: None,
+            quality: None,
+            extras: None,
+            rejected: vec![],
+            dropped: vec![],
+        }
+    }
+
+    #[test]
+    fn extras_are_writable_only_when_read_too() {
+        let all = Columns::VALUES | Columns::EXTRAS;
+        assert!(check_info(&info(all, Columns::EXTRAS)).is_ok());
+        assert_eq!(
+            check_info(&info(Columns::VALUES, Columns::EXTRAS)).unwrap_err(),
+            "writes a column it does not read"
+        );
+        assert_eq!(
+            check_info(&info(Columns::all(), Columns::TIMESTAMPS)).unwrap_err(),
+            "writes columns other than values, quality and extras"
+        );
+        let command_only = PluginInfo {
+            planes: Planes::COMMAND,
+            ..info(Columns::empty(), Columns::empty())
+        };
+        assert!(check_info(&command_only).is_ok());
+    }
+
+    #[test]
+    fn drops_and_extras_are_checked_against_the_batch() {
+        let i = info(Columns::all(), Columns::VALUES | Columns::EXTRAS);
+        let drop = |index, reason| SampleDrop { index, reason };
+        let ok = BatchOutput {
+            dropped: vec![drop(0, 1), drop(2, 1)],
+            rejected: vec![Rejection {
+                index: 1,
+                reason: 1,
+                detail: None,
+            }],
+            extras: Some(vec![Extra {
+                index: 3,
+                value: ExtraValue::Unsigned(u64::MAX),
+            }]),
+            ..output()
+        };
+        assert_eq!(check_output(&i, 4, &ok, 1 << 20), Ok(()));
+        let cases = [
+            (
+                BatchOutput {
+                    dropped: vec![drop(4, 1)],
+                    ..output()
+                },
+                "drop names sample 4 of a 4-sample batch",
+            ),
+            (
+                BatchOutput {
+                    dropped: vec![drop(1, 1)],
+                    rejected: vec![Rejection {
+                        index: 1,
+                        reason: 1,
+                        detail: None,
+                    }],
+                    ..output()
+                },
+                "sample 1 dropped twice, or both rejected and dropped",
+            ),
+            (
+                BatchOutput {
+                    dropped: vec![drop(1, 7)],
+                    ..output()
+                },
+                "drop uses undeclared reason code 7",
+            ),
+            (
+                BatchOutput {
+                    extras: Some(vec![
+                        Extra {
+                            index: 2,
+                            value: ExtraValue::Signed(-1),
+                        },
+                        Extra {
+                            index: 2,
+                            value: ExtraValue::Text("x".into()),
+                        },
+                    ]),
+                    ..output()
+                },
+                "sample 2 has two extras",
+            ),
+        ];
+        for (out, why) in cases {
+            assert_eq!(check_output(&i, 4, &out, 1 << 20), Err(why.to_string()));
+        }
+        // Extras from a plugin that does not declare writing them.
+        let values_only = info(Columns::all(), Columns::VALUES);
+        assert_eq!(
+            check_output(&values_only, 4, &ok, 1 << 20),
+            Err("returned extras it did not declare in `writes`".to_string())
+        );
+        // Their text counts toward the result size.
+        let big = BatchOutput {
+            extras: Some(vec![Extra {
+                index: 0,
+                value: ExtraValue::Text("x".repeat(2000)),
+            }]),
+            ..output()
+        };
+        assert!(check_output(&i, 4, &big, 1000)
+            .unwrap_err()
+            .contains("over the 1000 byte limit"));
+    }
+}
