@@ -666,3 +666,71 @@ async fn a_package_gets_only_the_capabilities_it_declares() {
         );
     }
 }
+
+/// A Python component (CPython inside): `plugin package` measures what a fresh instance uses
+/// and records a memory need only when the defaults would not hold it (they do: CPython starts
+/// at ~12 MiB); a stage whose recycle mark sits below what a fresh instance uses is refused
+/// naming that key instead of recycling after every batch; with the defaults it runs.
+#[test]
+fn a_python_package_records_what_it_needs_and_a_recycle_mark_below_it_is_refused() {
+    let engine = PluginEngine::new(EngineConfig {
+        cache_dir: Some(ferrule_tests::artifact_cache_dir()),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = pack(
+        &engine,
+        dir.path(),
+        "rate-alarm",
+        "rate_alarm",
+        PackageOptions::default(),
+    );
+    let manifest = package::Package::read(&pkg).unwrap().manifest;
+    let loaded = engine.load_file(&plugin("rate_alarm"), None).unwrap();
+    let baseline = loaded.baseline_memory_bytes();
+    assert!(
+        (4 << 20..32 << 20).contains(&baseline),
+        "CPython's fresh instance: {baseline} bytes"
+    );
+    assert_eq!(
+        manifest.limits.memory_mib,
+        package::needed_memory_mib(baseline)
+    );
+    assert_eq!(manifest.limits.memory_mib, None, "the defaults hold it");
+    let rust = engine.load_file(&plugin("validator"), None).unwrap();
+    assert!(rust.baseline_memory_bytes() * 4 < baseline);
+
+    let config = r#"{"rules": [{"match": "*", "max_per_second": 1}]}"#;
+    let low_mark = PluginLimits {
+        recycle_at_mib: 4,
+        ..PluginLimits::default()
+    };
+    let loaded = StageTerms::new("alarm", None, low_mark.clone())
+        .load(&engine, &pkg)
+        .unwrap();
+    let e = loaded
+        .instantiate(
+            "alarm",
+            config,
+            &low_mark,
+            ferrule::plugin::HostBackends::default(),
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("rate-alarm@0.1.0 uses")
+            && e.contains("MiB of memory after init, above the stage's limits.recycle_at_mib (4)"),
+        "{e}"
+    );
+    let loaded = terms("alarm", &[]).load(&engine, &pkg).unwrap();
+    loaded
+        .instantiate(
+            "alarm",
+            config,
+            &PluginLimits::default(),
+            ferrule::plugin::HostBackends::default(),
+        )
+        .unwrap();
+}

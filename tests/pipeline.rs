@@ -621,3 +621,171 @@ async fn a_replaced_plugin_file_is_swapped_in_and_a_pinned_or_unwatched_one_is_n
     let status = running.wait().await.unwrap();
     account(dir.path(), status.produced["plant"] as usize);
 }
+
+/// Waits until the sink has written `more` samples beyond `from`.
+async fn wait_written(h: &runtime::PipelineHandle, from: u64, more: u64) -> u64 {
+    let written =
+        |h: &runtime::PipelineHandle| h.stats().written["samples"].load(Ordering::Relaxed);
+    wait_until(h, from + more, written).await
+}
+
+/// Waits until `count` reaches `target`; names the stages' state if it never does.
+async fn wait_until(
+    h: &runtime::PipelineHandle,
+    target: u64,
+    count: impl Fn(&runtime::PipelineHandle) -> u64,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = count(h);
+        if now >= target {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reached {now} of {target}; stages: {:#?}",
+            h.status()
+                .stages
+                .iter()
+                .map(|s| (&s.name, &s.version, &s.state, s.failures, s.samples_in))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_stage_runs_beside_the_rust_ones_and_swaps_to_a_new_python_version_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 300,
+        // Unbounded, paced (30 k samples/s, 10 ms of source time a scan).
+        scans: u64::MAX,
+        batch: 300,
+        interval_ms: 10,
+    };
+    // The rate alarm (Python) after the four Rust reference plugins: it sees normalised paths,
+    // converted units and the enricher's asset rows; it flags samples changing too fast.
+    let alarm = format!(
+        r#"
+[[stages]]
+name = "rate-alarm"
+plugin = "{}"
+[stages.config]
+action = "flag"
+rules = [
+    {{ match = "plant/*/*/*/*/pressure", max_per_second = 500.0 }},
+    {{ match = "plant/*/*/*/*/temperature", max_per_second = 40.0 }},
+]
+"#,
+        plugin("rate_alarm").display()
+    );
+    let stages = format!("{}\n{alarm}", reference_stages_toml());
+    let mut cfg = config(dir.path(), &plant, &stages, "");
+    cfg.engine.cache_dir = Some(ferrule_tests::artifact_cache_dir());
+    let running = runtime::start(&cfg).await.unwrap();
+    let h = running.handle.clone();
+    // Each version handles at least 6 000 samples (the stage's own count: the sink lags).
+    let seen = |h: &runtime::PipelineHandle| h.status().stages[4].samples_in;
+    wait_written(&h, 0, 6_000).await;
+    let v2 = h
+        .swap("rate-alarm", &plugin("rate_alarm_v2"), None)
+        .await
+        .unwrap();
+    assert_eq!(v2.stage, "rate-alarm");
+    assert_eq!(h.status().stages[4].version, "0.2.0");
+    wait_until(&h, seen(&h) + 6_000, seen).await;
+    h.swap("rate-alarm", &plugin("rate_alarm"), None)
+        .await
+        .unwrap();
+    assert_eq!(h.status().stages[4].version, "0.1.0");
+    wait_until(&h, seen(&h) + 6_000, seen).await;
+    h.stop();
+    let status = running.wait().await.unwrap();
+    let alarm = status
+        .stages
+        .iter()
+        .find(|s| s.name == "rate-alarm")
+        .unwrap();
+    assert_eq!((alarm.plugin.as_str(), alarm.swaps), ("rate-alarm", 2));
+    assert_eq!(alarm.failures, 0, "{alarm:?}");
+    let (samples, dead) = account(dir.path(), status.produced["plant"] as usize);
+    assert!(
+        dead.iter().all(|d| d["stage"] == "validate"),
+        "only the validator dead-letters here"
+    );
+
+    // Every pressure and temperature sample the alarm saw is flagged exactly when it changed
+    // faster than its limit since the tag's previous evaluated sample. A version change starts
+    // a tag afresh (the new version's tag plane), and the version is in the metadata (0.2.0
+    // adds `rate_alarm.version`).
+    const FLAGGED: u64 = 0x4000_0000;
+    let mut by_tag: HashMap<String, Vec<&Value>> = HashMap::new();
+    for s in &samples {
+        by_tag
+            .entry(s["path"].as_str().unwrap().to_string())
+            .or_default()
+            .push(s);
+    }
+    let (mut flagged, mut evaluated, mut versions) = (0, 0, [0usize; 2]);
+    for (path, mut list) in by_tag {
+        let limit = if path.ends_with("/pressure") {
+            500.0
+        } else if path.ends_with("/temperature") {
+            40.0
+        } else {
+            assert!(
+                list.iter()
+                    .all(|s| s["meta"].get("rate_alarm.criticality").is_none()),
+                "{path} is not watched"
+            );
+            continue;
+        };
+        list.sort_by_key(|s| s["ts_ns"].as_u64().unwrap());
+        let mut last: Option<(f64, u64, bool)> = None;
+        for s in list {
+            let meta = &s["meta"];
+            assert_eq!(
+                meta["rate_alarm.max_per_second"].as_str(),
+                Some(&*format!("{limit:?}")),
+                "{s}"
+            );
+            assert!(meta["rate_alarm.criticality"].is_string(), "{s}");
+            let v2 = meta.get("rate_alarm.version").is_some();
+            versions[v2 as usize] += 1;
+            let status_code = s["status"].as_u64().unwrap();
+            let Some(value) = s["value"].as_f64() else {
+                continue;
+            };
+            if status_code != 0 && status_code != FLAGGED {
+                continue; // not good when it came: not evaluated
+            }
+            let ts = s["ts_ns"].as_u64().unwrap();
+            let expect = match last {
+                Some((lv, lts, lver)) if lver == v2 => {
+                    evaluated += 1;
+                    (value - lv).abs() * 1e9 / (ts - lts) as f64 > limit
+                }
+                _ => false,
+            };
+            assert_eq!(
+                status_code == FLAGGED,
+                expect,
+                "{path}: {s}, previous {last:?}"
+            );
+            flagged += expect as usize;
+            last = Some((value, ts, v2));
+        }
+    }
+    eprintln!(
+        "rate alarm: {flagged} of {evaluated} evaluated samples flagged; by version {versions:?}"
+    );
+    assert!(
+        flagged > 100 && flagged < evaluated,
+        "{flagged} of {evaluated} evaluated samples flagged"
+    );
+    assert!(
+        versions[0] > 1000 && versions[1] > 1000,
+        "samples by version 0.1.0 / 0.2.0: {versions:?}"
+    );
+}

@@ -326,3 +326,305 @@ fn a_plugin_finds_no_ambient_capability() {
         "{report}"
     );
 }
+
+// Plugins written in Python (sdk/python, built with componentize-py into ~18 MB components
+// with CPython inside): the conformance kit, the same values as the Rust twin, errors from
+// Python reaching the host with their text, reference data through `lookup`, the artifact
+// cache and the memory limit.
+
+/// An engine whose compiled artifacts persist across tests and runs (a Python component
+/// compiles once, in seconds, then loads from disk).
+fn cached_engine() -> PluginEngine {
+    PluginEngine::new(EngineConfig {
+        cache_dir: Some(ferrule_tests::artifact_cache_dir()),
+        ..EngineConfig::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn python_plugins_pass_the_conformance_kit() {
+    let engine = cached_engine();
+    let units = example_stage_configs()
+        .into_iter()
+        .find(|(name, _, _)| name == "units")
+        .unwrap()
+        .2;
+    let cases = [
+        (
+            "rate_alarm",
+            r#"{"rules": [{"match": "*", "max_per_second": 0.5}], "action": "reject"}"#,
+        ),
+        (
+            "rate_alarm",
+            r#"{"rules": [{"match": "*", "max_per_second": 0.5}], "action": "flag"}"#,
+        ),
+        (
+            "rate_alarm_v2",
+            r#"{"rules": [{"match": "*", "max_per_second": 0.5}]}"#,
+        ),
+        ("py_unit_converter", units.as_str()),
+        // The Python template: a filter that drops (contract 0.2.0), never dead-letters.
+        ("py_deadband", r#"{"deadband": 0.5}"#),
+    ];
+    for (name, config) in cases {
+        let report = conformance::run(&engine, &plugin(name), config);
+        assert!(report.passed(), "{name}:\n{report}");
+        let text = report.to_string();
+        assert!(
+            !text.contains("refused by the plugin"),
+            "{name}: a Python plugin failed batches:\n{report}"
+        );
+        assert!(
+            report.checks.len() >= 8,
+            "{name}: too few checks:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn python_unit_converter_gives_the_same_values_as_the_rust_one() {
+    let engine = cached_engine();
+    let config = r#"{"targets": {"pressure": "kPa", "temperature": "degC", "flow": "m3/h"}}"#;
+    let rust = engine.load_file(&plugin("unit_converter"), None).unwrap();
+    let py = engine
+        .load_file(&plugin("py_unit_converter"), None)
+        .unwrap();
+    assert_eq!(py.name(), "py-unit-converter");
+    let limits = PluginLimits::default();
+    let mut rust = rust
+        .instantiate(
+            "units",
+            config,
+            &PluginLimits::default(),
+            HostBackends::default(),
+        )
+        .unwrap();
+    let mut py = py
+        .instantiate("units", config, &limits, HostBackends::default())
+        .unwrap();
+    let units = [
+        "bar", "psi", "degF", "degC", "gal/min", "kWh", "furlong", "",
+    ];
+    let tags: Vec<TagInfo> = (0..600u32)
+        .map(|i| tag(i, &format!("t{i}"), units[i as usize % units.len()]))
+        .collect();
+    // In chunks, as the pipeline calls the tag plane (a Python call costs ~20-80 µs a tag).
+    let (mut rd, mut pd) = (Vec::new(), Vec::new());
+    for chunk in tags.chunks(100) {
+        rd.extend(rust.on_tags(chunk).unwrap());
+        pd.extend(py.on_tags(chunk).unwrap());
+    }
+    for (i, (r, p)) in rd.iter().zip(&pd).enumerate() {
+        match (r, p) {
+            (TagDecision::Accept(r), TagDecision::Accept(p)) => {
+                assert_eq!(r.unit, p.unit, "tag {i}")
+            }
+            (TagDecision::Reject(_), TagDecision::Reject(p)) => {
+                assert!(p.contains("unknown unit 'furlong'"), "{p}")
+            }
+            _ => panic!("tag {i}: Rust {r:?}, Python {p:?}"),
+        }
+    }
+    let n = 4096;
+    let tag_ids: Vec<u32> = (0..n as u32).map(|i| i % 600).collect();
+    let values: Vec<f64> = (0..n)
+        .map(|i| {
+            if i % 97 == 0 {
+                f64::NAN
+            } else {
+                i as f64 * 0.37 - 50.0
+            }
+        })
+        .collect();
+    let quality = vec![0u32; n];
+    let timestamps = vec![1u64; n];
+    let cols = BatchColumns {
+        tag_ids: &tag_ids,
+        values: &values,
+        quality: &quality,
+        timestamps: &timestamps,
+        extras: &[],
+    };
+    let r = rust.on_batch(cols).unwrap().values.unwrap();
+    let p = py.on_batch(cols).unwrap().values.unwrap();
+    assert_eq!(r.len(), n);
+    let differ = r
+        .iter()
+        .zip(&p)
+        .filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()))
+        .count();
+    assert_eq!(differ, 0, "values differ between Rust and Python");
+    assert!(r.iter().zip(&values).filter(|(a, b)| a != b).count() > n / 2);
+}
+
+#[test]
+fn python_errors_reach_the_host_with_their_text() {
+    let engine = cached_engine();
+    let loaded = engine.load_file(&plugin("rate_alarm"), None).unwrap();
+    let limits = PluginLimits::default();
+    // A config error names the key, from the SDK's typed config.
+    let bad = r#"{"rules": [{"match": "a", "max_per_second": 1}, {"match": "b", "max_per_second": "fast"}]}"#;
+    let err = loaded
+        .instantiate("alarm", bad, &limits, HostBackends::default())
+        .err()
+        .expect("config refused")
+        .to_string();
+    assert!(
+        err.contains("rate-alarm@0.1.0 refused its config")
+            && err.contains("invalid config at `rules[1].max_per_second`: expected a number, got a string (\"fast\")"),
+        "{err}"
+    );
+    let err = loaded
+        .instantiate(
+            "alarm",
+            r#"{"rules": [], "colour": 1}"#,
+            &limits,
+            HostBackends::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("`colour`: unknown key"), "{err}");
+    let err = loaded
+        .instantiate("alarm", "{not json", &limits, HostBackends::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not valid JSON"), "{err}");
+}
+
+#[test]
+fn python_rate_alarm_enriches_from_reference_data_and_counts() {
+    use ferrule::plugin::host_api::{PluginCounters, StaticReferenceData};
+    use std::sync::Arc;
+    let engine = cached_engine();
+    let loaded = engine.load_file(&plugin("rate_alarm"), None).unwrap();
+    let reference = StaticReferenceData::from_rows(
+        "assets",
+        vec![(
+            "plant/site1/area1/line1/press1".to_string(),
+            vec![
+                ("asset_id".to_string(), "A-00000".to_string()),
+                ("criticality".to_string(), "high".to_string()),
+            ],
+        )],
+    );
+    let counters = Arc::new(PluginCounters::default());
+    let backends = HostBackends {
+        reference: Arc::new(reference),
+        counters: counters.clone(),
+        ..HostBackends::default()
+    };
+    let config = r#"{"rules": [{"match": "plant/*/*/*/*/pressure", "max_per_second": 10.0}], "action": "reject"}"#;
+    let mut alarm = loaded
+        .instantiate("alarm", config, &PluginLimits::default(), backends)
+        .unwrap();
+    let decisions = alarm
+        .on_tags(&[
+            tag(0, "plant/site1/area1/line1/press1/pressure", "kPa"),
+            tag(1, "plant/site1/area1/line1/press9/pressure", "kPa"),
+            tag(2, "plant/site1/area1/line1/press1/temperature", "degC"),
+        ])
+        .unwrap();
+    let enrichment = |d: &TagDecision| match d {
+        TagDecision::Accept(a) => a.enrichment.clone(),
+        TagDecision::Reject(r) => panic!("rejected: {r}"),
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        enrichment(&decisions[0]),
+        pairs(&[
+            ("rate_alarm.max_per_second", "10.0"),
+            ("rate_alarm.criticality", "high"),
+            ("rate_alarm.asset_id", "A-00000"),
+        ])
+    );
+    assert_eq!(
+        enrichment(&decisions[1]),
+        pairs(&[
+            ("rate_alarm.max_per_second", "10.0"),
+            ("rate_alarm.criticality", "unknown"),
+        ])
+    );
+    assert!(
+        enrichment(&decisions[2]).is_empty(),
+        "no rule fits: unchanged"
+    );
+    const S: u64 = 1_000_000_000;
+    let out = alarm
+        .on_batch(BatchColumns {
+            tag_ids: &[0, 1, 2, 0, 1, 2],
+            values: &[100.0, 100.0, 100.0, 150.0, 105.0, 999.0],
+            quality: &[0; 6],
+            timestamps: &[S, S, S, 2 * S, 2 * S, 2 * S],
+            extras: &[],
+        })
+        .unwrap();
+    assert_eq!(out.rejected.len(), 1, "{out:?}");
+    assert_eq!(out.rejected[0].index, 3);
+    assert_eq!(out.rejected[0].reason, 1);
+    assert_eq!(
+        out.rejected[0].detail.as_deref(),
+        Some("changed 50/s, limit 10/s")
+    );
+    assert_eq!(out.quality.as_deref(), Some(&[0u32; 6][..]));
+    assert_eq!(counters.get("rate-alarm", "alarms"), 1);
+    assert_eq!(counters.get("rate-alarm", "alarms.high"), 1);
+}
+
+#[test]
+fn a_python_component_compiles_once_then_loads_from_the_cache_and_keeps_to_its_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..EngineConfig::default()
+    };
+    let first = PluginEngine::new(config.clone()).unwrap();
+    let cold = first.load_file(&plugin("py_unit_converter"), None).unwrap();
+    assert_eq!(
+        cold.timings().cache,
+        ferrule::plugin::CacheOutcome::Compiled
+    );
+    let second = PluginEngine::new(config).unwrap();
+    let warm = second
+        .load_file(&plugin("py_unit_converter"), None)
+        .unwrap();
+    assert_eq!(warm.timings().cache, ferrule::plugin::CacheOutcome::Disk);
+    assert!(
+        warm.timings().compile_or_load * 10 < cold.timings().compile_or_load,
+        "loading the artifact ({:?}) is not much faster than compiling ({:?})",
+        warm.timings().compile_or_load,
+        cold.timings().compile_or_load
+    );
+    // CPython starts with about 12 MiB of linear memory (over several memories): an instance
+    // capped below that is refused at instantiation, naming the limit; the defaults hold it.
+    let small = PluginLimits {
+        memory_mib: 8,
+        recycle_at_mib: 4,
+        ..PluginLimits::default()
+    };
+    let err = warm
+        .instantiate("units", "{}", &small, HostBackends::default())
+        .err()
+        .expect("refused under 8 MiB")
+        .to_string();
+    assert!(err.contains("memory limit of 8 MiB exceeded"), "{err}");
+    let inst = warm
+        .instantiate(
+            "units",
+            "{}",
+            &PluginLimits::default(),
+            HostBackends::default(),
+        )
+        .unwrap();
+    assert!(
+        inst.memory_bytes() > 8 << 20,
+        "the instance's memory counts every linear memory: {} bytes",
+        inst.memory_bytes()
+    );
+}

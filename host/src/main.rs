@@ -520,6 +520,10 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
                 t.cache,
                 t.link
             );
+            out!(
+                "memory:      {:.1} MiB for a fresh instance (all linear memories)",
+                p.baseline_memory_bytes() as f64 / (1u64 << 20) as f64
+            );
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Package {

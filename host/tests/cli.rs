@@ -139,6 +139,35 @@ fn plugin_inspect_and_test() {
     assert!(text.contains("FAIL") && text.contains("trapped"), "{text}");
 }
 
+/// A plugin written in Python (CPython inside, ~18 MB) through the integrator's CLI steps:
+/// `inspect` names its contract and the memory a fresh instance uses, `test` runs the kit.
+#[test]
+fn plugin_inspect_and_test_a_python_component() {
+    let (code, text) = ferrule(&["plugin", "inspect", &dist("rate_alarm")]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("plugin:      rate-alarm@0.1.0"), "{text}");
+    assert!(text.contains("contract:    ferrule:plugin@0.2.0"), "{text}");
+    let mib: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("memory:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no memory line: {text}"));
+    assert!((4.0..48.0).contains(&mib), "{text}");
+
+    let config = r#"{"rules": [{"match": "*", "max_per_second": 1.0}], "action": "drop"}"#;
+    let (code, text) = ferrule(&["plugin", "test", &dist("rate_alarm"), "--config", config]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(" 0 failed") && text.contains("dropped"),
+        "{text}"
+    );
+}
+
 /// `ferrule plugin package` writes a package from a component; `inspect` shows its manifest
 /// and checks, `test` runs the kit on it, `check` refuses a stage that does not grant what it
 /// asks for, and `inspect` refuses a tampered one.

@@ -41,6 +41,14 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// A directory for compiled plugin artifacts shared by the tests of every run (the engine's
+/// `cache_dir`): a Python component (~18 MB, CPython inside) takes seconds to compile, so the
+/// tests that load one compile it once and later load the artifact. Artifacts are keyed by the
+/// component's digest, the engine's settings and the host version, so sharing is safe.
+pub fn artifact_cache_dir() -> PathBuf {
+    std::env::temp_dir().join("ferrule-test-artifacts")
+}
+
 /// The example plant config's stage section, with plugin paths made absolute.
 pub fn reference_stages_toml() -> String {
     let text = std::fs::read_to_string(repo_root().join("examples/plant.toml")).unwrap();

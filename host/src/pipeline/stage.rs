@@ -18,9 +18,13 @@ use crate::plugin::{
     PluginInstance, PluginLimits, StageTerms, TagDecision, TagInfo,
 };
 
-/// Tags passed to one `on-tags` call. Small enough that a call stays well inside the CPU budget
-/// per call (`cpu_ms_per_call`, wall time) even on a loaded machine: about 8 µs a tag here.
+/// Tags passed to one `on-tags` call at most. Small enough that a call stays well inside the CPU
+/// budget per call (`cpu_ms_per_call`, wall time) even on a loaded machine: about 8 µs a tag
+/// for a Rust plugin here. A slower plugin (Python: 20–80 µs a tag, more on a loaded
+/// machine) gets smaller calls, see `decide`.
 pub const TAG_CHUNK: usize = 256;
+/// Tags in the first `on-tags` call of a round, before the cost per tag is known.
+pub const TAG_CHUNK_FIRST: usize = 16;
 
 /// Counters of one stage (samples, not batches, unless named so).
 #[derive(Default, Debug)]
@@ -304,6 +308,8 @@ impl StageHandle {
             plugin: format!("{}@{}", loaded.name(), loaded.version()),
             error,
         })?;
+        let label = format!("{}@{}", loaded.name(), loaded.version());
+        instance.check_recycle_mark(&label, "the tag plane")?;
         let diffed_against = self.decisions_snapshot();
         let changed = changed_decisions(&diffed_against, &decisions, decisions.len());
         let any_reject = any_reject(&decisions);
@@ -384,6 +390,21 @@ impl StageHandle {
     }
 }
 
+/// The next tag-plane chunk size after `done` tags took `took`: the size that fits `budget`
+/// at the measured cost per tag (halved at least when over it), between 1 and `TAG_CHUNK`.
+fn next_chunk(size: usize, done: usize, took: Duration, budget: Duration) -> usize {
+    if done == 0 || took.is_zero() {
+        return size;
+    }
+    let fits = (budget.as_secs_f64() / (took.as_secs_f64() / done as f64)) as usize;
+    let fits = if took > budget {
+        fits.min(size / 2)
+    } else {
+        fits
+    };
+    fits.clamp(1, TAG_CHUNK)
+}
+
 /// Tag decisions of `instance` for every input, in chunks; None where the input is None.
 pub(super) fn decide(
     instance: &mut PluginInstance,
@@ -395,12 +416,60 @@ pub(super) fn decide(
         .enumerate()
         .filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
         .collect();
-    for chunk in present.chunks(TAG_CHUNK) {
+    // Each call is kept within an eighth of the CPU budget: the first chunk is small, the next
+    // ones as large as the measured cost per tag allows (up to TAG_CHUNK), so a plugin slow per
+    // tag (an interpreter, a loaded machine) never gets a call it cannot finish in time.
+    let budget = Duration::from_millis(instance.limits().cpu_ms_per_call) / 8;
+    let mut size = TAG_CHUNK_FIRST;
+    let mut rest = present.as_slice();
+    while !rest.is_empty() {
+        let (chunk, later) = rest.split_at(size.min(rest.len()));
+        rest = later;
         let tags: Vec<TagInfo> = chunk.iter().map(|(_, t)| (*t).clone()).collect();
+        let started = std::time::Instant::now();
         let answers = instance.on_tags(&tags)?;
+        size = next_chunk(size, chunk.len(), started.elapsed(), budget);
         for ((i, _), d) in chunk.iter().zip(answers) {
             decisions[*i] = Some(d);
         }
     }
     Ok(decisions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{next_chunk, TAG_CHUNK};
+    use std::time::Duration;
+
+    #[test]
+    fn tag_chunks_follow_the_cost_per_tag() {
+        let budget = Duration::from_micros(12_500); // 100 ms / 8
+        let ms = Duration::from_millis;
+        // Rust, ~8 µs a tag: stays at the maximum.
+        assert_eq!(next_chunk(256, 256, ms(2), budget), TAG_CHUNK);
+        // Python, ~80 µs a tag: 156 tags would fit the budget, but the call was over it, so
+        // at most half.
+        assert_eq!(
+            next_chunk(256, 256, Duration::from_micros(20_480), budget),
+            128
+        );
+        // ~40 µs a tag and under the budget: what fits.
+        assert_eq!(
+            next_chunk(256, 256, Duration::from_micros(10_240), budget),
+            256
+        );
+        assert_eq!(
+            next_chunk(128, 128, Duration::from_micros(10_240), budget),
+            156
+        );
+        // Far over (a loaded machine): at most half, never below one.
+        assert_eq!(next_chunk(256, 256, ms(400), budget), 8);
+        assert_eq!(next_chunk(1, 1, ms(400), budget), 1);
+        // Faster again: back up, capped.
+        assert_eq!(
+            next_chunk(8, 8, Duration::from_micros(40), budget),
+            TAG_CHUNK
+        );
+        assert_eq!(next_chunk(64, 0, ms(0), budget), 64);
+    }
 }

@@ -242,6 +242,7 @@ impl PluginEngine {
                 pre,
                 info: None,
                 package,
+                baseline_memory: 0,
                 timings: LoadTimings {
                     cache,
                     compile_or_load,
@@ -263,9 +264,9 @@ impl PluginEngine {
             origin: origin.clone(),
             reason,
         })?;
-        Arc::get_mut(&mut plugin.inner)
-            .expect("plugin not shared yet")
-            .info = Some(info);
+        let inner = Arc::get_mut(&mut plugin.inner).expect("plugin not shared yet");
+        inner.info = Some(info);
+        inner.baseline_memory = scratch.memory_bytes();
         Ok(plugin)
     }
 
@@ -364,6 +365,8 @@ struct LoadedInner {
     info: Option<PluginInfo>,
     /// The manifest, when the component came from a package.
     package: Option<Manifest>,
+    /// Linear memory of a fresh instance after `describe` (bytes).
+    baseline_memory: usize,
     timings: LoadTimings,
 }
 
@@ -394,6 +397,11 @@ impl LoadedPlugin {
     }
     pub fn timings(&self) -> LoadTimings {
         self.inner.timings
+    }
+    /// Linear memory (all memories, bytes) of a fresh instance after `describe`: what the
+    /// component needs before it holds any state (a few MiB for Rust, tens for CPython).
+    pub fn baseline_memory_bytes(&self) -> usize {
+        self.inner.baseline_memory
     }
     /// The package manifest, if the component came from a package.
     pub fn package(&self) -> Option<&Manifest> {
@@ -453,6 +461,9 @@ impl LoadedPlugin {
             instantiate: instantiated,
             init: started.elapsed() - instantiated,
         });
+        // A fresh instance already past the recycle mark would be replaced after every batch
+        // (an interpreter such as CPython starts at tens of MiB): refuse it, naming the key.
+        instance.check_recycle_mark(&format!("{}@{}", self.name(), self.version()), "init")?;
         Ok(instance)
     }
 

@@ -16,9 +16,9 @@ use super::bindings::{
 };
 use super::engine::{CpuLimitMode, PluginEngine};
 use super::host_api::{HostBackends, HostServices, PluginLabel};
-use super::limits::{Grant, MemoryLimiter, PluginLimits};
+use super::limits::{Grant, MemoryLimiter, PluginLimits, SETUP_CPU_MS};
 use super::meter::{CallCost, CallMeter, Plane};
-use super::{CallError, Columns, Planes, PluginInfo};
+use super::{CallError, Columns, LoadError, Planes, PluginInfo};
 
 /// What a store holds for one instance.
 pub struct StoreState {
@@ -155,11 +155,11 @@ impl PluginInstance {
         };
         let mut store = Store::new(&engine.inner().engine, state);
         store.limiter(|s| &mut s.limiter);
-        // Instantiation runs start functions and data segments: give it the same budget.
-        arm(&engine, &mut store, limits);
+        // Instantiation runs start functions and data segments: a setup budget.
+        arm(&engine, &mut store, limits, Budget::Setup);
         let bindings = pre
             .instantiate(&mut store)
-            .map_err(|e| classify(e, &mut store, limits))?;
+            .map_err(|e| classify(e, &mut store, limits, Budget::Setup))?;
         Ok(PluginInstance {
             engine,
             store,
@@ -194,6 +194,20 @@ impl PluginInstance {
         self.memory_bytes() > self.limits.recycle_bytes()
     }
 
+    /// Refuses an instance that is past its recycle mark right after `after` (init, the tag
+    /// plane): the chain would replace it after every batch.
+    pub fn check_recycle_mark(&self, plugin: &str, after: &'static str) -> Result<(), LoadError> {
+        if !self.needs_recycle() {
+            return Ok(());
+        }
+        Err(LoadError::OverRecycleMark {
+            plugin: plugin.into(),
+            after,
+            used_mib: (self.memory_bytes() as u64).div_ceil(1 << 20),
+            recycle_at_mib: self.limits.recycle_at_mib,
+        })
+    }
+
     /// Whether an earlier trap or limit hit made the instance unusable.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
@@ -224,10 +238,19 @@ impl PluginInstance {
         plane: Plane,
         f: impl FnOnce(&Exports, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        self.call_within(plane, Budget::Call, f)
+    }
+
+    fn call_within<R>(
+        &mut self,
+        plane: Plane,
+        budget: Budget,
+        f: impl FnOnce(&Exports, &mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
         if self.poisoned {
             return Err(self.failed(CallError::Poisoned));
         }
-        arm(&self.engine, &mut self.store, &self.limits);
+        arm(&self.engine, &mut self.store, &self.limits, budget);
         let started = self.meter.is_some().then(Instant::now);
         let result = f(&self.bindings, &mut self.store);
         if let (Some(meter), Some(started)) = (&self.meter, started) {
@@ -250,21 +273,21 @@ impl PluginInstance {
         match result {
             Ok(r) => Ok(r),
             Err(e) => {
-                let e = classify(e, &mut self.store, &self.limits);
+                let e = classify(e, &mut self.store, &self.limits, budget);
                 Err(self.failed(e))
             }
         }
     }
 
     pub(super) fn describe(&mut self) -> Result<PluginInfo, CallError> {
-        self.call(Plane::Tag, |b, s| match b {
+        self.call_within(Plane::Tag, Budget::Setup, |b, s| match b {
             Exports::Current(p) => p.ferrule_plugin_transform().call_describe(s),
             Exports::V0_1(p) => Ok(v0_1::info(p.ferrule_plugin_transform().call_describe(s)?)),
         })
     }
 
     pub(super) fn init(&mut self, config_json: &str) -> Result<Result<(), String>, CallError> {
-        self.call(Plane::Tag, |b, s| match b {
+        self.call_within(Plane::Tag, Budget::Setup, |b, s| match b {
             Exports::Current(p) => p.ferrule_plugin_transform().call_init(s, config_json),
             Exports::V0_1(p) => p.ferrule_plugin_transform().call_init(s, config_json),
         })
@@ -390,11 +413,36 @@ impl PluginInstance {
 }
 
 /// Sets the CPU budget for the next call.
-fn arm(engine: &PluginEngine, store: &mut Store<StoreState>, limits: &PluginLimits) {
+/// Which CPU budget a call gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// `cpu_ms_per_call` (or `fuel_per_call`): the tag, sample and command planes.
+    Call,
+    /// Instantiation, `describe` and `init`: once per instance and off the hot path, so at
+    /// least `SETUP_CPU_MS` of wall time (a big guest such as CPython first pages in tens of
+    /// MiB; on a loaded machine that alone can pass 100 ms). Fuel stays `fuel_per_call`.
+    Setup,
+}
+
+impl Budget {
+    fn cpu_ms(self, limits: &PluginLimits) -> u64 {
+        match self {
+            Budget::Call => limits.cpu_ms_per_call,
+            Budget::Setup => limits.cpu_ms_per_call.max(SETUP_CPU_MS),
+        }
+    }
+}
+
+fn arm(
+    engine: &PluginEngine,
+    store: &mut Store<StoreState>,
+    limits: &PluginLimits,
+    budget: Budget,
+) {
     let config = engine.config();
     match config.cpu_limit {
         CpuLimitMode::Epoch => {
-            let ticks = limits.cpu_ms_per_call.div_ceil(config.epoch_tick_ms.max(1)) + 1;
+            let ticks = budget.cpu_ms(limits).div_ceil(config.epoch_tick_ms.max(1)) + 1;
             store.set_epoch_deadline(ticks);
         }
         CpuLimitMode::Fuel => {
@@ -405,12 +453,21 @@ fn arm(engine: &PluginEngine, store: &mut Store<StoreState>, limits: &PluginLimi
 }
 
 /// Names what went wrong in a failed call.
-fn classify(e: wasmtime::Error, store: &mut Store<StoreState>, limits: &PluginLimits) -> CallError {
+fn classify(
+    e: wasmtime::Error,
+    store: &mut Store<StoreState>,
+    limits: &PluginLimits,
+    budget: Budget,
+) -> CallError {
     let refused = store.data_mut().limiter.take_refused();
     match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => {
-            CallError::CpuLimit(format!("over {} ms per call", limits.cpu_ms_per_call))
-        }
+        Some(wasmtime::Trap::Interrupt) => CallError::CpuLimit(match budget {
+            Budget::Call => format!("over {} ms per call", limits.cpu_ms_per_call),
+            Budget::Setup => format!(
+                "over {} ms setting the instance up (instantiate, describe, init)",
+                budget.cpu_ms(limits)
+            ),
+        }),
         Some(wasmtime::Trap::OutOfFuel) => {
             CallError::CpuLimit(format!("over {} fuel per call", limits.fuel_per_call))
         }

@@ -46,18 +46,24 @@ impl std::str::FromStr for Grant {
     }
 }
 
+/// Wall-time budget (ms) of the calls that set an instance up — instantiation, `describe`,
+/// `init` — when `cpu_ms_per_call` is lower: they run once per instance, off the hot path, and
+/// a big guest (CPython, ~18 MB) pages in its memory image during them.
+pub const SETUP_CPU_MS: u64 = 1000;
+
 /// Limits for one stage's plugin. Every field has a safe default.
 #[derive(Clone, Debug, Deserialize, PartialEq, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginLimits {
-    /// Largest linear memory an instance may grow to, in MiB.
+    /// Largest linear memory an instance may grow to, in MiB (all its memories together).
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
     /// Memory (MiB) past which an instance is replaced with a fresh one between batches.
     /// Must be below `memory_mib`. Catches plugins that leak.
     #[serde(default = "default_recycle_at_mib")]
     pub recycle_at_mib: u64,
-    /// CPU budget of one call, in milliseconds of wall time (epoch mode).
+    /// CPU budget of one call, in milliseconds of wall time (epoch mode). Instantiation,
+    /// `describe` and `init` get at least `SETUP_CPU_MS` (1 s).
     #[serde(default = "default_cpu_ms")]
     pub cpu_ms_per_call: u64,
     /// CPU budget of one call in Wasm fuel units (fuel mode only).
@@ -167,17 +173,21 @@ impl MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
+    /// Called for each linear memory of the instance (at instantiation from 0, and on every
+    /// growth): the cap applies to their sum. A component made from an interpreter (CPython
+    /// through componentize-py) has several memories, not one.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        let total = self.current_memory.saturating_sub(current) + desired;
+        if total > self.max_memory {
             self.refused = true;
             return Ok(false);
         }
-        self.current_memory = desired;
+        self.current_memory = total;
         Ok(true)
     }
 
@@ -216,6 +226,19 @@ mod tests {
         assert!(l.take_refused());
         assert!(!l.take_refused());
         assert_eq!(l.current_memory(), 65536);
+    }
+
+    #[test]
+    fn the_cap_applies_to_all_memories_together() {
+        let mut l = MemoryLimiter::new(4 << 20);
+        // Two memories instantiated, then the first grows: 1 + 2 + 1 MiB fits, one more does not.
+        assert!(l.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 2 << 20, None).unwrap());
+        assert!(l.memory_growing(1 << 20, 2 << 20, None).unwrap());
+        assert_eq!(l.current_memory(), 4 << 20);
+        assert!(!l.memory_growing(2 << 20, 3 << 20, None).unwrap());
+        assert!(l.take_refused());
+        assert_eq!(l.current_memory(), 4 << 20);
     }
 
     #[test]

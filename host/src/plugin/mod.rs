@@ -69,6 +69,15 @@ pub enum LoadError {
     InitCall { plugin: String, error: CallError },
     #[error("plugin {plugin}: tag plane failed: {error}")]
     TagPlane { plugin: String, error: CallError },
+    #[error(
+        "plugin {plugin} uses {used_mib} MiB of memory after {after}, above the stage's limits.recycle_at_mib ({recycle_at_mib}): it would be replaced after every batch; raise limits.recycle_at_mib, and limits.memory_mib above it"
+    )]
+    OverRecycleMark {
+        plugin: String,
+        after: &'static str,
+        used_mib: u64,
+        recycle_at_mib: u64,
+    },
     #[error("package {package}: cannot read {file}: {source}")]
     ManifestRead {
         package: String,

@@ -458,6 +458,10 @@ pub fn write_package(
     })?;
     let digest = Digest::of(&bytes);
     let loaded = engine.load_bytes(&bytes, digest.clone(), component.display().to_string())?;
+    let mut limits = options.limits;
+    if limits.memory_mib.is_none() {
+        limits.memory_mib = needed_memory_mib(loaded.baseline_memory_bytes());
+    }
     let mut capabilities = Vec::new();
     for c in options.capabilities {
         if !capabilities.contains(&c) {
@@ -476,7 +480,7 @@ pub fn write_package(
         component: DEFAULT_COMPONENT.into(),
         digest: digest.to_string(),
         capabilities,
-        limits: options.limits,
+        limits,
     };
     manifest
         .validate()
@@ -501,6 +505,18 @@ pub fn write_package(
     write_atomically(&out.join(MANIFEST_FILE), manifest.to_toml().as_bytes())?;
     load_unstaged(engine, out)?;
     Ok(manifest)
+}
+
+/// The `memory_mib` to record for a component whose fresh instance uses `baseline_bytes`
+/// (all linear memories, after `describe`), when the default stage limits would not hold it:
+/// it must stay below the default recycle mark with room to work (as much again as the
+/// baseline, at least 16 MiB). None when the defaults do (every Rust plugin here); for a
+/// CPython component it is what the stage must allow.
+pub fn needed_memory_mib(baseline_bytes: usize) -> Option<u64> {
+    let defaults = PluginLimits::default();
+    let baseline = (baseline_bytes as u64).div_ceil(1 << 20);
+    let need = baseline + baseline.max(16);
+    (need > defaults.recycle_at_mib).then(|| need.next_multiple_of(16))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
@@ -755,5 +771,16 @@ mod tests {
             )),
             "{e}"
         );
+    }
+
+    #[test]
+    fn memory_is_recorded_only_when_the_defaults_would_not_hold_the_component() {
+        // A Rust plugin: about 1-2 MiB; the defaults do.
+        assert_eq!(needed_memory_mib(2 << 20), None);
+        assert_eq!(needed_memory_mib(20 << 20), None);
+        assert_eq!(needed_memory_mib(30 << 20), Some(64));
+        // CPython: tens of MiB before any state; twice that, rounded to 16 MiB.
+        assert_eq!(needed_memory_mib(41 << 20), Some(96));
+        assert_eq!(needed_memory_mib((60 << 20) + 1), Some(128));
     }
 }
