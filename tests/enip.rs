@@ -1,7 +1,7 @@
 //! The EtherNet/IP source end to end through the pipeline against cpppo's Logix simulator,
 //! the values written by pylogix (an independent client): every atomic type, array elements
 //! (8- and 16-bit index segments), member and program-scoped names, short strings, many tags
-//! per Multiple Service Packet over a connected session; an unknown tag gives that tag bad
+//! per Multiple Service Packet over a connected session and unconnected (routed and direct); an unknown tag gives that tag bad
 //! quality while the others keep running; the simulator killed and restarted mid-stream shows
 //! the gap as bad quality and never an old value.
 
@@ -162,33 +162,45 @@ async fn cpppo_every_type_and_path_form_decodes_and_an_unknown_tag_is_bad() {
     }
     tags += "[[sources.plc.tags]]\ntag = \"nope\"\npath = \"NoSuchTag\"\n";
     tags += "[[sources.plc.tags]]\ntag = \"wrong_type\"\npath = \"Count\"\ntype = \"real\"\n";
-    let sources = format!(
-        "[sources.plc]\ntype = \"enip\"\nhost = \"127.0.0.1\"\nport = {port}\ninterval_ms = 200\n{tags}"
-    );
-    let running = start(dir.path(), &sources).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let samples = stop(running, dir.path()).await;
-    let tags = by_tag(&samples);
-    for (tag, path, _, want) in &table {
-        let got = tags
-            .get(*tag)
-            .unwrap_or_else(|| panic!("no sample of {tag}"));
-        assert!(got.len() >= 3, "{tag}: {} samples", got.len());
-        for s in got {
-            assert_eq!(status(s), 0, "{tag} ({path}) not good: {s}");
-            match want {
-                Value::String(w) if s["text"].is_string() => assert_eq!(s["text"], *w, "{tag}"),
-                Value::String(w) => assert_eq!(s["int"], *w, "{tag}: {s}"),
-                w => assert_eq!(s["value"].as_f64(), w.as_f64(), "{tag} ({path}): {s}"),
+    // Connected (Forward Open), unconnected through the Connection Manager with a route
+    // path, and unconnected straight to the controller: the same values every way.
+    for mode in [
+        "connected = true",
+        "connected = false",
+        "connected = false\ndirect = true",
+    ] {
+        let run_dir = dir.path().join(mode.replace(['\n', ' ', '='], "_"));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let sources = format!(
+            "[sources.plc]\ntype = \"enip\"\nhost = \"127.0.0.1\"\nport = {port}\ninterval_ms = 200\n{mode}\n{tags}"
+        );
+        let running = start(&run_dir, &sources).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let samples = stop(running, &run_dir).await;
+        let by = by_tag(&samples);
+        for (tag, path, _, want) in &table {
+            let got = by
+                .get(*tag)
+                .unwrap_or_else(|| panic!("{mode}: no sample of {tag}"));
+            assert!(got.len() >= 3, "{mode}: {tag}: {} samples", got.len());
+            for s in got {
+                assert_eq!(status(s), 0, "{mode}: {tag} ({path}) not good: {s}");
+                match want {
+                    Value::String(w) if s["text"].is_string() => {
+                        assert_eq!(s["text"], *w, "{tag}")
+                    }
+                    Value::String(w) => assert_eq!(s["int"], *w, "{tag}: {s}"),
+                    w => assert_eq!(s["value"].as_f64(), w.as_f64(), "{tag} ({path}): {s}"),
+                }
             }
         }
-    }
-    for s in &tags["nope"] {
-        assert_eq!(status(s), BAD_NODE_ID_UNKNOWN, "{s}");
-        assert!(s["value"].is_null());
-    }
-    for s in &tags["wrong_type"] {
-        assert_eq!(status(s), 0x8074_0000, "{s}");
+        for s in &by["nope"] {
+            assert_eq!(status(s), BAD_NODE_ID_UNKNOWN, "{mode}: {s}");
+            assert!(s["value"].is_null());
+        }
+        for s in &by["wrong_type"] {
+            assert_eq!(status(s), 0x8074_0000, "{mode}: {s}");
+        }
     }
 }
 

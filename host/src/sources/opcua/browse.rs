@@ -1,12 +1,14 @@
 //! Browsing a server's address space: every variable under a node (through folders and
 //! objects, not into variables' properties), named by its browse path below that node. Used
 //! by `ferrule discover opcua` and by the source's `browse` option (at every session start).
+//! The Server object (the server's own diagnostics) is skipped.
 
 use std::collections::HashSet;
 
 use opcua::client::Session;
 use opcua::types::{
-    BrowseDescription, BrowseDirection, BrowseResultMask, NodeClass, NodeId, ReferenceTypeId,
+    BrowseDescription, BrowseDirection, BrowseResultMask, NodeClass, NodeId, ObjectId,
+    ReferenceTypeId,
 };
 
 /// A variable found under the browsed node.
@@ -65,6 +67,10 @@ pub async fn variables_under(session: &Session, root: &NodeId) -> Result<Vec<Fou
                 continue;
             }
             let id = c.node_id.node_id.clone();
+            // The Server object's diagnostics are the server's own, not plant data.
+            if id == NodeId::from(ObjectId::Server) {
+                continue;
+            }
             if !seen.insert(id.clone()) {
                 continue;
             }
