@@ -177,7 +177,7 @@ impl Session {
                 }
                 None if self.route.is_empty() => self.unconnected_raw(message).await,
                 None => {
-                    let wrapped = cip::unconnected_send(message, &self.route.clone());
+                    let wrapped = cip::unconnected_send(message, &self.route);
                     self.unconnected_raw(&wrapped).await
                 }
             }

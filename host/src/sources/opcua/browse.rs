@@ -43,8 +43,7 @@ pub async fn variables_under(session: &Session, root: &NodeId) -> Result<Vec<Fou
             .browse(&[desc], 1000, None)
             .await
             .map_err(|e| format!("browse of {node}: {e}"))?;
-        loop {
-            let Some(r) = results.pop() else { break };
+        while let Some(r) = results.pop() {
             if r.status_code.is_bad() {
                 return Err(format!("browse of {node}: {}", r.status_code));
             }
@@ -60,7 +59,7 @@ pub async fn variables_under(session: &Session, root: &NodeId) -> Result<Vec<Fou
         let mut next = Vec::new();
         for c in children {
             // Properties (HasProperty) describe their parent; they are not tags.
-            if c.reference_type_id == NodeId::from(ReferenceTypeId::HasProperty) {
+            if c.reference_type_id == ReferenceTypeId::HasProperty {
                 continue;
             }
             if c.node_id.server_index != 0 {
@@ -68,7 +67,7 @@ pub async fn variables_under(session: &Session, root: &NodeId) -> Result<Vec<Fou
             }
             let id = c.node_id.node_id.clone();
             // The Server object's diagnostics are the server's own, not plant data.
-            if id == NodeId::from(ObjectId::Server) {
+            if id == ObjectId::Server {
                 continue;
             }
             if !seen.insert(id.clone()) {

@@ -451,3 +451,46 @@ impl Poller {
         self.range_state.insert(key, state);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_groups_are_planned_apart_and_packed_per_pdu() {
+        let mut text = String::from(
+            "host = \"plc\"\ninterval_ms = 1000\npoll_groups = { fast = 100 }\nmax_gap = 0\n",
+        );
+        // 30 scattered INTs in the default group (30 ranges), 2 adjacent REALs in `fast`.
+        for i in 0..30 {
+            text += &format!(
+                "[[items]]\ntag = \"d{i}\"\naddress = \"DB{}.DBW0\"\ntype = \"int\"\n",
+                i + 1
+            );
+        }
+        for i in 0..2 {
+            text += &format!(
+                "[[items]]\ntag = \"f{i}\"\naddress = \"MD{}\"\ntype = \"real\"\ngroup = \"fast\"\n",
+                4 * i
+            );
+        }
+        let c: S7Config = toml::from_str(&text).unwrap();
+        c.validate().unwrap();
+        let groups = plan_groups(&c);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(
+            (groups[0].0.as_str(), groups[0].1, groups[0].2.len()),
+            ("default", Duration::from_secs(1), 30)
+        );
+        assert_eq!(
+            (groups[1].0.as_str(), groups[1].1, groups[1].2.len()),
+            ("fast", Duration::from_millis(100), 1)
+        );
+        // 20 items per request by default: 30 ranges take 2 requests; 240 bytes hold 19.
+        assert_eq!(
+            requests_per_poll(&c, 480),
+            vec![("default".to_string(), 2), ("fast".to_string(), 1)]
+        );
+        assert_eq!(requests_per_poll(&c, 240)[0].1, 2);
+    }
+}
