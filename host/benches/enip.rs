@@ -49,6 +49,9 @@ async fn counting_proxy(listener: TcpListener, server: u16, frames: Arc<AtomicU6
         let Ok(upstream) = TcpStream::connect(("127.0.0.1", server)).await else {
             continue;
         };
+        // Frames are forwarded whole and at once (Nagle would hold a split write back).
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
         let frames = frames.clone();
         tokio::spawn(async move {
             let (mut cr, mut cw) = client.split();
@@ -62,7 +65,8 @@ async fn counting_proxy(listener: TcpListener, server: u16, frames: Arc<AtomicU6
                         break;
                     }
                     frames.fetch_add(1, Ordering::Relaxed);
-                    if uw.write_all(&h).await.is_err() || uw.write_all(&body).await.is_err() {
+                    let frame: Vec<u8> = h.iter().chain(&body).copied().collect();
+                    if uw.write_all(&frame).await.is_err() {
                         break;
                     }
                 }
