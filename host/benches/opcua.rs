@@ -195,6 +195,7 @@ fn run(case: Case, pki: &std::path::Path) -> Figures {
                 reconnect_min_ms: 500,
                 reconnect_max_ms: 5000,
                 nodes,
+                browse: None,
                 simulator: None,
             });
             config.validate().expect("valid config");

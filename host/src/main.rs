@@ -95,6 +95,35 @@ enum Command {
         #[command(flatten)]
         endpoint: Endpoint,
     },
+    /// Browse a device and print a ready-to-paste source block for what it holds.
+    Discover {
+        #[command(subcommand)]
+        command: DiscoverCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiscoverCommand {
+    /// Every variable under a node of an OPC UA server (security None) as
+    /// `[[sources.<name>.nodes]]`, tags named by browse path, node ids as `nsu=<uri>;…`.
+    Opcua {
+        /// `opc.tcp://host:port/path`
+        endpoint: String,
+        /// The folder or object to browse under (default: the Objects folder), e.g.
+        /// `ns=2;s=Plant` or `nsu=urn:x;i=1001`.
+        #[arg(long)]
+        under: Option<String>,
+        /// The source name in the printed block.
+        #[arg(long, default_value = "opcua")]
+        source: String,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long, env = "FERRULE_OPCUA_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Where the client keeps its certificate (created when missing).
+        #[arg(long, default_value = "pki")]
+        pki_dir: PathBuf,
+    },
 }
 
 /// The admin endpoint's address when none is given or configured.
@@ -315,7 +344,35 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin { command } => plugin(command).await,
+        Command::Discover { command } => discover(command).await,
     }
+}
+
+async fn discover(command: DiscoverCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DiscoverCommand::Opcua {
+            endpoint,
+            under,
+            source,
+            username,
+            password,
+            pki_dir,
+        } => {
+            let options = ferrule::sources::opcua::DiscoverOptions {
+                endpoint,
+                under,
+                source,
+                username,
+                password,
+                pki_dir,
+            };
+            let block = ferrule::sources::opcua::discover(&options)
+                .await
+                .map_err(|e| anyhow::anyhow!("discover opcua: {e}"))?;
+            print!("{block}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A path as the host will read it (the host may run in another directory).

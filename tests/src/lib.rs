@@ -119,9 +119,13 @@ pub mod peers {
             .port()
     }
 
-    /// The Python interpreter of `.venv-peers`.
+    /// The Python interpreter of `.venv-peers` (or `$FERRULE_PEERS_PYTHON`, for a virtual
+    /// environment of one's own while `.venv-peers` lacks a newly added peer).
     pub fn python() -> PathBuf {
-        let p = super::repo_root().join(".venv-peers/bin/python");
+        let p = match std::env::var_os("FERRULE_PEERS_PYTHON") {
+            Some(p) => PathBuf::from(p),
+            None => super::repo_root().join(".venv-peers/bin/python"),
+        };
         assert!(
             p.is_file(),
             "{} is missing: run scripts/peers first (the test command does)",

@@ -3,10 +3,12 @@
 //! Sources are registered by their config `type`; protocol sources (Modbus, OPC UA, MQTT)
 //! plug in beside the simulator.
 
+pub mod enip;
 pub mod kafka;
 pub mod modbus;
 pub mod mqtt;
 pub mod opcua;
+pub mod s7;
 pub mod simulator;
 
 use std::sync::atomic::AtomicU64;
@@ -32,6 +34,10 @@ pub enum SourceConfig {
     Opcua(opcua::OpcUaConfig),
     /// Kafka consumer-group member (scale-out past one machine).
     Kafka(Box<kafka::KafkaSourceConfig>),
+    /// A Siemens S7 CPU over S7comm (ISO-on-TCP), polled in multi-item reads.
+    S7(Box<s7::S7Config>),
+    /// A Logix controller over EtherNet/IP (CIP), symbolic tag reads.
+    Enip(Box<enip::EnipConfig>),
 }
 
 /// What a running source gets from the pipeline.
@@ -62,6 +68,8 @@ impl SourceConfig {
             SourceConfig::Modbus(c) => c.validate(),
             SourceConfig::Opcua(c) => c.validate(),
             SourceConfig::Kafka(c) => c.validate(),
+            SourceConfig::S7(c) => c.validate(),
+            SourceConfig::Enip(c) => c.validate(),
         }
     }
 
@@ -73,6 +81,8 @@ impl SourceConfig {
             SourceConfig::Modbus(c) => modbus::run(c, ctx).await,
             SourceConfig::Opcua(c) => opcua::run(c, ctx).await,
             SourceConfig::Kafka(c) => kafka::run(*c, ctx).await,
+            SourceConfig::S7(c) => s7::run(*c, ctx).await,
+            SourceConfig::Enip(c) => enip::run(*c, ctx).await,
         }
     }
 }

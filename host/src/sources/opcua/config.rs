@@ -49,6 +49,13 @@ pub struct OpcUaConfig {
     /// The nodes.
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
+    /// Subscribe to every variable under this folder or object too (e.g. `ns=2;s=Line1` or
+    /// `nsu=urn:x;i=1001`): browsed at every session start, so variables added on the server
+    /// are picked up after a reconnect. Each is a tag named by its browse path below the node
+    /// (`Press1.Pressure`), with the defaults of `nodes`; a configured node of the same tag
+    /// name takes precedence. Print the same list with `ferrule discover opcua --under`.
+    #[serde(default)]
+    pub browse: Option<String>,
     /// Serve the simulated plant from an OPC UA server in this process (on loopback), and,
     /// when `nodes` is empty, subscribe to all its variables.
     #[serde(default)]
@@ -149,7 +156,7 @@ fn default_publishing_ms() -> u64 {
 fn default_keep_alive_ms() -> u64 {
     5000
 }
-fn default_queue_size() -> u32 {
+pub(super) fn default_queue_size() -> u32 {
     10
 }
 fn default_reconnect_min_ms() -> u64 {
@@ -208,8 +215,16 @@ impl OpcUaConfig {
                 "must be at least 1 and at most reconnect_max_ms".into(),
             );
         }
-        if self.nodes.is_empty() && !simulated {
-            return err("nodes".into(), "no node configured".into());
+        if let Some(b) = &self.browse {
+            if let Err(m) = NodeRef::parse(b) {
+                return err("browse".into(), m);
+            }
+        }
+        if self.nodes.is_empty() && !simulated && self.browse.is_none() {
+            return err(
+                "nodes".into(),
+                "no node configured (and no `browse`)".into(),
+            );
         }
         let mut tags = HashSet::new();
         for (i, n) in self.nodes.iter().enumerate() {

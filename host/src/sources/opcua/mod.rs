@@ -5,7 +5,9 @@
 //! publishing interval until a new session is up and subscribed again, so the gap is visible;
 //! one bad node gives only its tag bad quality, logged once.
 
+pub mod browse;
 mod config;
+mod discover;
 mod node_ref;
 mod server;
 mod values;
@@ -13,6 +15,7 @@ mod values;
 pub use config::{
     NodeConfig, OpcUaConfig, OpcUaSimulatorConfig, SecurityMode, SecurityPolicy, TimestampChoice,
 };
+pub use discover::{discover, DiscoverOptions};
 pub use node_ref::NodeRef;
 pub use server::{serve_plant, PLANT_NAMESPACE};
 
@@ -62,6 +65,8 @@ struct Runner {
     down: bool,
     /// Tells the gap filler whether the connection is down.
     gap: Option<watch::Sender<bool>>,
+    /// The tags the gap filler makes bad (grows as `browse` finds variables).
+    gap_ids: Arc<std::sync::RwLock<Vec<TagId>>>,
 }
 
 /// The nodes generated for the in-process simulator: every served plant tag, by namespace URI.
@@ -125,7 +130,7 @@ pub async fn run(mut c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceErr
 }
 
 async fn run_client(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceError> {
-    let tags = c
+    let tags: Vec<Tag> = c
         .nodes
         .iter()
         .map(|n| {
@@ -148,6 +153,7 @@ async fn run_client(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceErro
             }
         })
         .collect();
+    let gap_ids = Arc::new(std::sync::RwLock::new(tags.iter().map(|t| t.id).collect()));
     let mut runner = Runner {
         config: c,
         tags,
@@ -155,6 +161,7 @@ async fn run_client(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceErro
         logged: HashMap::new(),
         down: false,
         gap: None,
+        gap_ids,
     };
     runner.run().await
 }
@@ -205,7 +212,7 @@ impl Runner {
         let mut backoff = min;
         let (gap, gap_rx) = watch::channel(false);
         let filler = tokio::spawn(fill_gap(
-            self.tags.iter().map(|t| t.id).collect(),
+            self.gap_ids.clone(),
             Duration::from_millis(self.config.publishing_interval_ms),
             gap_rx,
             self.ctx.out.clone(),
@@ -345,6 +352,62 @@ impl Runner {
         }
     }
 
+    /// With `browse`: adds a tag for every variable under the node not yet known by name.
+    async fn browse(&mut self, session: &Session, namespaces: &[String]) -> Result<(), String> {
+        let Some(under) = self.config.browse.clone() else {
+            return Ok(());
+        };
+        let root = NodeRef::parse(&under)?.resolve(namespaces)?;
+        let found = browse::variables_under(session, &root)
+            .await
+            .map_err(|e| format!("browse = \"{under}\": {e}"))?;
+        let known: std::collections::HashSet<String> =
+            self.tags.iter().map(|t| t.config.tag.clone()).collect();
+        let mut added = 0;
+        for f in found {
+            if known.contains(&f.path) {
+                continue;
+            }
+            let node_id = browse::portable_id(&f.node_id, namespaces);
+            let config = NodeConfig {
+                tag: f.path.clone(),
+                node_id: node_id.clone(),
+                unit: String::new(),
+                sampling_interval_ms: None,
+                queue_size: config::default_queue_size(),
+                deadband: None,
+                poll_interval_ms: None,
+                metadata: BTreeMap::new(),
+            };
+            let id = self.ctx.registry.intern(TagDescriptor {
+                source: self.ctx.name.clone(),
+                vendor_path: f.path,
+                unit: String::new(),
+                data_type: DataType::Float64,
+                metadata: vec![
+                    ("opcua.node_id".into(), node_id.clone()),
+                    ("opcua.browsed_under".into(), under.clone()),
+                ],
+            });
+            self.tags.push(Tag {
+                id,
+                node: NodeRef::parse(&node_id)?,
+                config,
+            });
+            self.gap_ids
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id);
+            added += 1;
+        }
+        tracing::info!(
+            "{}: browsed {under}: {added} new variables, {} tags in all",
+            self.label(),
+            self.tags.len()
+        );
+        Ok(())
+    }
+
     /// Resolves nodes, subscribes and streams until the connection is lost or told to stop.
     async fn subscribed(
         &mut self,
@@ -355,6 +418,9 @@ impl Runner {
             Ok(n) => n,
             Err(e) => return Ended::Lost(e),
         };
+        if let Err(e) = self.browse(session, &namespaces).await {
+            return Ended::Lost(e);
+        }
         // Node ids afresh: a restarted server may number namespaces differently.
         let mut resolved: Vec<Option<NodeId>> = Vec::with_capacity(self.tags.len());
         let mut bad = SampleBatch::default();
@@ -693,7 +759,7 @@ async fn create_in_chunks(
 /// While `down` is true, sends every tag as bad (BadNoCommunication) each `interval`, so a
 /// lost connection shows as a gap of bad samples, also while reconnecting takes long.
 async fn fill_gap(
-    ids: Vec<TagId>,
+    ids: Arc<std::sync::RwLock<Vec<TagId>>>,
     interval: Duration,
     mut down: watch::Receiver<bool>,
     out: mpsc::Sender<SampleBatch>,
@@ -707,6 +773,7 @@ async fn fill_gap(
         }
         while *down.borrow() {
             let ts = now_ns();
+            let ids = ids.read().unwrap_or_else(|e| e.into_inner()).clone();
             let mut batch = SampleBatch::with_capacity(ids.len());
             for id in &ids {
                 batch.push(*id, f64::NAN, Quality(BAD_NO_COMMUNICATION), ts);
