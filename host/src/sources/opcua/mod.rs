@@ -9,12 +9,14 @@ mod config;
 mod node_ref;
 mod server;
 mod values;
+mod write;
 
 pub use config::{
     NodeConfig, OpcUaConfig, OpcUaSimulatorConfig, SecurityMode, SecurityPolicy, TimestampChoice,
 };
 pub use node_ref::NodeRef;
 pub use server::{serve_plant, PLANT_NAMESPACE};
+pub use write::{to_variant, OpcUaWritePort};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -62,6 +64,8 @@ struct Runner {
     down: bool,
     /// Tells the gap filler whether the connection is down.
     gap: Option<watch::Sender<bool>>,
+    /// The live session, for the write path.
+    write_slot: write::SessionSlot,
 }
 
 /// The nodes generated for the in-process simulator: every served plant tag, by namespace URI.
@@ -148,6 +152,15 @@ async fn run_client(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceErro
             }
         })
         .collect();
+    // The write path shares the read path's session.
+    let write_slot = write::SessionSlot::default();
+    let port = OpcUaWritePort::new(
+        &ctx.name,
+        c.nodes.iter().map(|n| (n.tag.clone(), n.node_id.clone())),
+        write_slot.clone(),
+        Duration::from_millis(c.keep_alive_ms),
+    );
+    ctx.write_ports.register(&ctx.name, Arc::new(port));
     let mut runner = Runner {
         config: c,
         tags,
@@ -155,6 +168,7 @@ async fn run_client(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceErro
         logged: HashMap::new(),
         down: false,
         gap: None,
+        write_slot,
     };
     runner.run().await
 }
@@ -315,6 +329,7 @@ impl Runner {
             return Ended::Lost("session could not be activated".into());
         }
         let ended = self.subscribed(&session, &mut event_loop).await;
+        *self.write_slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if matches!(ended, Ended::Shutdown | Ended::PipelineClosed) {
             let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
         }
@@ -355,6 +370,8 @@ impl Runner {
             Ok(n) => n,
             Err(e) => return Ended::Lost(e),
         };
+        *self.write_slot.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((session.clone(), namespaces.clone()));
         // Node ids afresh: a restarted server may number namespaces differently.
         let mut resolved: Vec<Option<NodeId>> = Vec::with_capacity(self.tags.len());
         let mut bad = SampleBatch::default();
