@@ -309,12 +309,37 @@ allow = ["plant/{site}/a1/l1/press1/*"]
     let mut req = Requester::connect(&site).await;
 
     let cases: Vec<(&str, Value, Vec<&str>, Value)> = vec![
-        ("setpoint", json!(3.75), vec!["holding", "0", "f32", "CDAB"], json!(3.75)),
+        (
+            "setpoint",
+            json!(3.75),
+            vec!["holding", "0", "f32", "CDAB"],
+            json!(3.75),
+        ),
         // Scale undone: −1.5 is raw −15.
-        ("offset", json!(-1.5), vec!["holding", "10", "i32", "DCBA"], json!(-15)),
-        ("enable", json!(true), vec!["holding", "20", "bool", "ABCD", "3"], json!(true)),
-        ("recipe", json!("XY12"), vec!["holding", "30", "string", "ABCD", "4"], json!("XY12")),
-        ("count", json!(123_456_789u64), vec!["holding", "40", "u64", "BADC"], json!(123_456_789u64)),
+        (
+            "offset",
+            json!(-1.5),
+            vec!["holding", "10", "i32", "DCBA"],
+            json!(-15),
+        ),
+        (
+            "enable",
+            json!(true),
+            vec!["holding", "20", "bool", "ABCD", "3"],
+            json!(true),
+        ),
+        (
+            "recipe",
+            json!("XY12"),
+            vec!["holding", "30", "string", "ABCD", "4"],
+            json!("XY12"),
+        ),
+        (
+            "count",
+            json!(123_456_789u64),
+            vec!["holding", "40", "u64", "BADC"],
+            json!(123_456_789u64),
+        ),
         ("start", json!(true), vec!["coil", "0", "bool"], json!(true)),
     ];
     for (name, value, read, want) in &cases {
@@ -328,7 +353,10 @@ allow = ["plant/{site}/a1/l1/press1/*"]
         assert_eq!(outcome(&reply), "verified", "{name}: {reply:#}");
         assert_eq!(reply["requester"], "mes-1");
         assert_eq!(reply["source"], "plc");
-        assert!(reply["address"].as_str().unwrap().contains("press1"), "{reply}");
+        assert!(
+            reply["address"].as_str().unwrap().contains("press1"),
+            "{reply}"
+        );
         assert!(reply["old"]["raw"].is_string() && reply["read_back"]["raw"] == reply["written"]);
         // The device holds the new value, as pymodbus reads it.
         assert_eq!(&modbus_read(port, read), want, "{name}");
@@ -341,7 +369,13 @@ allow = ["plant/{site}/a1/l1/press1/*"]
             .iter()
             .map(|c| c.as_str().unwrap())
             .collect();
-        for c in ["deadline", "one-tag", "allow-list", "device-address", "rate-limit"] {
+        for c in [
+            "deadline",
+            "one-tag",
+            "allow-list",
+            "device-address",
+            "rate-limit",
+        ] {
             assert!(checks.contains(&c), "{name}: {checks:?}");
         }
     }
@@ -506,18 +540,27 @@ tag_rate = {{ per_second = 0.001, burst = 1 }}
 
     // Rate limit: the first write of `speed` goes through, the next one is refused.
     let first = req
-        .send(&set("speed"), json!({"id": "rate-1", "value": 60, "requester": "mes"}))
+        .send(
+            &set("speed"),
+            json!({"id": "rate-1", "value": 60, "requester": "mes"}),
+        )
         .await;
     assert_eq!(outcome(&first), "verified", "{first:#}");
     let second = req
-        .send(&set("speed"), json!({"id": "rate-2", "value": 61, "requester": "mes"}))
+        .send(
+            &set("speed"),
+            json!({"id": "rate-2", "value": 61, "requester": "mes"}),
+        )
         .await;
     assert_eq!(
         (outcome(&second), reason(&second)),
         ("refused", "tag-rate-limited"),
         "{second:#}"
     );
-    assert_eq!(audited(dir.path(), "rate-2")["reason"]["code"], "tag-rate-limited");
+    assert_eq!(
+        audited(dir.path(), "rate-2")["reason"]["code"],
+        "tag-rate-limited"
+    );
     assert_eq!(speed(), json!(60));
 
     // A dry run passes every check and writes nothing.
@@ -597,7 +640,10 @@ allow = ["{path}"]
     assert_eq!(outcome(&reply), "unverified", "{reply:#}");
     assert_eq!(reason(&reply), "write-failed", "{reply:#}");
     assert!(
-        reply["reason"]["detail"].as_str().unwrap().contains("timeout"),
+        reply["reason"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("timeout"),
         "{reply:#}"
     );
     assert_eq!(audited(dir.path(), "swallowed")["outcome"], "unverified");
@@ -719,6 +765,102 @@ allow = ["{bar}", "{int16}", "{byte}"]
     for id in ["bar", "int16", "byte", "running"] {
         audited(dir.path(), id);
     }
+    running.handle.stop();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_commands_are_executed_and_answered_on_the_reply_topic() {
+    use ferrule_tests::kafka::{create_topic, read, tansu};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = tansu();
+    create_topic(broker.port, "commands", 1);
+    create_topic(broker.port, "replies", 1);
+    let port = free_port();
+    let _device = pymodbus(
+        dir.path(),
+        port,
+        &json!({"holding": [{"address": 0, "type": "u16", "value": 10}, {"address": 1, "type": "u16", "value": 20}]}),
+    );
+    let site = unique("wk");
+    let speed = format!("plant/{site}/a1/l1/press1/speed");
+    let other = format!("plant/{site}/a1/l1/press1/other");
+    let body = format!(
+        r#"
+[sources.plc]
+type = "modbus"
+
+[[sources.plc.devices]]
+name = "press1"
+host = "127.0.0.1"
+port = {port}
+interval_ms = 100
+
+[[sources.plc.devices.registers]]
+tag = "{speed}"
+address = 0
+
+[[sources.plc.devices.registers]]
+tag = "{other}"
+address = 1
+
+[writes]
+audit_path = "audit.jsonl"
+
+[writes.sources.plc]
+allow = ["{speed}"]
+
+[writes.kafka]
+brokers = "127.0.0.1:{kafka}"
+topic = "commands"
+reply_topic = "replies"
+properties = {{ "auto.offset.reset" = "earliest" }}
+"#,
+        kafka = broker.port
+    );
+    let running = start(dir.path(), &site, &body).await;
+    wait_for_tags(&running, &[speed.clone(), other.clone()]).await;
+    let produce = |key: &str, corr: &str, body: Value| {
+        let ok = Command::new(python())
+            .arg(repo_root().join("tests/peers/kafka_command.py"))
+            .arg(format!("127.0.0.1:{}", broker.port))
+            .args(["commands", key, corr])
+            .arg(body.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kafka_command.py failed");
+    };
+    produce(
+        &speed,
+        "c-1",
+        json!({"id": "k1", "value": 77, "requester": "scheduler"}),
+    );
+    produce(
+        &other,
+        "c-2",
+        json!({"id": "k2", "value": 5, "requester": "scheduler"}),
+    );
+    let replies = tokio::task::spawn_blocking(move || {
+        let r = read(broker.port, &["replies"], 2, 60);
+        drop(broker);
+        r
+    })
+    .await
+    .unwrap();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    let k1 = replies.iter().find(|r| r.key == "k1").expect("reply to k1");
+    assert_eq!(k1.value["outcome"], "verified", "{k1:?}");
+    assert_eq!(k1.headers["correlation_id"], "c-1");
+    let k2 = replies.iter().find(|r| r.key == "k2").expect("reply to k2");
+    assert_eq!(k2.value["reason"]["code"], "not-allow-listed", "{k2:?}");
+    assert_eq!(k2.headers["correlation_id"], "c-2");
+    assert_eq!(modbus_read(port, &["holding", "0", "u16"]), json!(77));
+    assert_eq!(modbus_read(port, &["holding", "1", "u16"]), json!(20));
+    assert_eq!(
+        audited(dir.path(), "k2")["reason"]["code"],
+        "not-allow-listed"
+    );
     running.handle.stop();
     running.wait().await.unwrap();
 }

@@ -64,7 +64,11 @@ async fn run() {
     )
     .unwrap();
     let python = repo().join(".venv-peers/bin/python");
-    assert!(python.is_file(), "{} missing: run scripts/peers", python.display());
+    assert!(
+        python.is_file(),
+        "{} missing: run scripts/peers",
+        python.display()
+    );
     let _device = Kill(
         Command::new(&python)
             .arg(repo().join("tests/peers/modbus_server.py"))

@@ -284,7 +284,10 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
     if let Some(latest) = &latest {
         let (tx, rx) = mpsc::channel(queue);
         outputs.push(tx);
-        sink_tasks.push(tokio::spawn(crate::writes::latest::feed(latest.clone(), rx)));
+        sink_tasks.push(tokio::spawn(crate::writes::latest::feed(
+            latest.clone(),
+            rx,
+        )));
     }
     let write_ports = WritePorts::default();
 
@@ -324,6 +327,13 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
             if let Some(m) = &w.mqtt {
                 commands.push(tokio::spawn(crate::writes::mqtt::run(
                     m.clone(),
+                    service.clone(),
+                    shutdown_rx.clone(),
+                )));
+            }
+            if let Some(k) = &w.kafka {
+                commands.push(tokio::spawn(crate::writes::kafka::run(
+                    k.clone(),
                     service.clone(),
                     shutdown_rx.clone(),
                 )));

@@ -62,11 +62,10 @@ pub fn parse(
     let received_ns = now_ns();
     let p: CommandPayload = serde_json::from_slice(payload)
         .map_err(|e| (None, format!("the payload is not a command: {e}")))?;
-    let id = p
-        .id
-        .clone()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("cmd-{received_ns:x}"));
+    let id =
+        p.id.clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("cmd-{received_ns:x}"));
     let fail = |m: String| (Some(id.clone()), m);
     let path = match (p.path.as_deref(), channel_path) {
         (Some(a), Some(b)) if a != b => {
@@ -92,7 +91,11 @@ pub fn parse(
             }
         }
         serde_json::Value::String(s) => (f64::NAN, Some(ExtraValue::Text(s.clone()))),
-        other => return Err(fail(format!("`value` must be a number, bool or text, not {other}"))),
+        other => {
+            return Err(fail(format!(
+                "`value` must be a number, bool or text, not {other}"
+            )))
+        }
     };
     let deadline_ns = match p.deadline_ms {
         Some(ms) => ms.saturating_mul(1_000_000),
@@ -281,13 +284,27 @@ mod tests {
             ("c1", "plant/a/b/c/d/sp", 2.5, Some(1.0))
         );
         assert_eq!(c.deadline_ns, 5_000_000);
-        let t = parse(br#"{"value":"AB","requester":"x","path":"p"}"#, None, "m", 1000).unwrap();
+        let t = parse(
+            br#"{"value":"AB","requester":"x","path":"p"}"#,
+            None,
+            "m",
+            1000,
+        )
+        .unwrap();
         assert_eq!(t.extra, Some(ExtraValue::Text("AB".into())));
         assert!(t.deadline_ns > t.received_ns);
-        let (id, why) = parse(br#"{"value":1,"requester":"x","path":"p"}"#, Some("q"), "m", 1)
-            .unwrap_err();
+        let (id, why) = parse(
+            br#"{"value":1,"requester":"x","path":"p"}"#,
+            Some("q"),
+            "m",
+            1,
+        )
+        .unwrap_err();
         assert!(id.is_some() && why.contains("disagrees"), "{why}");
-        assert!(parse(b"{", None, "m", 1).unwrap_err().1.contains("not a command"));
+        assert!(parse(b"{", None, "m", 1)
+            .unwrap_err()
+            .1
+            .contains("not a command"));
         assert!(parse(br#"{"value":1,"path":"p"}"#, None, "m", 1)
             .unwrap_err()
             .1

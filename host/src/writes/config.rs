@@ -36,6 +36,9 @@ pub struct WritesConfig {
     /// Commands from MQTT.
     #[serde(default)]
     pub mqtt: Option<MqttCommandsConfig>,
+    /// Commands from Kafka.
+    #[serde(default)]
+    pub kafka: Option<KafkaCommandsConfig>,
 }
 
 /// `[writes.sources.<source>]`.
@@ -83,6 +86,27 @@ pub struct MqttCommandsConfig {
     pub qos: QosLevel,
 }
 
+/// `[writes.kafka]`: commands are records on `topic` (key: the tag's normalized path), replies
+/// go to `reply_topic` (key: the command id; the `correlation_id` header copied).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaCommandsConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    pub topic: String,
+    pub reply_topic: String,
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Further librdkafka properties (both clients).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_group_id() -> String {
+    "ferrule-writes".into()
+}
 fn default_audit_path() -> PathBuf {
     PathBuf::from("writes-audit.jsonl")
 }
@@ -159,6 +183,24 @@ impl WritesConfig {
                 .map_err(|(k, v)| (format!("mqtt.broker.{k}"), v))?;
             if m.topics.is_empty() {
                 return Err(("mqtt.topics".into(), "list at least one filter".into()));
+            }
+        }
+        if let Some(k) = &self.kafka {
+            for (key, v) in [
+                ("brokers", &k.brokers),
+                ("topic", &k.topic),
+                ("reply_topic", &k.reply_topic),
+                ("group_id", &k.group_id),
+            ] {
+                if v.trim().is_empty() {
+                    return Err((format!("kafka.{key}"), "must not be empty".into()));
+                }
+            }
+            if k.topic == k.reply_topic {
+                return Err((
+                    "kafka.reply_topic".into(),
+                    "must differ from `topic`".into(),
+                ));
             }
         }
         Ok(())

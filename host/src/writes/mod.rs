@@ -1,4 +1,4 @@
-//! Write-back to devices: commands from MQTT (`mqtt`) checked in order — deadline, the tag's
+//! Write-back to devices: commands from MQTT (`mqtt`) and Kafka (`kafka`) checked in order — deadline, the tag's
 //! path maps to exactly one tag of a source, the source's allow-list, exactly one writable
 //! device address, the plugin chain's command plane (`CommandPlane`), rate limits, dry run,
 //! compare-and-set — then written through the source's write path (`crate::sources::WritePort`)
@@ -10,13 +10,14 @@ pub mod audit;
 pub mod command;
 pub mod config;
 pub mod glob;
+pub mod kafka;
 pub mod latest;
 pub mod mqtt;
 pub mod rate;
 
 pub use audit::{AuditLog, RECENT_WRITES};
 pub use command::{Command, Outcome, Reason, ReasonCode, WriteRecord};
-pub use config::{MqttCommandsConfig, RateLimit, SourceWrites, WritesConfig};
+pub use config::{KafkaCommandsConfig, MqttCommandsConfig, RateLimit, SourceWrites, WritesConfig};
 pub use latest::{Latest, LatestStore};
 
 use std::collections::{BTreeMap, HashMap};
@@ -271,7 +272,12 @@ impl WriteService {
         Ok(())
     }
 
-    async fn run(&self, cmd: &Command, rec: &mut WriteRecord, t0: Instant) -> Result<Outcome, Stop> {
+    async fn run(
+        &self,
+        cmd: &Command,
+        rec: &mut WriteRecord,
+        t0: Instant,
+    ) -> Result<Outcome, Stop> {
         if self.audit_broken() {
             return Err(refuse(
                 ReasonCode::WriteFailed,
@@ -290,7 +296,10 @@ impl WriteService {
             Resolved::None => {
                 return Err(refuse(
                     ReasonCode::UnknownTag,
-                    format!("no tag has the path `{}` (or it has no sample yet)", cmd.path),
+                    format!(
+                        "no tag has the path `{}` (or it has no sample yet)",
+                        cmd.path
+                    ),
                 ))
             }
             Resolved::Many(tags) => {
@@ -499,7 +508,11 @@ impl WriteService {
         match wrote {
             Ok(()) => {}
             Err(e @ (PortError::Device(_) | PortError::Encode(_) | PortError::NotWritable(_))) => {
-                return Err(stop(Outcome::Failed, ReasonCode::WriteFailed, e.to_string()))
+                return Err(stop(
+                    Outcome::Failed,
+                    ReasonCode::WriteFailed,
+                    e.to_string(),
+                ))
             }
             // No answer, or the connection went: the write may or may not have happened.
             Err(e) => {

@@ -169,20 +169,22 @@ pub fn encode_registers(
         return Ok(encode_bytes(&padded, layout.order));
     }
     if layout.value_type == ValueType::String {
-        return Err(EncodeError::Invalid("a string tag takes a text value".into()));
+        return Err(EncodeError::Invalid(
+            "a string tag takes a text value".into(),
+        ));
     }
     let wide = match extra {
         Some(ExtraValue::Signed(v)) if layout.unscaled() => Some(*v as i128),
         Some(ExtraValue::Unsigned(v)) if layout.unscaled() => Some(*v as i128),
         Some(ExtraValue::Text(_)) => {
-            return Err(EncodeError::Invalid(
-                "text given for a numeric tag".into(),
-            ))
+            return Err(EncodeError::Invalid("text given for a numeric tag".into()))
         }
         _ => None,
     };
     if !value.is_finite() && wide.is_none() {
-        return Err(EncodeError::Invalid(format!("{value} is not a finite number")));
+        return Err(EncodeError::Invalid(format!(
+            "{value} is not a finite number"
+        )));
     }
     let raw = (value - layout.offset) / layout.scale;
     let int = |kind: &'static str, low: f64, high: f64| -> Result<i128, EncodeError> {
@@ -209,15 +211,21 @@ pub fn encode_registers(
         Ok(r as i128)
     };
     let bytes: Vec<u8> = match layout.value_type {
-        ValueType::U16 => (int("u16", 0.0, u16::MAX as f64)? as u16).to_be_bytes().to_vec(),
+        ValueType::U16 => (int("u16", 0.0, u16::MAX as f64)? as u16)
+            .to_be_bytes()
+            .to_vec(),
         ValueType::I16 => (int("i16", i16::MIN as f64, i16::MAX as f64)? as i16)
             .to_be_bytes()
             .to_vec(),
-        ValueType::U32 => (int("u32", 0.0, u32::MAX as f64)? as u32).to_be_bytes().to_vec(),
+        ValueType::U32 => (int("u32", 0.0, u32::MAX as f64)? as u32)
+            .to_be_bytes()
+            .to_vec(),
         ValueType::I32 => (int("i32", i32::MIN as f64, i32::MAX as f64)? as i32)
             .to_be_bytes()
             .to_vec(),
-        ValueType::U64 => (int("u64", 0.0, u64::MAX as f64)? as u64).to_be_bytes().to_vec(),
+        ValueType::U64 => (int("u64", 0.0, u64::MAX as f64)? as u64)
+            .to_be_bytes()
+            .to_vec(),
         ValueType::I64 => (int("i64", i64::MIN as f64, i64::MAX as f64)? as i64)
             .to_be_bytes()
             .to_vec(),
@@ -402,9 +410,8 @@ mod tests {
             let words = encode_registers(&l, 4, f64::NAN, Some(&wide)).unwrap();
             assert_eq!(decode_registers(&l, &words).extra, Some(wide));
             let l = layout(ValueType::String, o);
-            let words =
-                encode_registers(&l, 4, f64::NAN, Some(&ExtraValue::Text("PUMP-7".into())))
-                    .unwrap();
+            let words = encode_registers(&l, 4, f64::NAN, Some(&ExtraValue::Text("PUMP-7".into())))
+                .unwrap();
             assert_eq!(
                 decode_registers(&l, &words).extra,
                 Some(ExtraValue::Text("PUMP-7".into()))

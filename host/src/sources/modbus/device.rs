@@ -120,6 +120,10 @@ impl Device {
                 _ = self.shutdown.changed() => return,
                 _ = tokio::time::sleep_until(when.into()) => {}
                 req = next_request(&mut requests) => {
+                    if req.reply.is_closed() {
+                        // The write path gave up waiting: a late write is never sent.
+                        continue;
+                    }
                     let result = self.serve_request(req.request, &mut conn, &label).await;
                     let _ = req.reply.send(result);
                     continue;

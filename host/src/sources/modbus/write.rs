@@ -128,16 +128,15 @@ impl ModbusWritePort {
             Ok(Ok(Err(f))) if f.reason.starts_with("Modbus exception") => {
                 Err(PortError::Device(format!("device `{}`: {f}", link.name)))
             }
-            Ok(Ok(Err(f))) => Err(PortError::Unavailable(format!("device `{}`: {f}", link.name))),
+            Ok(Ok(Err(f))) => Err(PortError::Unavailable(format!(
+                "device `{}`: {f}",
+                link.name
+            ))),
             Ok(Ok(Ok(r))) => Ok(r),
         }
     }
 
-    fn encoded(
-        a: &Address,
-        value: f64,
-        extra: Option<&ExtraValue>,
-    ) -> Result<Encoded, PortError> {
+    fn encoded(a: &Address, value: f64, extra: Option<&ExtraValue>) -> Result<Encoded, PortError> {
         let e = |e: super::codec::EncodeError| PortError::Encode(e.to_string());
         Ok(match a.table {
             Table::Coil => Encoded::Coil(encode_bit(&a.layout, value).map_err(e)?),

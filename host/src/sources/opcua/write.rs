@@ -268,7 +268,10 @@ mod tests {
     fn values_take_the_node_type_or_are_refused() {
         assert_eq!(to_variant(T::Int16, -5.0, None), Ok(Variant::Int16(-5)));
         assert_eq!(to_variant(T::Float, 2.5, None), Ok(Variant::Float(2.5)));
-        assert_eq!(to_variant(T::Boolean, 1.0, None), Ok(Variant::Boolean(true)));
+        assert_eq!(
+            to_variant(T::Boolean, 1.0, None),
+            Ok(Variant::Boolean(true))
+        );
         assert!(to_variant(T::Byte, 300.0, None).is_err());
         assert!(to_variant(T::Int32, 1.5, None).is_err());
         assert!(to_variant(T::Double, 1.0, Some(&ExtraValue::Text("x".into()))).is_err());
