@@ -115,6 +115,13 @@ async fn wait_for_tags(running: &RunningPipeline, paths: &[String]) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    while !writes.mqtt_subscribed() {
+        assert!(
+            Instant::now() < deadline,
+            "commands not subscribed after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An MQTT 5 requester: publishes commands with a Response Topic and Correlation Data and
@@ -453,7 +460,7 @@ audit_path = "audit.jsonl"
 
 [writes.sources.plc]
 allow = ["{setpoint}", "{speed}", "{pv}"]
-tag_rate = {{ per_second = 0.001, burst = 1 }}
+tag_rate = {{ per_second = 0.001, burst = 2 }}
 "#,
         setpoint = p("setpoint"),
         limit = p("limit"),
@@ -538,27 +545,30 @@ tag_rate = {{ per_second = 0.001, burst = 1 }}
     assert_eq!(modbus_read(port, &["holding", "10", "u16"]), json!(100));
     assert_eq!(speed(), json!(50));
 
-    // Rate limit: the first write of `speed` goes through, the next one is refused.
-    let first = req
+    // Rate limit (a burst of 2, then 1 per 1000 s): two writes of `speed` go through, the
+    // third is refused.
+    for (id, v) in [("rate-1", 59), ("rate-2", 60)] {
+        let ok = req
+            .send(
+                &set("speed"),
+                json!({"id": id, "value": v, "requester": "mes"}),
+            )
+            .await;
+        assert_eq!(outcome(&ok), "verified", "{ok:#}");
+    }
+    let third = req
         .send(
             &set("speed"),
-            json!({"id": "rate-1", "value": 60, "requester": "mes"}),
-        )
-        .await;
-    assert_eq!(outcome(&first), "verified", "{first:#}");
-    let second = req
-        .send(
-            &set("speed"),
-            json!({"id": "rate-2", "value": 61, "requester": "mes"}),
+            json!({"id": "rate-3", "value": 61, "requester": "mes"}),
         )
         .await;
     assert_eq!(
-        (outcome(&second), reason(&second)),
+        (outcome(&third), reason(&third)),
         ("refused", "tag-rate-limited"),
-        "{second:#}"
+        "{third:#}"
     );
     assert_eq!(
-        audited(dir.path(), "rate-2")["reason"]["code"],
+        audited(dir.path(), "rate-3")["reason"]["code"],
         "tag-rate-limited"
     );
     assert_eq!(speed(), json!(60));

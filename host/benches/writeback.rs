@@ -121,7 +121,7 @@ path = "samples.jsonl"
     let cfg = HostConfig::from_text(&text, dir.path()).unwrap();
     let running = ferrule::runtime::start(&cfg).await.unwrap();
     let writes = running.handle.writes().unwrap().clone();
-    while writes.latest().latest(&path).is_none() {
+    while writes.latest().latest(&path).is_none() || !writes.mqtt_subscribed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

@@ -76,6 +76,8 @@ pub struct WriteService {
     rates: Mutex<Rates>,
     devices: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     counts: Mutex<BTreeMap<(Outcome, Option<ReasonCode>), u64>>,
+    /// The MQTT command channel is subscribed (commands published now are received).
+    mqtt_subscribed: AtomicBool,
 }
 
 /// A command stops here: its outcome and why.
@@ -131,6 +133,7 @@ impl WriteService {
             audit_broken: AtomicBool::new(false),
             devices: Mutex::new(HashMap::new()),
             counts: Mutex::new(BTreeMap::new()),
+            mqtt_subscribed: AtomicBool::new(false),
         })
     }
 
@@ -155,6 +158,15 @@ impl WriteService {
             .iter()
             .map(|((o, r), n)| (*o, *r, *n))
             .collect()
+    }
+
+    /// Whether the MQTT command channel is subscribed to its topics.
+    pub fn mqtt_subscribed(&self) -> bool {
+        self.mqtt_subscribed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_mqtt_subscribed(&self, up: bool) {
+        self.mqtt_subscribed.store(up, Ordering::Relaxed);
     }
 
     /// Whether the audit log failed (every command is then refused).
@@ -414,9 +426,8 @@ impl WriteService {
         if cmd.extra.is_none() {
             rec.device_value = Some(device_value);
         }
-        // The value must fit the device type.
-        let written = port
-            .encode(&tag.vendor_path, device_value, cmd.extra.as_ref())
+        // The value must fit the device type (checked again once the device was read).
+        port.encode(&tag.vendor_path, device_value, cmd.extra.as_ref())
             .map_err(|e| refuse(ReasonCode::InvalidValue, e.to_string()))?;
         rec.checks.push("encodes".into());
         // 6. Rate limits (a dry run checks without using a token).

@@ -53,12 +53,14 @@ pub async fn run(
                         tracing::error!("write-back commands: cannot subscribe: {e}");
                     }
                 }
+                Some(Ok(Event::Incoming(Packet::SubAck(_)))) => service.set_mqtt_subscribed(true),
                 Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     let (service, client, config) = (service.clone(), client.clone(), config.clone());
                     tokio::spawn(async move { serve(&config, &service, &client, p).await });
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
+                    service.set_mqtt_subscribed(false);
                     if !down {
                         tracing::warn!(broker = %config.broker.address(), "write-back commands: broker unreachable: {e}");
                         down = true;
