@@ -523,7 +523,7 @@ async fn load_swap_rollback_quarantine_and_release_through_the_api_under_load() 
     assert_eq!(code, 200, "{loaded}");
     assert_eq!(loaded["plugin"], "validator");
     assert_eq!(loaded["digest"], running.digest);
-    assert_eq!(loaded["contract"], "0.1.0");
+    assert_eq!(loaded["contract"], "0.2.0");
     let (_, stages) = host.get("/stages").await;
     let validate = stages
         .as_array()
@@ -575,7 +575,7 @@ async fn load_swap_rollback_quarantine_and_release_through_the_api_under_load() 
         refused["error"]
             .as_str()
             .unwrap()
-            .contains("ferrule:plugin@0.2.0"),
+            .contains("ferrule:plugin@0.3.0"),
         "{refused}"
     );
     assert_eq!(host.stage("validate").path, running.path);

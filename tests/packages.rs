@@ -140,7 +140,7 @@ async fn packages_written_from_the_components_run_the_reference_chain() {
     let bare = engine.load_file(&plugin("validator"), None).unwrap();
     assert_eq!(manifest.name, "validator");
     assert_eq!(manifest.version, bare.version());
-    assert_eq!(manifest.contract, "ferrule:plugin@0.1.0");
+    assert_eq!(manifest.contract, "ferrule:plugin@0.2.0");
     assert_eq!(manifest.component, "plugin.wasm");
     assert_eq!(manifest.digest, bare.digest().to_string());
     assert!(manifest.capabilities.is_empty());
@@ -192,14 +192,14 @@ fn each_refusal_names_the_package_what_and_why() {
         needing(&[]),
     );
     edit_manifest(&pkg, |m| {
-        m.insert("contract".into(), "ferrule:plugin@0.2.0".into());
+        m.insert("contract".into(), "ferrule:plugin@0.3.0".into());
     });
     let e = refused(&engine, &stage, &pkg);
     assert!(matches!(e, LoadError::PackageContract { .. }), "{e:?}");
     assert_eq!(
         e.to_string(),
         format!(
-            "package {label} ({}) declares contract ferrule:plugin@0.2.0; this host speaks ferrule:plugin@0.1.0",
+            "package {label} ({}) declares contract ferrule:plugin@0.3.0; this host speaks ferrule:plugin@0.2.0 and ferrule:plugin@0.1.0",
             pkg.display()
         )
     );
@@ -213,7 +213,7 @@ fn each_refusal_names_the_package_what_and_why() {
         needing(&[]),
     );
     edit_manifest(&pkg, |m| {
-        m.insert("contract".into(), "ferrule:plugin@0.1.9".into());
+        m.insert("contract".into(), "ferrule:plugin@0.2.9".into());
     });
     let e = refused(&engine, &stage, &pkg);
     assert!(
@@ -222,7 +222,7 @@ fn each_refusal_names_the_package_what_and_why() {
     );
     assert!(
         e.to_string().ends_with(
-            "the manifest declares contract ferrule:plugin@0.1.9, but the component exports ferrule:plugin@0.1.0"
+            "the manifest declares contract ferrule:plugin@0.2.9, but the component exports ferrule:plugin@0.2.0"
         ),
         "{e}"
     );
@@ -235,7 +235,7 @@ fn each_refusal_names_the_package_what_and_why() {
     std::fs::write(
         pkg.join(MANIFEST_FILE),
         format!(
-            "name = \"wrong\"\nversion = \"1.0.0\"\ncontract = \"ferrule:plugin@0.1.0\"\ndigest = \"{}\"\n",
+            "name = \"wrong\"\nversion = \"1.0.0\"\ncontract = \"ferrule:plugin@0.2.0\"\ndigest = \"{}\"\n",
             Digest::of(&bytes)
         ),
     )
@@ -462,7 +462,7 @@ async fn a_swap_to_a_refused_package_keeps_the_running_version_and_data_flowing(
         needing(&[]),
     );
     edit_manifest(&contract, |m| {
-        m.insert("contract".into(), "ferrule:plugin@0.2.0".into());
+        m.insert("contract".into(), "ferrule:plugin@0.3.0".into());
     });
     let renamed = pack(
         &engine,
@@ -490,7 +490,7 @@ async fn a_swap_to_a_refused_package_keeps_the_running_version_and_data_flowing(
     let cases = [
         (&clock, "asks for capability `clock`, which stage `units` does not grant"),
         (&tampered, "the package is tampered with or corrupt"),
-        (&contract, "declares contract ferrule:plugin@0.2.0"),
+        (&contract, "declares contract ferrule:plugin@0.3.0"),
         (&renamed, "the manifest names not-hostile 1.0.0, but the component describes itself as hostile 1.0.0"),
         (&greedy, "needs cpu_ms_per_call ≥ 5000, stage `units` allows 100"),
     ];

@@ -180,6 +180,109 @@ fn regex_like_topic(path: &str) -> bool {
         })
 }
 
+/// The deadband template drops what it suppresses: nothing reaches the dead-letter, every
+/// sample is either delivered or counted as dropped, and the count is in `/metrics` per stage
+/// and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadband_drops_without_dead_lettering_and_the_drops_are_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 200,
+        scans: 20,
+        batch: 256,
+        interval_ms: 0,
+    };
+    // A deadband wider than any simulated change: only first values, quality changes and
+    // NaNs get through.
+    let stages = stage("deadband", "my_ferrule_plugin", "{ deadband = 1e12 }", "");
+    let cfg = config(dir.path(), &plant, &stages, "");
+    let running = runtime::start(&cfg).await.unwrap();
+    let (addr, _server) =
+        ferrule::admin::serve("127.0.0.1:0".parse().unwrap(), running.handle.clone(), None)
+            .await
+            .unwrap();
+    let status = running.wait().await.unwrap();
+    let total = plant.total() as u64;
+    assert_eq!(status.produced["plant"], total);
+
+    let samples = ferrule_tests::read_jsonl(&dir.path().join("samples.jsonl"));
+    let dead = ferrule_tests::read_jsonl(&dir.path().join("dead-letter.jsonl"));
+    assert!(
+        dead.is_empty(),
+        "a deadband dead-lettered: {:?}",
+        &dead[..1]
+    );
+    let st = status.stages.iter().find(|s| s.name == "deadband").unwrap();
+    assert_eq!(st.rejected, 0);
+    let dropped = st.dropped["suppressed-by-deadband"];
+    assert_eq!(st.dropped.len(), 1, "{:?}", st.dropped);
+    assert!(
+        dropped > total / 2,
+        "only {dropped} of {total} samples dropped"
+    );
+    assert!(
+        samples.len() as u64 >= plant.tags as u64,
+        "first values pass"
+    );
+    assert_eq!(samples.len() as u64 + dropped, total);
+    assert_eq!(st.samples_out + dropped, st.samples_in);
+
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!(
+        "ferrule_stage_dropped_samples_total{{stage=\"deadband\",reason=\"suppressed-by-deadband\"}} {dropped}"
+    );
+    assert!(body.lines().any(|l| l == line), "no `{line}` in\n{body}");
+    assert!(
+        body.lines()
+            .any(|l| l == "ferrule_stage_rejected_total{stage=\"deadband\"} 0"),
+        "{body}"
+    );
+}
+
+/// A plugin built against contract 0.1.0 (the validator as released) in place of today's in
+/// the reference chain: every sample accounted for, refusals dead-lettered by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_1_0_plugin_runs_in_the_chain_beside_0_2_0_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant {
+        tags: 300,
+        scans: 4,
+        batch: 256,
+        interval_ms: 0,
+    };
+    let old = repo_root().join("tests/fixtures/v0.1.0/validator-0.1.0.wasm");
+    let stages = reference_stages_toml().replace(
+        &plugin("validator").display().to_string(),
+        &old.display().to_string(),
+    );
+    assert!(stages.contains("validator-0.1.0.wasm"), "{stages}");
+    let cfg = config(dir.path(), &plant, &stages, "");
+    let running = runtime::start(&cfg).await.unwrap();
+    let validate = running
+        .handle
+        .stages()
+        .iter()
+        .find(|s| s.name == "validate")
+        .unwrap()
+        .current();
+    assert_eq!(validate.contract_version(), "0.1.0");
+    let status = running.wait().await.unwrap();
+    assert_eq!(status.produced["plant"], plant.total() as u64);
+    let (samples, dead) = account(dir.path(), plant.total());
+    assert!(!samples.is_empty());
+    assert!(
+        !dead.is_empty(),
+        "the simulator's spikes and NaNs are refused"
+    );
+    assert!(dead.iter().all(|d| d["stage"] == "validate"
+        && (d["reason"] == "not-a-number" || d["reason"] == "above-high-limit")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_sink_slows_the_source_and_queues_stay_bounded() {
     let dir = tempfile::tempdir().unwrap();

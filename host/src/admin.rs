@@ -7,11 +7,13 @@
 //! costs), `GET /stages/{stage}/shadow` (the shadow run's report).
 //! Mutating, each needing `Authorization: Bearer <admin.token>` (401 otherwise):
 //! `POST /stages/{stage}/load` (`{"plugin": "<path>", "config": {..}}`: check and keep as the
-//! candidate), `POST /stages/{stage}/swap` (`{"plugin": "<path>"}`, or `{}` for the candidate),
+//! candidate), `POST /stages/{stage}/swap` (`{"plugin": "<path>"}`; `{"config": {..}}` alone
+//! re-initialises the running version with a new config; `{}` installs the candidate),
 //! `POST /stages/{stage}/rollback`, `POST /stages/{stage}/quarantine` (`{"reason": ".."}`),
 //! `POST /stages/{stage}/release`, `POST /stages/{stage}/shadow` (`{"plugin": "<path>"}`, or
 //! `{}` for the candidate), `POST /stages/{stage}/shadow/promote`,
-//! `POST /stages/{stage}/shadow/abandon`.
+//! `POST /stages/{stage}/shadow/abandon`. Every refused mutating call (wrong token, refused
+//! plugin or config, bad body) is logged by the host with its reason.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -132,6 +134,34 @@ async fn require_token(
     }
 }
 
+/// Logs a refused mutating call (401 wrong or missing token, 4xx refused plugin or config)
+/// with its reason, so the host's log shows what was tried; the answer goes out unchanged.
+async fn log_refused(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    if resp.status().is_success() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let reason = serde_json::from_slice::<ErrorBody>(&bytes)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+    tracing::warn!(
+        %method,
+        path,
+        status = parts.status.as_u16(),
+        "admin call refused: {reason}"
+    );
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
 /// The admin routes; mutating ones need `token`.
 pub fn router(handle: PipelineHandle, token: Option<String>) -> Router {
     let token = Token(token.filter(|t| !t.is_empty()).map(Arc::from));
@@ -144,7 +174,8 @@ pub fn router(handle: PipelineHandle, token: Option<String>) -> Router {
         .route("/stages/{stage}/shadow", post(shadow_start))
         .route("/stages/{stage}/shadow/promote", post(shadow_promote))
         .route("/stages/{stage}/shadow/abandon", post(shadow_abandon))
-        .route_layer(axum::middleware::from_fn_with_state(token, require_token));
+        .route_layer(axum::middleware::from_fn_with_state(token, require_token))
+        .route_layer(axum::middleware::from_fn(log_refused));
     Router::new()
         .route("/", get(page))
         .route("/status", get(status))
@@ -268,12 +299,10 @@ async fn swap(
     body: axum::body::Bytes,
 ) -> Result<Json<SwapResponse>, ApiError> {
     let req: SwapRequest = parse_body(&body)?;
-    let report = match req.plugin {
-        Some(plugin) => {
-            h.swap(&stage, &plugin, req.config.map(|c| c.to_string()))
-                .await
-        }
-        None => h.swap_candidate(&stage).await,
+    let report = match (req.plugin, req.config) {
+        (Some(plugin), config) => h.swap(&stage, &plugin, config.map(|c| c.to_string())).await,
+        (None, Some(config)) => h.swap_config(&stage, config.to_string()).await,
+        (None, None) => h.swap_candidate(&stage).await,
     };
     report.map(|r| Json(r.into())).map_err(api_error)
 }

@@ -13,6 +13,20 @@ use ferrule::config::HostConfig;
 use ferrule::plugin::package::{self, NeededLimits, PackageOptions};
 use ferrule::plugin::{conformance, EngineConfig, Grant, HostBackends, PluginEngine, StageTerms};
 
+/// `println!` that ends the process quietly when stdout is closed early
+/// (`ferrule stages | head`), instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            panic!("cannot write to stdout: {e}");
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "ferrule",
@@ -67,35 +81,75 @@ enum Command {
     },
     /// Show the status of a running host.
     Status {
-        #[arg(long, default_value = "127.0.0.1:7878")]
-        admin: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
     },
     /// List a running host's stages: plugin version, digest, state, limits, candidate,
     /// shadow run, call costs.
     Stages {
-        #[arg(long, default_value = "127.0.0.1:7878")]
-        admin: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
     },
     /// Show a running host's latest dead-letters (at most 200).
     DeadLetters {
-        #[arg(long, default_value = "127.0.0.1:7878")]
-        admin: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
     },
+}
+
+/// The admin endpoint's address when none is given or configured.
+const DEFAULT_ADMIN: &str = "127.0.0.1:7878";
+
+/// Where a running host's admin endpoint is: `--admin` (or `FERRULE_ADMIN`), else the
+/// `admin.listen` of the host's config file (`--host-config` or `FERRULE_CONFIG`), else
+/// 127.0.0.1:7878.
+#[derive(clap::Args)]
+struct Endpoint {
+    /// Address of the host's admin endpoint (host:port or a URL).
+    #[arg(long, env = "FERRULE_ADMIN")]
+    admin: Option<String>,
+    /// The running host's config file: its `admin.listen` (and `admin.token`) are used when
+    /// --admin (and --token) are not given.
+    #[arg(long, env = "FERRULE_CONFIG", value_name = "FILE")]
+    host_config: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// The admin address, and the token from the host config if it names one.
+    fn resolve(&self) -> anyhow::Result<(String, Option<String>)> {
+        let config = match &self.host_config {
+            Some(path) => Some(
+                load_config(path).with_context(|| format!("--host-config {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let admin = match (&self.admin, &config) {
+            (Some(a), _) => a.clone(),
+            (None, Some(c)) => c.admin.listen.to_string(),
+            (None, None) => DEFAULT_ADMIN.to_string(),
+        };
+        Ok((admin, config.and_then(|c| c.admin.token)))
+    }
+
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient::new(&self.resolve()?.0))
+    }
 }
 
 /// Where the admin endpoint is and the token its mutating calls need.
 #[derive(clap::Args)]
 struct Remote {
-    #[arg(long, default_value = "127.0.0.1:7878")]
-    admin: String,
-    /// The admin endpoint's bearer token (its config's `admin.token`).
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// The admin endpoint's bearer token (default: the host config's `admin.token`).
     #[arg(long, env = "FERRULE_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
 impl Remote {
-    fn client(self) -> AdminClient {
-        AdminClient::new(&self.admin).with_token(self.token)
+    fn client(self) -> anyhow::Result<AdminClient> {
+        let (admin, configured) = self.endpoint.resolve()?;
+        Ok(AdminClient::new(&admin).with_token(self.token.or(configured)))
     }
 }
 
@@ -180,8 +234,9 @@ enum PluginCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Swap a stage of a running host to the component at FILE (without FILE: to the
-    /// version `load` checked).
+    /// Swap a stage of a running host to the component at FILE. Without FILE: with --config,
+    /// the running version re-initialised with the new config (a config-only swap); without
+    /// --config, the version `load` checked.
     Swap {
         stage: String,
         file: Option<PathBuf>,
@@ -244,19 +299,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => run(config).await,
         Command::Check { config } => check(config).await,
-        Command::Status { admin } => {
-            let status = AdminClient::new(&admin).status().await?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
+        Command::Status { endpoint } => {
+            let status = endpoint.client()?.status().await?;
+            out!("{}", serde_json::to_string_pretty(&status)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stages { admin } => {
-            let stages = AdminClient::new(&admin).stages().await?;
-            println!("{}", serde_json::to_string_pretty(&stages)?);
+        Command::Stages { endpoint } => {
+            let stages = endpoint.client()?.stages().await?;
+            out!("{}", serde_json::to_string_pretty(&stages)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::DeadLetters { admin } => {
-            let letters = AdminClient::new(&admin).dead_letters().await?;
-            println!("{}", serde_json::to_string_pretty(&letters)?);
+        Command::DeadLetters { endpoint } => {
+            let letters = endpoint.client()?.dead_letters().await?;
+            out!("{}", serde_json::to_string_pretty(&letters)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin { command } => plugin(command).await,
@@ -276,7 +331,7 @@ fn json_arg(config: Option<String>) -> anyhow::Result<Option<serde_json::Value>>
 
 async fn shadow(command: ShadowCommand) -> anyhow::Result<ExitCode> {
     let print = |v: &serde_json::Value| -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        out!("{}", serde_json::to_string_pretty(v)?);
         Ok(())
     };
     match command {
@@ -288,23 +343,27 @@ async fn shadow(command: ShadowCommand) -> anyhow::Result<ExitCode> {
         } => {
             let file = file.as_deref().map(host_path).transpose()?;
             let report = remote
-                .client()
+                .client()?
                 .shadow(&stage, file, json_arg(config)?)
                 .await?;
             print(&report)?;
         }
         ShadowCommand::Report { stage, remote } => {
-            print(&remote.client().shadow_report(&stage).await?)?;
+            print(&remote.client()?.shadow_report(&stage).await?)?;
         }
         ShadowCommand::Promote { stage, remote } => {
-            let r = remote.client().shadow_promote(&stage).await?;
-            println!(
+            let r = remote.client()?.shadow_promote(&stage).await?;
+            out!(
                 "stage {}: promoted the shadow {} -> {} (stall {} µs, {} tags re-decided)",
-                r.stage, r.from, r.to, r.stall_us, r.retagged
+                r.stage,
+                r.from,
+                r.to,
+                r.stall_us,
+                r.retagged
             );
         }
         ShadowCommand::Abandon { stage, remote } => {
-            print(&remote.client().shadow_abandon(&stage).await?)?;
+            print(&remote.client()?.shadow_abandon(&stage).await?)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -391,7 +450,7 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
                     eprintln!("`stages[{i}].config`: {e}");
                     failed = true;
                 }
-                Ok(_) => println!(
+                Ok(_) => out!(
                     "stage {} ok: {}@{} ({}), quarantine {}",
                     s.name,
                     p.name(),
@@ -405,7 +464,7 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     if failed {
         return Ok(ExitCode::from(2));
     }
-    println!("{}: ok", path.display());
+    out!("{}: ok", path.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -422,15 +481,26 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
                 engine.load_file(&file, None)?
             };
             let info = p.info();
-            println!("plugin:      {}@{}", info.name, info.version);
-            println!("description: {}", info.description);
-            println!("contract:    ferrule:plugin@{}", p.contract_version());
-            println!("digest:      {}", p.digest());
-            println!("planes:      {:?}", info.planes);
-            println!("reads:       {:?}", info.reads);
-            println!("writes:      {:?}", info.writes);
+            out!("plugin:      {}@{}", info.name, info.version);
+            out!("description: {}", info.description);
+            if p.adapted() {
+                out!(
+                    "contract:    ferrule:plugin@{} (older contract, adapted by this host: no drops, no extras written, no command plane; rebuild on ferrule:plugin@{} for those)",
+                    p.contract_version(),
+                    ferrule::plugin::CONTRACT_VERSION
+                );
+            } else {
+                out!(
+                    "contract:    ferrule:plugin@{} (current)",
+                    p.contract_version()
+                );
+            }
+            out!("digest:      {}", p.digest());
+            out!("planes:      {:?}", info.planes);
+            out!("reads:       {:?}", info.reads);
+            out!("writes:      {:?}", info.writes);
             for k in &info.config_keys {
-                println!(
+                out!(
                     "config key:  {}{} - {}",
                     k.name,
                     if k.required { " (required)" } else { "" },
@@ -438,15 +508,17 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             for r in &info.reasons {
-                println!("reason:      {} {} - {}", r.code, r.name, r.description);
+                out!("reason:      {} {} - {}", r.code, r.name, r.description);
             }
             for i in p.imports() {
-                println!("import:      {i}");
+                out!("import:      {i}");
             }
             let t = p.timings();
-            println!(
+            out!(
                 "load:        {:?} ({:?}), link {:?}",
-                t.compile_or_load, t.cache, t.link
+                t.compile_or_load,
+                t.cache,
+                t.link
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -472,8 +544,8 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
                 description,
             };
             let manifest = package::write_package(&engine, &component, &out, options)?;
-            println!("{}", manifest.to_toml());
-            println!("package {} written to {}", manifest.label(), out.display());
+            out!("{}", manifest.to_toml());
+            out!("package {} written to {}", manifest.label(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Test { file, config } => {
@@ -483,7 +555,7 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
             let report =
                 tokio::task::spawn_blocking(move || conformance::run(&engine, &file, &config))
                     .await?;
-            println!("{report}");
+            out!("{report}");
             Ok(if report.passed() {
                 ExitCode::SUCCESS
             } else {
@@ -497,12 +569,17 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
             remote,
         } => {
             let v = remote
-                .client()
+                .client()?
                 .load(&stage, host_path(&file)?, json_arg(config)?)
                 .await?;
-            println!(
+            out!(
                 "stage {}: loaded {}@{} ({}, contract {}) from {}; not installed",
-                v.stage, v.plugin, v.version, v.digest, v.contract, v.path
+                v.stage,
+                v.plugin,
+                v.version,
+                v.digest,
+                v.contract,
+                v.path
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -514,20 +591,27 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
         } => {
             let file = file.as_deref().map(host_path).transpose()?;
             let r = remote
-                .client()
+                .client()?
                 .swap(&stage, file, json_arg(config)?)
                 .await?;
-            println!(
+            out!(
                 "stage {}: {} -> {} (stall {} µs, {} tags re-decided)",
-                r.stage, r.from, r.to, r.stall_us, r.retagged
+                r.stage,
+                r.from,
+                r.to,
+                r.stall_us,
+                r.retagged
             );
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Rollback { stage, remote } => {
-            let r = remote.client().rollback(&stage).await?;
-            println!(
+            let r = remote.client()?.rollback(&stage).await?;
+            out!(
                 "stage {}: rolled back {} -> {} (stall {} µs)",
-                r.stage, r.from, r.to, r.stall_us
+                r.stage,
+                r.from,
+                r.to,
+                r.stall_us
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -536,13 +620,13 @@ async fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
             reason,
             remote,
         } => {
-            remote.client().quarantine(&stage, reason).await?;
-            println!("stage {stage}: quarantined");
+            remote.client()?.quarantine(&stage, reason).await?;
+            out!("stage {stage}: quarantined");
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Release { stage, remote } => {
-            remote.client().release(&stage).await?;
-            println!("stage {stage}: released");
+            remote.client()?.release(&stage).await?;
+            out!("stage {stage}: released");
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Shadow { command } => shadow(command).await,
@@ -557,7 +641,7 @@ fn inspect_package(
     let pkg = match package::Package::read(dir) {
         Ok(p) => p,
         Err(e) => {
-            println!("checks:      refused: {e}");
+            out!("checks:      refused: {e}");
             return None;
         }
     };
@@ -577,26 +661,26 @@ fn inspect_package(
     .into_iter()
     .filter_map(|(k, v)| v.map(|v| format!("{k} ≥ {v}")))
     .collect();
-    println!("package:     {} ({})", m.label(), dir.display());
-    println!("  contract:     {}", m.contract);
-    println!("  component:    {}", m.component);
-    println!("  digest:       {}", m.digest);
-    println!(
+    out!("package:     {} ({})", m.label(), dir.display());
+    out!("  contract:     {}", m.contract);
+    out!("  component:    {}", m.component);
+    out!("  digest:       {}", m.digest);
+    out!(
         "  capabilities: {}",
         list(m.capabilities.iter().map(|c| c.to_string()).collect())
     );
-    println!("  needs:        {}", list(needs));
+    out!("  needs:        {}", list(needs));
     if let Some(v) = &m.vendor {
-        println!("  vendor:       {v}");
+        out!("  vendor:       {v}");
     }
     if let Some(d) = &m.description {
-        println!("  description:  {d}");
+        out!("  description:  {d}");
     }
     match package::load_unstaged(engine, dir) {
         Ok(p) => {
-            println!("checks:      ok (manifest, contract spoken and exported, digest, name and version)");
+            out!("checks:      ok (manifest, contract spoken and exported, digest, name and version)");
             if !m.capabilities.is_empty() {
-                println!(
+                out!(
                     "             a stage must grant {} (its `grants`)",
                     list(m.capabilities.iter().map(|c| format!("\"{c}\"")).collect())
                 );
@@ -604,7 +688,7 @@ fn inspect_package(
             Some(p)
         }
         Err(e) => {
-            println!("checks:      refused: {e}");
+            out!("checks:      refused: {e}");
             None
         }
     }

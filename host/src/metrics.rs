@@ -84,6 +84,11 @@ pub fn render(status: &PipelineStatus) -> String {
     let s_in = counter_family(&mut r, "stage_samples_in", "Samples into a stage");
     let s_out = counter_family(&mut r, "stage_samples_out", "Samples out of a stage");
     let s_rej = counter_family(&mut r, "stage_rejected", "Samples a stage refused");
+    let s_drop = counter_family(
+        &mut r,
+        "stage_dropped_samples",
+        "Samples a stage dropped on purpose (filter, deadband), by reason; not dead-lettered",
+    );
     let s_fail = counter_family(
         &mut r,
         "stage_failures",
@@ -185,6 +190,11 @@ pub fn render(status: &PipelineStatus) -> String {
         s_in.get_or_create(&stage).inc_by(st.samples_in);
         s_out.get_or_create(&stage).inc_by(st.samples_out);
         s_rej.get_or_create(&stage).inc_by(st.rejected);
+        for (reason, n) in &st.dropped {
+            s_drop
+                .get_or_create(&l(&[("stage", &st.name), ("reason", reason)]))
+                .inc_by(*n);
+        }
         s_fail.get_or_create(&stage).inc_by(st.failures);
         s_quar.get_or_create(&stage).inc_by(st.quarantines);
         s_swap.get_or_create(&stage).inc_by(st.swaps);

@@ -351,9 +351,15 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
             writes,
         }),
     };
-    let watcher = config.pipeline.watch_plugins.then(|| {
+    let watched: Vec<bool> = config
+        .stages
+        .iter()
+        .map(|s| s.watched(&config.pipeline))
+        .collect();
+    let watcher = watched.contains(&true).then(|| {
         tokio::spawn(crate::pipeline::watch_plugin_files(
             handle.chain().clone(),
+            watched,
             Duration::from_millis(config.pipeline.watch_interval_ms),
         ))
     });

@@ -95,7 +95,10 @@ fn plugin_inspect_and_test() {
     let (code, text) = ferrule(&["plugin", "inspect", &dist("validator")]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("plugin:      validator@"), "{text}");
-    assert!(text.contains("contract:    ferrule:plugin@0.1.0"), "{text}");
+    assert!(
+        text.contains("contract:    ferrule:plugin@0.2.0 (current)"),
+        "{text}"
+    );
     assert!(
         text.contains("reason:") && text.contains("above-high-limit"),
         "{text}"
@@ -142,7 +145,7 @@ fn plugin_package_inspect_test_and_check() {
     assert!(text.contains("capabilities = [\"clock\"]"), "{text}");
     let manifest = std::fs::read_to_string(pkg.join("ferrule-plugin.toml")).unwrap();
     assert!(
-        manifest.contains("contract = \"ferrule:plugin@0.1.0\""),
+        manifest.contains("contract = \"ferrule:plugin@0.2.0\""),
         "{manifest}"
     );
     assert!(manifest.contains("memory_mib = 32"), "{manifest}");
@@ -283,6 +286,55 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("-> hostile@1.0.0"), "{text}");
 
+    // A config-only swap, no file: the running version re-initialised. The admin address and
+    // token come from the host's config file (no --admin, no FERRULE_ADMIN_TOKEN).
+    let host_config = cfg.to_str().unwrap();
+    let (code, text) = ferrule_with_env(
+        &[
+            "plugin",
+            "swap",
+            "x",
+            "--config",
+            "{\"mode\":\"slow\",\"slow_ms\":0}",
+            "--host-config",
+            host_config,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("hostile@1.0.0 -> hostile@1.0.0"), "{text}");
+    // A config the plugin refuses: refused by name, the running version and config stay.
+    let (code, text) = ferrule_with_env(
+        &["plugin", "swap", "x", "--config", "{\"mode\":\"nope\"}"],
+        &[("FERRULE_CONFIG", host_config)],
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("unknown mode 'nope'"), "{text}");
+    // Without a file, a config or a loaded version: says what to give, no HTTP route.
+    let (code, text) = ferrule(&["plugin", "swap", "x", "--admin", &admin]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("name a plugin file, give a new config"),
+        "{text}"
+    );
+    assert!(!text.contains("POST"), "{text}");
+    // The address from FERRULE_ADMIN.
+    let (code, text) = ferrule_with_env(&["stages"], &[("FERRULE_ADMIN", &admin)]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("\"plugin\": \"hostile\""), "{text}");
+    // Output into a pipe closed early (`ferrule stages | head`): no panic.
+    let mut early = Command::new(env!("CARGO_BIN_EXE_ferrule"))
+        .args(["stages", "--admin", &admin])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(early.stdout.take());
+    let out = early.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     // Load a version (checked, not installed), run it in shadow, read the report, abandon it.
     let (code, text) = ferrule(&[
         "plugin",
@@ -355,7 +407,7 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
     let status: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(status["stages"][0]["state"], "running");
     assert_eq!(status["stages"][0]["plugin"], "hostile");
-    assert_eq!(status["stages"][0]["swaps"], 2);
+    assert_eq!(status["stages"][0]["swaps"], 3);
 
     // Ctrl-C: the host drains and reports every produced sample as written.
     let pid = host.id().to_string();
@@ -367,6 +419,18 @@ fn run_swap_rollback_status_and_ctrl_c_drain() {
     let out = host.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    // Refused admin calls are in the host's log, with their reasons.
+    for refusal in [
+        "admin call refused: wrong admin token",
+        "admin call refused: this call needs `Authorization: Bearer",
+        "unknown mode 'nope'",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains("admin call refused")
+                && l.contains(refusal.trim_start_matches("admin call refused: "))),
+            "no `{refusal}` in the host's log:\n{stderr}"
+        );
+    }
     let done = stderr
         .lines()
         .find(|l| l.starts_with("done:"))

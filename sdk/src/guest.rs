@@ -16,7 +16,8 @@ use bindings::exports::ferrule::plugin::transform as wit_export;
 use bindings::ferrule::plugin::types as wit;
 
 use crate::types::{
-    Batch, Columns, DataType, Extra, ExtraValue, Planes, PluginInfo, TagDecision, TagInfo,
+    Batch, Columns, Command, CommandDecision, DataType, Extra, ExtraValue, Planes, PluginInfo,
+    TagDecision, TagInfo,
 };
 use crate::{Config, Plugin};
 
@@ -46,6 +47,9 @@ pub fn describe<P: Plugin>() -> wit::PluginInfo {
     }
     if info.planes.contains(Planes::SAMPLE) {
         planes |= wit::Planes::SAMPLE;
+    }
+    if info.planes.contains(Planes::COMMAND) {
+        planes |= wit::Planes::COMMAND;
     }
     wit::PluginInfo {
         name: info.name,
@@ -163,11 +167,7 @@ pub fn on_batch<P: Plugin>(
         .into_iter()
         .map(|e| Extra {
             index: e.index,
-            value: match e.value {
-                wit::ExtraValue::Text(s) => ExtraValue::Text(s),
-                wit::ExtraValue::Signed(v) => ExtraValue::Signed(v),
-                wit::ExtraValue::Unsigned(v) => ExtraValue::Unsigned(v),
-            },
+            value: extra_value(e.value),
         })
         .collect();
     let mut batch = Batch::new(tag_ids, values, quality, timestamps, extras);
@@ -176,6 +176,23 @@ pub fn on_batch<P: Plugin>(
     Ok(wit::BatchOutput {
         values: out.values,
         quality: out.quality,
+        extras: out.extras.map(|extras| {
+            extras
+                .into_iter()
+                .map(|e| wit::Extra {
+                    index: e.index,
+                    value: wit_extra_value(e.value),
+                })
+                .collect()
+        }),
+        dropped: out
+            .dropped
+            .into_iter()
+            .map(|d| wit::Drop {
+                index: d.index,
+                reason: d.reason,
+            })
+            .collect(),
         rejected: out
             .rejected
             .into_iter()
@@ -186,6 +203,52 @@ pub fn on_batch<P: Plugin>(
             })
             .collect(),
     })
+}
+
+pub(crate) fn extra_value(v: wit::ExtraValue) -> ExtraValue {
+    match v {
+        wit::ExtraValue::Text(s) => ExtraValue::Text(s),
+        wit::ExtraValue::Signed(v) => ExtraValue::Signed(v),
+        wit::ExtraValue::Unsigned(v) => ExtraValue::Unsigned(v),
+    }
+}
+
+fn wit_extra_value(v: ExtraValue) -> wit::ExtraValue {
+    match v {
+        ExtraValue::Text(s) => wit::ExtraValue::Text(s),
+        ExtraValue::Signed(v) => wit::ExtraValue::Signed(v),
+        ExtraValue::Unsigned(v) => wit::ExtraValue::Unsigned(v),
+    }
+}
+
+#[doc(hidden)]
+pub fn on_command<P: Plugin>(
+    state: Option<&mut State<P>>,
+    cmd: wit::Command,
+) -> wit::CommandDecision {
+    let Some(State { plugin, .. }) = state else {
+        return wit::CommandDecision::Refuse(wit::CommandRefusal {
+            reason: 0,
+            detail: "plugin not initialised".into(),
+        });
+    };
+    let cmd = Command {
+        id: cmd.id,
+        tag_id: cmd.tag_id,
+        path: cmd.path,
+        value: cmd.value,
+        extra: cmd.extra.map(extra_value),
+        expected_current: cmd.expected_current,
+        requester: cmd.requester,
+        deadline_ns: cmd.deadline,
+        dry_run: cmd.dry_run,
+    };
+    match plugin.on_command(&cmd) {
+        CommandDecision::Allow(v) => wit::CommandDecision::Allow(v),
+        CommandDecision::Refuse { reason, detail } => {
+            wit::CommandDecision::Refuse(wit::CommandRefusal { reason, detail })
+        }
+    }
 }
 
 #[doc(hidden)]

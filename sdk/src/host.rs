@@ -1,4 +1,5 @@
-//! The host capabilities a plugin may call: logging, counters and reference-data lookup.
+//! The host capabilities a plugin may call: logging, counters, reference-data lookup and the
+//! latest sample per tag.
 //! In a component they call the host's imports; natively (in `cargo test`) they go to the
 //! thread-local stand-in that `testing::Harness` sets up.
 
@@ -27,6 +28,12 @@ pub fn lookup(table: &str, key: &str) -> Option<Vec<(String, String)>> {
     imp::lookup(table, key)
 }
 
+/// The latest sample the host holds for the tag at normalised `path` (for interlocks on the
+/// command plane); `None` when the tag is unknown or has no sample yet.
+pub fn latest(path: &str) -> Option<crate::types::LatestSample> {
+    imp::latest(path)
+}
+
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use super::Level;
@@ -52,6 +59,14 @@ mod imp {
     pub fn lookup(table: &str, key: &str) -> Option<Vec<(String, String)>> {
         wit::lookup(table, key)
     }
+    pub fn latest(path: &str) -> Option<crate::types::LatestSample> {
+        wit::latest(path).map(|s| crate::types::LatestSample {
+            value: s.value,
+            extra: s.extra.map(crate::guest::extra_value),
+            quality: crate::types::Quality(s.quality),
+            timestamp_ns: s.timestamp,
+        })
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -67,5 +82,8 @@ mod imp {
     }
     pub fn lookup(table: &str, key: &str) -> Option<Vec<(String, String)>> {
         NATIVE_HOST.with(|h| h.borrow().lookup(table, key))
+    }
+    pub fn latest(path: &str) -> Option<crate::types::LatestSample> {
+        NATIVE_HOST.with(|h| h.borrow().latest(path))
     }
 }

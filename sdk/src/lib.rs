@@ -33,7 +33,7 @@ pub mod guest;
 pub use types::*;
 
 /// The contract version this SDK builds against (the WIT package version).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 /// Everything a plugin usually needs.
 pub mod prelude {
@@ -58,11 +58,20 @@ pub trait Plugin: Sized + 'static {
         TagDecision::keep()
     }
 
-    /// Sample plane: transform a batch in place; reject samples through the batch.
-    /// Only called when `info()` declares the sample plane. An error fails the whole batch.
+    /// Sample plane: transform a batch in place; reject samples (dead-letter) or drop them
+    /// (on purpose, no dead-letter) through the batch. Only called when `info()` declares the
+    /// sample plane. An error fails the whole batch.
     fn on_batch(&mut self, batch: &mut Batch) -> Result<(), String> {
         let _ = batch;
         Ok(())
+    }
+
+    /// Command plane: check or convert one write request on its way to a device (it arrives
+    /// in the unit and under the path this stage produces; allow it with the value in the unit
+    /// this stage receives). Only called when `info()` declares `command_plane()`.
+    fn on_command(&mut self, cmd: &Command) -> CommandDecision {
+        let _ = cmd;
+        CommandDecision::allow()
     }
 }
 
@@ -95,6 +104,9 @@ macro_rules! export_plugin {
                 }
                 fn on_tags(tags: ::std::vec::Vec<__wit::TagInfo>) -> ::std::vec::Vec<__wit::TagDecision> {
                     __FERRULE_STATE.with(|s| $crate::guest::on_tags::<$plugin>(s.borrow_mut().as_mut(), tags))
+                }
+                fn on_command(cmd: __wit::Command) -> __wit::CommandDecision {
+                    __FERRULE_STATE.with(|s| $crate::guest::on_command::<$plugin>(s.borrow_mut().as_mut(), cmd))
                 }
                 fn on_batch(
                     tag_ids: ::std::vec::Vec<u32>,

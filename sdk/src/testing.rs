@@ -1,12 +1,15 @@
 //! Native test harness: runs a plugin's logic with plain `cargo test`, no Wasm involved, with
-//! a stand-in host (captured logs and counters, reference data the test provides). It checks
-//! the same output invariants the host enforces on a component.
+//! a stand-in host (captured logs and counters, reference data and latest samples the test
+//! provides). It checks the same output invariants the host enforces on a component.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::host::Level;
-use crate::types::{Batch, BatchOutput, Config, Planes, PluginInfo, TagDecision, TagInfo};
+use crate::types::{
+    Batch, BatchOutput, Columns, Command, CommandDecision, Config, LatestSample, Planes,
+    PluginInfo, TagDecision, TagInfo,
+};
 use crate::Plugin;
 
 /// A log line a plugin wrote.
@@ -21,6 +24,7 @@ pub struct LogLine {
 #[derive(Default)]
 pub struct NativeHost {
     reference: HashMap<(String, String), Vec<(String, String)>>,
+    latest: HashMap<String, LatestSample>,
     logs: Vec<LogLine>,
     counters: HashMap<String, u64>,
 }
@@ -43,6 +47,9 @@ impl NativeHost {
         self.reference
             .get(&(table.to_string(), key.to_string()))
             .cloned()
+    }
+    pub(crate) fn latest(&self, path: &str) -> Option<LatestSample> {
+        self.latest.get(path).cloned()
     }
 }
 
@@ -127,6 +134,28 @@ impl<P: Plugin> Harness<P> {
         self.plugin.on_tag(tag)
     }
 
+    /// Sets what `host::latest(path)` answers from now on (the host's latest sample).
+    pub fn set_latest(&mut self, path: &str, sample: LatestSample) {
+        NATIVE_HOST.with(|h| h.borrow_mut().latest.insert(path.to_string(), sample));
+    }
+
+    /// Command plane for one command, with the host's checks: a plugin without the command
+    /// plane allows it unchanged; a refusal must use a declared reason code.
+    pub fn on_command(&mut self, cmd: &Command) -> Result<CommandDecision, String> {
+        if !self.info.planes.contains(Planes::COMMAND) {
+            return Ok(CommandDecision::allow());
+        }
+        let decision = self.plugin.on_command(cmd);
+        if let CommandDecision::Refuse { reason, .. } = &decision {
+            if !self.info.reasons.iter().any(|r| r.code == *reason) {
+                return Err(format!(
+                    "command refused with undeclared reason code {reason}"
+                ));
+            }
+        }
+        Ok(decision)
+    }
+
     /// Sample plane for one batch, with the host's output checks applied.
     pub fn on_batch(&mut self, mut batch: Batch) -> Result<BatchOutput, String> {
         let n = batch.len();
@@ -151,8 +180,24 @@ impl<P: Plugin> Harness<P> {
 }
 
 /// The output invariants of the contract: written columns have one entry per input sample,
-/// rejections name an existing sample once, with a declared reason.
+/// written extras name existing samples once each, and a sample is rejected or dropped at
+/// most once (across both), with a declared reason.
 pub fn check_output(info: &PluginInfo, n: usize, out: &BatchOutput) -> Result<(), String> {
+    if let Some(extras) = &out.extras {
+        if !info.writes.contains(Columns::EXTRAS) {
+            return Err("returned extras it did not declare in `writes`".into());
+        }
+        let mut seen = vec![false; n];
+        for e in extras {
+            let i = e.index as usize;
+            if i >= n {
+                return Err(format!("extra names sample {i} of {n}"));
+            }
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(format!("sample {i} has two extras"));
+            }
+        }
+    }
     if let Some(v) = &out.values {
         if v.len() != n {
             return Err(format!(
@@ -185,6 +230,20 @@ pub fn check_output(info: &PluginInfo, n: usize, out: &BatchOutput) -> Result<()
             ));
         }
     }
+    for d in &out.dropped {
+        let i = d.index as usize;
+        if i >= n {
+            return Err(format!("drop names sample {i} of {n}"));
+        }
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(format!(
+                "sample {i} dropped twice, or both rejected and dropped"
+            ));
+        }
+        if !info.reasons.iter().any(|x| x.code == d.reason) {
+            return Err(format!("drop uses undeclared reason code {}", d.reason));
+        }
+    }
     Ok(())
 }
 
@@ -200,4 +259,144 @@ pub fn readme_stage_config(readme: &str) -> serde_json::Value {
         .expect("README has a ```toml block with a [[stages]] example");
     let doc: serde_json::Value = toml::from_str(block).expect("README TOML parses");
     doc["stages"][0]["config"].clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Columns, Dropped, Quality};
+
+    /// Drops samples below `min`, refuses commands above `max`, and names its interlock.
+    struct Gate {
+        min: f64,
+        max: f64,
+    }
+
+    impl Plugin for Gate {
+        fn info() -> PluginInfo {
+            PluginInfo::new("gate", "1.0.0")
+                .sample_plane(Columns::VALUES, Columns::NONE)
+                .command_plane()
+                .reason(1, "below-min", "")
+                .reason(2, "above-max", "")
+        }
+        fn init(config: Config) -> Result<Self, String> {
+            #[derive(serde::Deserialize)]
+            struct C {
+                min: f64,
+                max: f64,
+            }
+            let c: C = config.parse()?;
+            Ok(Gate {
+                min: c.min,
+                max: c.max,
+            })
+        }
+        fn on_batch(&mut self, batch: &mut Batch) -> Result<(), String> {
+            for s in batch.samples_mut() {
+                if *s.value < self.min {
+                    s.drop(1);
+                }
+            }
+            Ok(())
+        }
+        fn on_command(&mut self, cmd: &Command) -> CommandDecision {
+            let interlock = crate::host::latest(&cmd.path).is_some_and(|s| s.quality.is_bad());
+            if cmd.value > self.max || interlock {
+                CommandDecision::refuse(2, format!("{} over {}", cmd.value, self.max))
+            } else {
+                CommandDecision::allow_value(cmd.value / 2.0)
+            }
+        }
+    }
+
+    fn command(value: f64) -> Command {
+        Command {
+            id: "1".into(),
+            tag_id: 0,
+            path: "plant/a".into(),
+            value,
+            extra: None,
+            expected_current: None,
+            requester: "test".into(),
+            deadline_ns: 0,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn the_harness_runs_drops_and_commands_with_the_hosts_checks() {
+        let mut h = Harness::<Gate>::new(serde_json::json!({"min": 1.0, "max": 10.0})).unwrap();
+        let out = h
+            .on_batch(Batch::from_rows(&[
+                (0, 0.5, Quality::GOOD, 1),
+                (0, 2.0, Quality::GOOD, 2),
+            ]))
+            .unwrap();
+        assert_eq!(
+            out.dropped,
+            vec![Dropped {
+                index: 0,
+                reason: 1
+            }]
+        );
+        assert!(out.rejected.is_empty());
+        assert_eq!(
+            h.on_command(&command(4.0)).unwrap(),
+            CommandDecision::Allow(Some(2.0))
+        );
+        assert_eq!(
+            h.on_command(&command(11.0)).unwrap(),
+            CommandDecision::refuse(2, "11 over 10")
+        );
+        // `host::latest` answers what the test set.
+        h.set_latest(
+            "plant/a",
+            LatestSample {
+                value: 3.0,
+                extra: None,
+                quality: Quality::BAD,
+                timestamp_ns: 5,
+            },
+        );
+        assert!(matches!(
+            h.on_command(&command(4.0)).unwrap(),
+            CommandDecision::Refuse { reason: 2, .. }
+        ));
+        // Config errors name the key.
+        let e = Harness::<Gate>::new(serde_json::json!({"min": 1.0, "max": "ten"})).unwrap_err();
+        assert!(e.starts_with("invalid config at max: "), "{e}");
+    }
+
+    #[test]
+    fn check_output_refuses_a_sample_both_rejected_and_dropped() {
+        let info = Gate::info();
+        let out = BatchOutput {
+            rejected: vec![crate::types::Rejection {
+                index: 0,
+                reason: 1,
+                detail: None,
+            }],
+            dropped: vec![Dropped {
+                index: 0,
+                reason: 1,
+            }],
+            ..BatchOutput::default()
+        };
+        assert_eq!(
+            check_output(&info, 1, &out).unwrap_err(),
+            "sample 0 dropped twice, or both rejected and dropped"
+        );
+        let out = BatchOutput {
+            dropped: vec![Dropped {
+                index: 0,
+                reason: 9,
+            }],
+            ..BatchOutput::default()
+        };
+        assert_eq!(
+            check_output(&info, 1, &out).unwrap_err(),
+            "drop uses undeclared reason code 9"
+        );
+    }
 }

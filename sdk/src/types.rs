@@ -1,5 +1,7 @@
 //! Ergonomic plugin-side types over the columnar contract (wit/plugin.wit): what a plugin sees
-//! on the tag plane (`TagInfo` → `TagDecision`) and on the sample plane (`Batch`).
+//! on the tag plane (`TagInfo` → `TagDecision`), on the sample plane (`Batch`: values,
+//! quality, extras; rejections and drops) and on the command plane (`Command` →
+//! `CommandDecision`).
 
 use std::cell::RefCell;
 use std::ops::BitOr;
@@ -204,6 +206,8 @@ pub struct Planes(pub u8);
 impl Planes {
     pub const TAG: Planes = Planes(1);
     pub const SAMPLE: Planes = Planes(2);
+    /// Write requests on their way to a device (write-back); see `Plugin::on_command`.
+    pub const COMMAND: Planes = Planes(4);
     pub fn contains(self, other: Planes) -> bool {
         self.0 & other.0 == other.0
     }
@@ -261,11 +265,17 @@ impl PluginInfo {
         self.description = text.into();
         self
     }
-    /// The plugin is called per batch, reading `reads` and returning `writes`.
+    /// The plugin is called per batch, reading `reads` and returning `writes` (`VALUES`,
+    /// `QUALITY` and `EXTRAS` can be written; a written column must also be read).
     pub fn sample_plane(mut self, reads: Columns, writes: Columns) -> Self {
         self.planes = self.planes | Planes::SAMPLE;
         self.reads = reads;
         self.writes = writes;
+        self
+    }
+    /// The plugin checks or converts write requests (`Plugin::on_command`).
+    pub fn command_plane(mut self) -> Self {
+        self.planes = self.planes | Planes::COMMAND;
         self
     }
     pub fn config_key(
@@ -319,6 +329,70 @@ pub struct Rejection {
     pub detail: Option<String>,
 }
 
+/// A sample a stage drops on purpose (a filter, a deadband, downsampling): it leaves the
+/// pipeline without a dead-letter entry; the host counts it per stage and reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    pub index: u32,
+    pub reason: u16,
+}
+
+/// The latest sample the host holds for a tag (`host::latest`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatestSample {
+    pub value: f64,
+    /// Text, or an integer a double cannot hold exactly.
+    pub extra: Option<ExtraValue>,
+    pub quality: Quality,
+    /// Source time, ns since the Unix epoch.
+    pub timestamp_ns: u64,
+}
+
+/// A write request on its way to a device (the command plane). Stages see it in reverse
+/// chain order, so `value` is in the unit and `path` the path this stage produces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    /// Unique per command; the reply and the audit log carry it.
+    pub id: String,
+    pub tag_id: u32,
+    pub path: String,
+    /// The requested value in the unit this stage produces (NaN for text).
+    pub value: f64,
+    pub extra: Option<ExtraValue>,
+    /// Compare-and-set: write only if the device's current value equals this.
+    pub expected_current: Option<f64>,
+    pub requester: String,
+    /// Not executed after this time (ns since the Unix epoch).
+    pub deadline_ns: u64,
+    pub dry_run: bool,
+}
+
+/// A stage's answer to a command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommandDecision {
+    /// Pass it on, with the value in the unit this stage receives (`None` keeps it).
+    Allow(Option<f64>),
+    /// Refuse it with a declared reason code; nothing is written.
+    Refuse { reason: u16, detail: String },
+}
+
+impl CommandDecision {
+    /// Pass the command on unchanged.
+    pub fn allow() -> Self {
+        CommandDecision::Allow(None)
+    }
+    /// Pass the command on with `value` (converted back to the unit this stage receives).
+    pub fn allow_value(value: f64) -> Self {
+        CommandDecision::Allow(Some(value))
+    }
+    pub fn refuse(reason: u16, detail: impl Into<String>) -> Self {
+        CommandDecision::Refuse {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// One sample, read-only view.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample {
@@ -336,17 +410,43 @@ pub struct SampleMut<'a> {
     pub timestamp_ns: u64,
     pub value: &'a mut f64,
     pub quality: &'a mut Quality,
-    rejected: &'a RefCell<Vec<Rejection>>,
+    refused: &'a RefCell<Refused>,
 }
 
 impl SampleMut<'_> {
-    /// Send this sample to the dead-letter with `reason` (a code declared in `PluginInfo`).
+    /// Send this sample to the dead-letter with `reason` (a code declared in `PluginInfo`):
+    /// for samples that are wrong. For samples a filter holds back, use `drop`.
     pub fn reject(&self, reason: u16, detail: impl Into<String>) {
-        let detail = detail.into();
-        self.rejected.borrow_mut().push(Rejection {
-            index: self.index as u32,
+        self.refused
+            .borrow_mut()
+            .reject(self.index, reason, detail.into());
+    }
+    /// Drop this sample on purpose (filter, deadband, downsampling): no dead-letter entry,
+    /// counted by the host per stage and `reason` (a code declared in `PluginInfo`).
+    pub fn drop(&self, reason: u16) {
+        self.refused.borrow_mut().drop(self.index, reason);
+    }
+}
+
+/// Rejections and drops of a batch so far.
+#[derive(Debug, Default)]
+struct Refused {
+    rejected: Vec<Rejection>,
+    dropped: Vec<Dropped>,
+}
+
+impl Refused {
+    fn reject(&mut self, index: usize, reason: u16, detail: String) {
+        self.rejected.push(Rejection {
+            index: index as u32,
             reason,
             detail: (!detail.is_empty()).then_some(detail),
+        });
+    }
+    fn drop(&mut self, index: usize, reason: u16) {
+        self.dropped.push(Dropped {
+            index: index as u32,
+            reason,
         });
     }
 }
@@ -360,7 +460,7 @@ pub struct Batch {
     quality: Vec<Quality>,
     timestamps: Vec<u64>,
     extras: Vec<Extra>,
-    rejected: RefCell<Vec<Rejection>>,
+    refused: RefCell<Refused>,
 }
 
 impl Batch {
@@ -380,7 +480,7 @@ impl Batch {
             quality: bytemuck::cast_vec(quality),
             timestamps,
             extras,
-            rejected: RefCell::new(Vec::new()),
+            refused: RefCell::new(Refused::default()),
         }
     }
 
@@ -437,6 +537,32 @@ impl Batch {
         &self.extras
     }
 
+    /// The extra value of sample `index` (text, or an integer a double cannot hold).
+    pub fn extra(&self, index: usize) -> Option<&ExtraValue> {
+        self.extras
+            .iter()
+            .find(|e| e.index as usize == index)
+            .map(|e| &e.value)
+    }
+
+    /// Sets (or with `None` removes) the extra value of sample `index`. Declare
+    /// `Columns::EXTRAS` in both `reads` and `writes` for the host to take the change: a stage
+    /// that rewrites a text or wide integer value returns the new one this way.
+    pub fn set_extra(&mut self, index: usize, value: Option<ExtraValue>) {
+        let at = self.extras.iter().position(|e| e.index as usize == index);
+        match (at, value) {
+            (Some(i), Some(v)) => self.extras[i].value = v,
+            (Some(i), None) => {
+                self.extras.remove(i);
+            }
+            (None, Some(v)) => self.extras.push(Extra {
+                index: index as u32,
+                value: v,
+            }),
+            (None, None) => {}
+        }
+    }
+
     /// Read-only samples in order.
     pub fn samples(&self) -> impl Iterator<Item = Sample> + '_ {
         self.tag_ids.iter().enumerate().map(|(index, &tag)| Sample {
@@ -465,10 +591,10 @@ impl Batch {
             values,
             quality,
             timestamps,
-            rejected,
+            refused,
             ..
         } = self;
-        let rejected = &*rejected;
+        let refused = &*refused;
         tag_ids
             .iter()
             .zip(values.iter_mut())
@@ -482,34 +608,46 @@ impl Batch {
                     timestamp_ns,
                     value,
                     quality,
-                    rejected,
+                    refused,
                 },
             )
     }
 
-    /// Refuse sample `index` with `reason`.
+    /// Refuse sample `index` with `reason`: it goes to the dead-letter (for samples that are
+    /// wrong; a filter that holds samples back uses `drop`).
     pub fn reject(&self, index: usize, reason: u16, detail: impl Into<String>) {
-        let detail = detail.into();
-        self.rejected.borrow_mut().push(Rejection {
-            index: index as u32,
-            reason,
-            detail: (!detail.is_empty()).then_some(detail),
-        });
+        self.refused
+            .borrow_mut()
+            .reject(index, reason, detail.into());
+    }
+
+    /// Drop sample `index` on purpose with `reason` (filter, deadband, downsampling): it
+    /// leaves the pipeline without a dead-letter entry; the host counts it per reason.
+    pub fn drop(&self, index: usize, reason: u16) {
+        self.refused.borrow_mut().drop(index, reason);
     }
 
     /// Rejections so far.
     pub fn rejected(&self) -> Vec<Rejection> {
-        self.rejected.borrow().clone()
+        self.refused.borrow().rejected.clone()
+    }
+
+    /// Drops so far.
+    pub fn dropped(&self) -> Vec<Dropped> {
+        self.refused.borrow().dropped.clone()
     }
 
     /// Splits the batch into the output columns the plugin declared it writes.
     pub fn into_output(self, writes: Columns) -> BatchOutput {
+        let refused = self.refused.into_inner();
         BatchOutput {
             values: writes.contains(Columns::VALUES).then_some(self.values),
             quality: writes
                 .contains(Columns::QUALITY)
                 .then(|| bytemuck::cast_vec(self.quality)),
-            rejected: self.rejected.into_inner(),
+            extras: writes.contains(Columns::EXTRAS).then_some(self.extras),
+            rejected: refused.rejected,
+            dropped: refused.dropped,
         }
     }
 }
@@ -519,7 +657,10 @@ impl Batch {
 pub struct BatchOutput {
     pub values: Option<Vec<f64>>,
     pub quality: Option<Vec<u32>>,
+    /// The batch's extras after the stage (only when it declares `EXTRAS` in `writes`).
+    pub extras: Option<Vec<Extra>>,
     pub rejected: Vec<Rejection>,
+    pub dropped: Vec<Dropped>,
 }
 
 /// The stage's `config` table from the host config.
@@ -536,9 +677,18 @@ impl Config {
         };
         Ok(Config(value))
     }
-    /// Deserialises the config into the plugin's own typed config struct.
+    /// Deserialises the config into the plugin's own typed config struct. The error names
+    /// where the problem is, as a path into the config: `invalid config at rules[1].low: ...`.
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
-        serde_json::from_value(self.0.clone()).map_err(|e| format!("invalid config: {e}"))
+        serde_path_to_error::deserialize(self.0.clone()).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                format!("invalid config: {inner}")
+            } else {
+                format!("invalid config at {path}: {inner}")
+            }
+        })
     }
 }
 
@@ -582,6 +732,83 @@ mod tests {
                 detail: Some("two".into())
             }]
         );
+    }
+
+    #[test]
+    fn drops_and_rejections_are_kept_apart_and_extras_written() {
+        let mut batch = Batch::new(
+            vec![1, 2, 3, 4],
+            vec![1.0, f64::NAN, 3.0, 4.0],
+            vec![],
+            vec![],
+            vec![Extra {
+                index: 1,
+                value: ExtraValue::Text("off".into()),
+            }],
+        );
+        for s in batch.samples_mut() {
+            match s.tag {
+                1 => s.drop(2),
+                3 => s.reject(1, ""),
+                _ => {}
+            }
+        }
+        batch.drop(3, 2);
+        assert_eq!(batch.extra(1), Some(&ExtraValue::Text("off".into())));
+        batch.set_extra(1, Some(ExtraValue::Text("on".into())));
+        batch.set_extra(2, Some(ExtraValue::Unsigned(u64::MAX)));
+        batch.set_extra(2, None);
+        let out = batch.into_output(Columns::EXTRAS);
+        assert_eq!(
+            out.dropped,
+            vec![
+                Dropped {
+                    index: 0,
+                    reason: 2
+                },
+                Dropped {
+                    index: 3,
+                    reason: 2
+                }
+            ]
+        );
+        assert_eq!(out.rejected.len(), 1);
+        assert_eq!(out.rejected[0].index, 2);
+        assert_eq!(out.rejected[0].detail, None);
+        assert_eq!(
+            out.extras,
+            Some(vec![Extra {
+                index: 1,
+                value: ExtraValue::Text("on".into())
+            }])
+        );
+        assert_eq!(out.values, None);
+    }
+
+    #[test]
+    fn config_errors_name_the_key_path() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Rule {
+            low: f64,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Conf {
+            rules: Vec<Rule>,
+        }
+        let config = Config::from_json(r#"{"rules": [{"low": 1.0}, {"low": "ten"}]}"#).unwrap();
+        let e = config.parse::<Conf>().unwrap_err();
+        assert!(e.starts_with("invalid config at rules[1].low: "), "{e}");
+        let config = Config::from_json(r#"{"rules": [{"low": 1.0, "hihg": 2}]}"#).unwrap();
+        let e = config.parse::<Conf>().unwrap_err();
+        assert!(e.contains("rules[0]") && e.contains("hihg"), "{e}");
+        let e = Config::from_json("[]")
+            .unwrap()
+            .parse::<Conf>()
+            .unwrap_err();
+        assert!(e.starts_with("invalid config: "), "{e}");
     }
 
     #[test]

@@ -10,10 +10,13 @@
 //! * the **sample plane** (reads `VALUES | QUALITY | TIMESTAMPS`, writes nothing): a sample is
 //!   forwarded when it is the tag's first, when its quality differs from the last forwarded
 //!   one, when `|value - last forwarded value| >= deadband`, or when `heartbeat_ms` of source
-//!   time have passed since the last forwarded sample; otherwise it is rejected with reason
+//!   time have passed since the last forwarded sample; otherwise it is **dropped** with reason
 //!   `1 suppressed-by-deadband`. NaN values are always forwarded.
 //!
-//! Rejected samples go to the host's dead-letter with the reason code, like any rejection.
+//! Dropped samples are not errors: they leave the pipeline without a dead-letter entry, and
+//! the host counts them per stage and reason (`ferrule_stage_dropped_samples_total`). A sample
+//! that is *wrong* would be rejected instead (`s.reject(code, detail)`), and go to the
+//! dead-letter.
 
 // The prelude brings `Plugin`, `export_plugin!`, the tag-plane and sample-plane types and
 // `host` (log, counters, reference data).
@@ -21,7 +24,7 @@ use ferrule_sdk::prelude::*;
 use serde::Deserialize;
 
 /// Reason code for the samples this plugin holds back. Declared in `info()`; the host refuses
-/// a rejection whose code was not declared.
+/// a drop (or rejection) whose code was not declared.
 pub const SUPPRESSED: u16 = 1;
 
 /// The stage's `config` table from the host config, as JSON. Doc comments here are the
@@ -132,7 +135,7 @@ impl Plugin for Deadband {
         TagDecision::keep()
     }
 
-    /// Sample plane: one call per batch. Reject through the sample; don't allocate per sample.
+    /// Sample plane: one call per batch. Drop through the sample; don't allocate per sample.
     fn on_batch(&mut self, batch: &mut Batch) -> Result<(), String> {
         // Tags the tag plane has not seen yet (should not happen) use the config's deadband.
         if let Some(&max) = batch.tag_ids().iter().max() {
@@ -162,13 +165,8 @@ impl Plugin for Deadband {
             if forward {
                 state.last = Some((value, quality, ts));
             } else {
-                // The detail is for people reading the dead-letter; it allocates, but only
-                // for rejected samples.
-                let (last_value, _, _) = state.last.unwrap_or_default();
-                s.reject(
-                    SUPPRESSED,
-                    format!("value {value} within deadband of last forwarded {last_value}"),
-                );
+                // On purpose, not an error: no dead-letter entry, counted by the host.
+                s.drop(SUPPRESSED);
             }
         }
         Ok(())
@@ -197,7 +195,7 @@ mod tests {
         h
     }
 
-    /// Indices of the rejected samples of a batch of `(tag, value, ts)` (all good quality).
+    /// Indices of the dropped samples of a batch of `(tag, value, ts)` (all good quality).
     fn suppressed(h: &mut Harness<Deadband>, rows: &[(u32, f64, u64)]) -> Vec<u32> {
         let rows: Vec<_> = rows
             .iter()
@@ -208,8 +206,9 @@ mod tests {
             out.values.is_none() && out.quality.is_none(),
             "writes nothing"
         );
-        assert!(out.rejected.iter().all(|r| r.reason == SUPPRESSED));
-        out.rejected.iter().map(|r| r.index).collect()
+        assert!(out.rejected.is_empty(), "a deadband never dead-letters");
+        assert!(out.dropped.iter().all(|d| d.reason == SUPPRESSED));
+        out.dropped.iter().map(|d| d.index).collect()
     }
 
     #[test]
@@ -232,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn rejection_detail_names_the_values() {
+    fn suppressed_samples_are_dropped_not_rejected() {
         let mut h = harness(json!({ "deadband": 1.0 }));
         let out = h
             .on_batch(Batch::from_rows(&[
@@ -240,12 +239,12 @@ mod tests {
                 (0, 5.25, Quality::GOOD, 2 * S),
             ]))
             .unwrap();
+        assert!(out.rejected.is_empty());
         assert_eq!(
-            out.rejected,
-            vec![Rejection {
+            out.dropped,
+            vec![Dropped {
                 index: 1,
                 reason: SUPPRESSED,
-                detail: Some("value 5.25 within deadband of last forwarded 5".to_string()),
             }]
         );
     }
@@ -269,7 +268,7 @@ mod tests {
             (0, 1.0, Quality::UNCERTAIN, 5 * S),
         ];
         let out = h.on_batch(Batch::from_rows(&rows)).unwrap();
-        let idx: Vec<u32> = out.rejected.iter().map(|r| r.index).collect();
+        let idx: Vec<u32> = out.dropped.iter().map(|d| d.index).collect();
         assert_eq!(idx, vec![2]);
     }
 
@@ -313,6 +312,8 @@ mod tests {
         assert!(err(json!({})).contains("missing field `deadband`"));
         assert!(err(json!({ "deadband": -1.0 })).contains(">= 0"));
         assert!(err(json!({ "deadband": 1.0, "dead_band": 2 })).contains("unknown field"));
+        // Type errors say where.
+        assert!(err(json!({ "deadband": "wide" })).starts_with("invalid config at deadband: "));
     }
 
     #[test]

@@ -785,11 +785,14 @@ impl Chain {
                     st.consecutive_failures = 0;
                     if st.shadowed() {
                         let info = st.loaded.info();
-                        st.live_refusals = out
-                            .rejected
-                            .iter()
-                            .map(|r| (r.index, reason_name(info, r.reason).to_string()))
-                            .collect();
+                        st.live_refusals =
+                            out.rejected
+                                .iter()
+                                .map(|r| (r.index, reason_name(info, r.reason).to_string()))
+                                .chain(out.dropped.iter().map(|d| {
+                                    (d.index, dropped_outcome(reason_name(info, d.reason)))
+                                }))
+                                .collect();
                         st.live_refusals.sort_by_key(|r| r.0);
                     }
                     if let Some(v) = out.values {
@@ -798,8 +801,17 @@ impl Chain {
                     if let Some(q) = out.quality {
                         batch.quality = q;
                     }
-                    if !out.rejected.is_empty() {
-                        self.split_rejections(k, batch, out.rejected)?;
+                    if let Some(mut extras) = out.extras {
+                        // Checked: indexes exist and are unique. Kept in index order.
+                        extras.sort_unstable_by_key(|e| e.index);
+                        batch.extras = extras;
+                    }
+                    let mut rejected = out.rejected;
+                    if !out.dropped.is_empty() {
+                        self.drop_samples(k, batch, out.dropped, &mut rejected);
+                    }
+                    if !rejected.is_empty() {
+                        self.split_rejections(k, batch, rejected)?;
                     }
                     return Ok(Flow::Done);
                 }
@@ -911,6 +923,51 @@ impl Chain {
         self.send_dead_letters(k, letters, refused.ack)
     }
 
+    /// Takes the samples stage `k` dropped on purpose out of the batch: counted per reason,
+    /// their acknowledgment share settled (nothing is left to deliver), never dead-lettered.
+    /// Moves the indexes of `rejected` to the batch left after the drops.
+    fn drop_samples(
+        &self,
+        k: usize,
+        batch: &mut SampleBatch,
+        dropped: Vec<crate::plugin::SampleDrop>,
+        rejected: &mut [crate::plugin::Rejection],
+    ) {
+        let mut mark = vec![false; batch.len()];
+        for d in &dropped {
+            mark[d.index as usize] = true;
+        }
+        // Drops before each index, to move the rejections' indexes.
+        let mut before = Vec::with_capacity(mark.len());
+        let mut n = 0u32;
+        for &m in &mark {
+            before.push(n);
+            n += m as u32;
+        }
+        for r in rejected.iter_mut() {
+            r.index -= before[r.index as usize];
+        }
+        let mut taken = batch.split_off_marked(&mark);
+        taken.handed_on();
+        let st = &self.stages[k];
+        let info = st.loaded.info();
+        let mut counts = st
+            .handle
+            .stats
+            .dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for d in &dropped {
+            let name = reason_name(info, d.reason);
+            match counts.get_mut(name) {
+                Some(c) => *c += 1,
+                None => {
+                    counts.insert(name.to_string(), 1);
+                }
+            }
+        }
+    }
+
     fn split_rejections(
         &mut self,
         k: usize,
@@ -1009,6 +1066,11 @@ impl Chain {
             .blocking_send(DeadLetterBatch::new(letters, ack))
             .map_err(|_| "the dead-letter sink stopped; refusing to drop samples".to_string())
     }
+}
+
+/// How a dropped sample shows in a shadow comparison.
+pub(super) fn dropped_outcome(reason: &str) -> String {
+    format!("dropped: {reason}")
 }
 
 fn names(inputs: &[Option<TagInfo>], tag: usize) -> TagNames<'_> {

@@ -57,6 +57,14 @@ pub struct StageConfig {
     /// The plugin's own config, handed to its `init` as JSON.
     #[serde(default)]
     pub config: toml::Table,
+    /// Swap this stage's plugin when its file changes on disk (a rebuild in place swaps the
+    /// running version). Default: `[pipeline] watch_plugins`.
+    #[serde(default = "default_watch")]
+    pub watch: Option<bool>,
+}
+
+fn default_watch() -> Option<bool> {
+    None
 }
 
 impl StageConfig {
@@ -66,6 +74,11 @@ impl StageConfig {
             grants: self.grants.clone(),
             ..self.limits.clone()
         }
+    }
+
+    /// Whether the file watcher swaps this stage when its plugin file changes.
+    pub fn watched(&self, pipeline: &PipelineConfig) -> bool {
+        self.watch.unwrap_or(pipeline.watch_plugins)
     }
 
     /// The plugin config as the JSON text `init` receives.
@@ -81,7 +94,8 @@ pub struct PipelineConfig {
     /// Batches each queue (source → chain, chain → each sink) holds before it pushes back.
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
-    /// Swap a stage's plugin when its file changes on disk.
+    /// Swap a stage's plugin when its file changes on disk (a plugin rebuilt in place is
+    /// swapped in within `watch_interval_ms`). A stage's own `watch` overrides it.
     #[serde(default = "default_true")]
     pub watch_plugins: bool,
     /// How often plugin files are checked, in ms.

@@ -86,6 +86,8 @@ pub struct StageStatus {
     pub samples_in: u64,
     pub samples_out: u64,
     pub rejected: u64,
+    /// Samples dropped on purpose (filters, deadbands), by reason name; not dead-lettered.
+    pub dropped: std::collections::BTreeMap<String, u64>,
     pub batches: u64,
     pub failures: u64,
     pub swaps: u64,
@@ -183,6 +185,22 @@ impl ChainHandle {
         stage.set_candidate(Some((loaded, config)));
         tracing::info!(stage = %name, plugin = %version.plugin, version = %version.version, "candidate loaded");
         Ok(version)
+    }
+
+    /// Re-initialises stage `name`'s running version with a new plugin config (a config-only
+    /// swap): a fresh instance is prepared off the hot path and installed between batches; on
+    /// any error (the plugin refuses the config) the running instance and config stay.
+    pub async fn swap_config(
+        &self,
+        name: &str,
+        config_json: String,
+    ) -> Result<InstallReport, PipelineError> {
+        let (k, stage) = self.stage(name)?;
+        let _guard = stage.change_lock.lock().await;
+        let prepared = prepare(&stage, PrepareKind::Swap, stage.current(), config_json).await?;
+        self.install(k, prepared)
+            .await
+            .map_err(|m| refused(name, m))
     }
 
     /// Installs the stage's candidate (see `load`).
@@ -414,6 +432,7 @@ fn stage_status(s: &StageHandle) -> StageStatus {
         samples_in: get(&st.samples_in),
         samples_out: get(&st.samples_out),
         rejected: get(&st.rejected),
+        dropped: st.dropped.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         batches: get(&st.batches),
         failures: get(&st.failures),
         swaps: get(&st.swaps),
@@ -422,8 +441,7 @@ fn stage_status(s: &StageHandle) -> StageStatus {
     }
 }
 
-const NO_CANDIDATE: &str =
-    "no version loaded for this stage: load one first (POST /stages/{stage}/load)";
+const NO_CANDIDATE: &str = "no version loaded for this stage: name a plugin file, give a new config to re-initialise the running version, or load a version first (`ferrule plugin load`)";
 const NO_SHADOW: &str = "no shadow run on this stage";
 
 fn conflict(stage: &str, message: &str) -> PipelineError {
@@ -565,8 +583,8 @@ pub fn spawn(
 }
 
 /// Swaps a stage's plugin when its file or package changes (a new digest or manifest); the
-/// pin, if any, and a package's checks apply.
-pub async fn watch_plugin_files(handle: ChainHandle, every: Duration) {
+/// pin, if any, and a package's checks apply. Only stages whose `watched` entry is true.
+pub async fn watch_plugin_files(handle: ChainHandle, watched: Vec<bool>, every: Duration) {
     let mut seen: Vec<(PathBuf, Option<(SystemTime, u64)>)> = handle
         .stages()
         .iter()
@@ -577,6 +595,9 @@ pub async fn watch_plugin_files(handle: ChainHandle, every: Duration) {
     loop {
         ticker.tick().await;
         for (i, stage) in handle.stages().iter().enumerate() {
+            if !watched.get(i).copied().unwrap_or(false) {
+                continue;
+            }
             let stamp = source_stamp(&stage.plugin_path);
             if stamp.is_none() || stamp == seen[i].1 {
                 continue;

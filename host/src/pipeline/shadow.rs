@@ -38,7 +38,8 @@ pub const DIFF_EXAMPLES: usize = 100;
 pub enum Outcome {
     /// Passed on with this value and quality (`value` null for NaN).
     Passed { value: Option<f64>, quality: u32 },
-    /// Refused; `reason` is the declared reason name, or `tag-rejected: <reason>`.
+    /// Refused or dropped; `reason` is the declared reason name, `tag-rejected: <reason>`, or
+    /// `dropped: <reason>` for a sample dropped on purpose.
     Rejected { reason: String },
 }
 
@@ -543,6 +544,10 @@ impl ShadowRun {
                     for rej in out.rejected {
                         sample_refusal[rej.index as usize] =
                             Some(reason_name(info, rej.reason).to_string());
+                    }
+                    for d in out.dropped {
+                        sample_refusal[d.index as usize] =
+                            Some(super::chain::dropped_outcome(reason_name(info, d.reason)));
                     }
                 }
                 Err(e) => {

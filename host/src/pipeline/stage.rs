@@ -3,7 +3,7 @@
 //! file watcher; `prepare` builds a new instance off the hot path (compile, init, tag plane
 //! for every known tag) for the chain to install between batches.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,6 +29,9 @@ pub struct StageStats {
     pub samples_in: AtomicU64,
     pub samples_out: AtomicU64,
     pub rejected: AtomicU64,
+    /// Samples the stage dropped on purpose (contract 0.2.0 `dropped`), by reason name;
+    /// never dead-lettered.
+    pub dropped: Mutex<BTreeMap<String, u64>>,
     pub failures: AtomicU64,
     pub swaps: AtomicU64,
     pub recycles: AtomicU64,

@@ -1,11 +1,15 @@
 //! The conformance kit: loads a built component in the real engine and checks the contract's
 //! invariants — valid self-description, init with the given config, one decision per tag,
-//! no trap on empty and arbitrary batches, every input sample accounted for as passed or
-//! rejected with a declared reason. `ferrule plugin test` prints its report.
+//! no trap on empty and arbitrary batches, every input sample accounted for as passed,
+//! rejected or dropped with a declared reason, written extras naming existing samples, and
+//! (for plugins declaring it) an answer on the command plane. `ferrule plugin test` prints
+//! its report. It runs 0.2.0 and 0.1.0 components alike (the report names the contract).
 
 use std::path::Path;
 
-use super::bindings::{DataType, Extra, ExtraValue, TagDecision, TagInfo};
+use super::bindings::{
+    Command, CommandDecision, DataType, Extra, ExtraValue, TagDecision, TagInfo,
+};
 use super::instance::BatchColumns;
 use super::{HostBackends, LoadedPlugin, Planes, PluginEngine, PluginLimits};
 
@@ -186,10 +190,15 @@ pub fn run(engine: &PluginEngine, path: &Path, config_json: &str) -> Report {
             checks.push(Check {
                 invariant: "loads: contract version, imports and self-description valid",
                 outcome: Ok(format!(
-                    "{}@{} contract {}",
+                    "{}@{} contract {}{}",
                     p.name(),
                     p.version(),
-                    p.contract_version()
+                    p.contract_version(),
+                    if p.adapted() {
+                        " (older contract, adapted)"
+                    } else {
+                        ""
+                    }
                 )),
             });
             p
@@ -263,7 +272,11 @@ fn run_loaded(loaded: &LoadedPlugin, config_json: &str, checks: &mut Vec<Check>)
             .map(|d| format!("{} decisions", d.len()))
             .map_err(|e| e.to_string()),
     });
+    let commands = loaded.info().planes.contains(Planes::COMMAND);
     if !loaded.info().planes.contains(Planes::SAMPLE) {
+        if commands {
+            check_command_plane(&mut instance, &tags, &accepted, checks);
+        }
         checks.push(Check {
             invariant: "sample plane",
             outcome: Ok("not implemented: the host never calls it per batch".into()),
@@ -291,9 +304,10 @@ fn run_loaded(loaded: &LoadedPlugin, config_json: &str, checks: &mut Vec<Check>)
         };
         let outcome = match instance.on_batch(cols) {
             Ok(out) => Ok(format!(
-                "{} passed, {} rejected",
-                n - out.rejected.len(),
-                out.rejected.len()
+                "{} passed, {} rejected, {} dropped",
+                n - out.rejected.len() - out.dropped.len(),
+                out.rejected.len(),
+                out.dropped.len()
             )),
             // A plugin may refuse a batch as a whole; that is accounted for (the host
             // applies the stage's policy), unless it broke the contract doing so.
@@ -304,7 +318,7 @@ fn run_loaded(loaded: &LoadedPlugin, config_json: &str, checks: &mut Vec<Check>)
         checks.push(Check {
             invariant: match n {
                 0 => "sample plane: empty batch handled",
-                _ => "sample plane: arbitrary batch, every sample passed or rejected with a declared reason",
+                _ => "sample plane: arbitrary batch, every sample passed, rejected or dropped with a declared reason",
             },
             outcome: outcome.map(|d| format!("batch of {n}: {d}")),
         });
@@ -312,4 +326,49 @@ fn run_loaded(loaded: &LoadedPlugin, config_json: &str, checks: &mut Vec<Check>)
             return;
         }
     }
+    if commands {
+        check_command_plane(&mut instance, &tags, &accepted, checks);
+    }
+}
+
+/// A command for every accepted tag (a dry run, a real one, a text value): each must be
+/// answered, without a trap, with a declared reason when refused.
+fn check_command_plane(
+    instance: &mut super::PluginInstance,
+    tags: &[TagInfo],
+    accepted: &[u32],
+    checks: &mut Vec<Check>,
+) {
+    let (mut allowed, mut refused) = (0, 0);
+    for (i, &id) in accepted.iter().enumerate() {
+        let tag = &tags[id as usize];
+        let text = i % 3 == 2;
+        let cmd = Command {
+            id: format!("conformance-{i}"),
+            tag_id: id,
+            path: tag.path.clone(),
+            value: if text { f64::NAN } else { 42.5 },
+            extra: text.then(|| ExtraValue::Text("on".into())),
+            expected_current: (i % 2 == 1).then_some(1.0),
+            requester: "conformance".into(),
+            deadline: 1_700_000_060_000_000_000,
+            dry_run: i % 2 == 0,
+        };
+        match instance.on_command(&cmd) {
+            Ok(CommandDecision::Allow(_)) => allowed += 1,
+            Ok(CommandDecision::Refuse(_)) => refused += 1,
+            Err(e) => {
+                checks.push(Check {
+                    invariant:
+                        "command plane: every command answered, refusals with a declared reason",
+                    outcome: Err(format!("command for tag {id}: {e}")),
+                });
+                return;
+            }
+        }
+    }
+    checks.push(Check {
+        invariant: "command plane: every command answered, refusals with a declared reason",
+        outcome: Ok(format!("{allowed} allowed, {refused} refused")),
+    });
 }

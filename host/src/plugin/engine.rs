@@ -15,10 +15,10 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Engine;
 
-use super::bindings::{Plugin, PluginPre, CONTRACT_PACKAGE, CONTRACT_VERSION};
+use super::bindings::{v0_1, Plugin, PluginPre, CONTRACT_PACKAGE, CONTRACT_VERSIONS};
 use super::cache::{ArtifactCache, CacheOutcome, Digest};
 use super::host_api::HostBackends;
-use super::instance::{check_info, InstanceTimings, PluginInstance, StoreState};
+use super::instance::{check_info, ContractPre, InstanceTimings, PluginInstance, StoreState};
 use super::limits::{Grant, PluginLimits};
 use super::package::Manifest;
 use super::{CallError, LoadError, PluginInfo};
@@ -110,6 +110,12 @@ impl PluginEngine {
             |state: &mut StoreState| &mut state.host,
         )
         .map_err(|e| LoadError::Engine(format!("linking host interface: {e:#}")))?;
+        // The frozen 0.1.0 host interface, for components built against it.
+        v0_1::Plugin::add_to_linker::<StoreState, HasSelf<super::host_api::HostServices>>(
+            &mut linker,
+            |state: &mut StoreState| &mut state.host,
+        )
+        .map_err(|e| LoadError::Engine(format!("linking host interface 0.1.0: {e:#}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         if config.cpu_limit == CpuLimitMode::Epoch {
@@ -217,10 +223,15 @@ impl PluginEngine {
                     origin: origin.clone(),
                     reason: format!("{e:#}"),
                 })?;
-        let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::Link {
+        let link_err = |e: wasmtime::Error| LoadError::Link {
             origin: origin.clone(),
             reason: format!("{e:#}"),
-        })?;
+        };
+        let pre = if compatible(&contract, v0_1::VERSION) {
+            ContractPre::V0_1(v0_1::PluginPre::new(instance_pre).map_err(link_err)?)
+        } else {
+            ContractPre::Current(PluginPre::new(instance_pre).map_err(link_err)?)
+        };
         let link = linked.elapsed();
         let mut plugin = LoadedPlugin {
             inner: Arc::new(LoadedInner {
@@ -289,7 +300,7 @@ fn check_contract(
             origin: origin.into(),
         });
     };
-    if !compatible(version, CONTRACT_VERSION) {
+    if !speaks(version) {
         return Err(LoadError::ContractVersion {
             origin: origin.into(),
             found: format!("{CONTRACT_PACKAGE}@{version}"),
@@ -305,6 +316,23 @@ fn check_contract(
         }
     }
     Ok(version.clone())
+}
+
+/// Whether this host runs components of contract `version` (the current one or an older one
+/// it adapts).
+pub(super) fn speaks(version: &str) -> bool {
+    CONTRACT_VERSIONS
+        .iter()
+        .any(|ours| compatible(version, ours))
+}
+
+/// The contract versions this host runs, for messages: `ferrule:plugin@0.2.0 and ferrule:plugin@0.1.0`.
+pub fn spoken_versions() -> String {
+    CONTRACT_VERSIONS
+        .iter()
+        .map(|v| format!("{CONTRACT_PACKAGE}@{v}"))
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// Semver compatibility as the component model uses it: same major, and for 0.x same minor.
@@ -332,7 +360,7 @@ struct LoadedInner {
     digest: Digest,
     origin: String,
     contract: String,
-    pre: PluginPre<StoreState>,
+    pre: ContractPre,
     info: Option<PluginInfo>,
     /// The manifest, when the component came from a package.
     package: Option<Manifest>,
@@ -347,9 +375,13 @@ impl LoadedPlugin {
     pub fn origin(&self) -> &str {
         &self.inner.origin
     }
-    /// Contract version the component exports (e.g. `0.1.0`).
+    /// Contract version the component exports (e.g. `0.2.0`).
     pub fn contract_version(&self) -> &str {
         &self.inner.contract
+    }
+    /// Whether the component speaks an older contract the host adapts (0.1.0).
+    pub fn adapted(&self) -> bool {
+        matches!(self.inner.pre, ContractPre::V0_1(_))
     }
     pub fn info(&self) -> &PluginInfo {
         self.inner.info.as_ref().expect("described at load")
@@ -384,7 +416,6 @@ impl LoadedPlugin {
         let engine = &self.inner.engine.inner().engine;
         self.inner
             .pre
-            .instance_pre()
             .component()
             .component_type()
             .imports(engine)
@@ -460,7 +491,20 @@ impl LoadedPlugin {
 
 #[cfg(test)]
 mod tests {
-    use super::compatible;
+    use super::{compatible, speaks, spoken_versions};
+
+    #[test]
+    fn the_host_speaks_the_current_and_the_frozen_contract() {
+        assert!(speaks("0.2.0"));
+        assert!(speaks("0.2.4"));
+        assert!(speaks("0.1.0"));
+        assert!(!speaks("0.3.0"));
+        assert!(!speaks("1.0.0"));
+        assert_eq!(
+            spoken_versions(),
+            "ferrule:plugin@0.2.0 and ferrule:plugin@0.1.0"
+        );
+    }
 
     #[test]
     fn contract_versions_follow_semver() {

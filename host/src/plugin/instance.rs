@@ -1,6 +1,8 @@
 //! One live plugin instance: its store (limits, WASI context granting nothing, host
 //! services), the CPU budget armed before every call, and the checks on everything a call
-//! returns. A trap or limit hit poisons the instance; the owner replaces it.
+//! returns. A trap or limit hit poisons the instance; the owner replaces it. An instance of a
+//! 0.1.0 component is adapted here to the 0.2.0 shape (no drops, no extras written, no
+//! command plane), so nothing above this module knows which contract a plugin speaks.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +11,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime::Store;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{BatchOutput, Extra, Plugin, PluginPre, TagDecision, TagInfo};
+use super::bindings::{
+    v0_1, BatchOutput, Command, CommandDecision, Extra, Plugin, PluginPre, TagDecision, TagInfo,
+};
 use super::engine::{CpuLimitMode, PluginEngine};
 use super::host_api::{HostBackends, HostServices, PluginLabel};
 use super::limits::{Grant, MemoryLimiter, PluginLimits};
@@ -95,10 +99,38 @@ pub struct BatchColumns<'a> {
     pub extras: &'a [Extra],
 }
 
+/// A component linked for the contract version it exports.
+pub(super) enum ContractPre {
+    Current(PluginPre<StoreState>),
+    V0_1(v0_1::PluginPre<StoreState>),
+}
+
+impl ContractPre {
+    pub(super) fn component(&self) -> &wasmtime::component::Component {
+        match self {
+            ContractPre::Current(p) => p.instance_pre().component(),
+            ContractPre::V0_1(p) => p.instance_pre().component(),
+        }
+    }
+
+    fn instantiate(&self, store: &mut Store<StoreState>) -> wasmtime::Result<Exports> {
+        Ok(match self {
+            ContractPre::Current(p) => Exports::Current(p.instantiate(store)?),
+            ContractPre::V0_1(p) => Exports::V0_1(p.instantiate(store)?),
+        })
+    }
+}
+
+/// The exports of a live instance, by contract version.
+enum Exports {
+    Current(Plugin),
+    V0_1(v0_1::Plugin),
+}
+
 pub struct PluginInstance {
     engine: PluginEngine,
     store: Store<StoreState>,
-    bindings: Plugin,
+    bindings: Exports,
     info: Option<PluginInfo>,
     limits: PluginLimits,
     poisoned: bool,
@@ -109,7 +141,7 @@ pub struct PluginInstance {
 impl PluginInstance {
     pub(super) fn new(
         engine: PluginEngine,
-        pre: &PluginPre<StoreState>,
+        pre: &ContractPre,
         info: Option<PluginInfo>,
         label: PluginLabel,
         limits: &PluginLimits,
@@ -190,7 +222,7 @@ impl PluginInstance {
     fn call<R>(
         &mut self,
         plane: Plane,
-        f: impl FnOnce(&Plugin, &mut Store<StoreState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Exports, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         if self.poisoned {
             return Err(self.failed(CallError::Poisoned));
@@ -225,21 +257,28 @@ impl PluginInstance {
     }
 
     pub(super) fn describe(&mut self) -> Result<PluginInfo, CallError> {
-        self.call(Plane::Tag, |b, s| {
-            b.ferrule_plugin_transform().call_describe(s)
+        self.call(Plane::Tag, |b, s| match b {
+            Exports::Current(p) => p.ferrule_plugin_transform().call_describe(s),
+            Exports::V0_1(p) => Ok(v0_1::info(p.ferrule_plugin_transform().call_describe(s)?)),
         })
     }
 
     pub(super) fn init(&mut self, config_json: &str) -> Result<Result<(), String>, CallError> {
-        self.call(Plane::Tag, |b, s| {
-            b.ferrule_plugin_transform().call_init(s, config_json)
+        self.call(Plane::Tag, |b, s| match b {
+            Exports::Current(p) => p.ferrule_plugin_transform().call_init(s, config_json),
+            Exports::V0_1(p) => p.ferrule_plugin_transform().call_init(s, config_json),
         })
     }
 
     /// Tag plane: one decision per tag, checked for count and size.
     pub fn on_tags(&mut self, tags: &[TagInfo]) -> Result<Vec<TagDecision>, CallError> {
-        let decisions = self.call(Plane::Tag, |b, s| {
-            b.ferrule_plugin_transform().call_on_tags(s, tags)
+        let decisions = self.call(Plane::Tag, |b, s| match b {
+            Exports::Current(p) => p.ferrule_plugin_transform().call_on_tags(s, tags),
+            Exports::V0_1(p) => {
+                let old: Vec<_> = tags.iter().map(v0_1::tag_info).collect();
+                let out = p.ferrule_plugin_transform().call_on_tags(s, &old)?;
+                Ok(out.into_iter().map(v0_1::decision).collect())
+            }
         })?;
         if decisions.len() != tags.len() {
             return Err(self.failed(CallError::Malformed(format!(
@@ -285,9 +324,17 @@ impl PluginInstance {
             &[]
         };
         let tag_ids = cols.tag_ids;
-        let result = self.call(Plane::Sample, |b, s| {
-            b.ferrule_plugin_transform()
-                .call_on_batch(s, tag_ids, values, quality, timestamps, extras)
+        let result = self.call(Plane::Sample, |b, s| match b {
+            Exports::Current(p) => p
+                .ferrule_plugin_transform()
+                .call_on_batch(s, tag_ids, values, quality, timestamps, extras),
+            Exports::V0_1(p) => {
+                let extras: Vec<_> = extras.iter().map(v0_1::extra).collect();
+                let out = p
+                    .ferrule_plugin_transform()
+                    .call_on_batch(s, tag_ids, values, quality, timestamps, &extras)?;
+                Ok(out.map(v0_1::output))
+            }
         })?;
         let output = match result {
             Ok(output) => output,
@@ -301,6 +348,44 @@ impl PluginInstance {
             return Err(self.failed(CallError::Malformed(reason)));
         }
         Ok(output)
+    }
+
+    /// Command plane: the stage's decision on one write request. A plugin that does not declare
+    /// the `command` plane (every 0.1.0 plugin among them) allows it unchanged without a call.
+    /// A trap, a limit hit or a malformed decision is an error: the caller refuses the command.
+    pub fn on_command(&mut self, cmd: &Command) -> Result<CommandDecision, CallError> {
+        let info = self.info.as_ref().ok_or(CallError::Poisoned)?;
+        if !info.planes.contains(Planes::COMMAND) || matches!(self.bindings, Exports::V0_1(_)) {
+            return Ok(CommandDecision::Allow(None));
+        }
+        let decision = self.call(Plane::Tag, |b, s| match b {
+            Exports::Current(p) => p.ferrule_plugin_transform().call_on_command(s, cmd),
+            Exports::V0_1(_) => Ok(CommandDecision::Allow(None)),
+        })?;
+        let info = self.info.as_ref().expect("checked above");
+        let problem = match &decision {
+            CommandDecision::Refuse(r) if !info.reasons.iter().any(|x| x.code == r.reason) => {
+                Some(format!(
+                    "on-command refused with undeclared reason code {}",
+                    r.reason
+                ))
+            }
+            CommandDecision::Refuse(r) if r.detail.len() as u64 > self.limits.max_output_bytes => {
+                Some(format!(
+                    "on-command refusal detail of {} bytes is over the {} byte limit",
+                    r.detail.len(),
+                    self.limits.max_output_bytes
+                ))
+            }
+            CommandDecision::Allow(Some(v)) if v.is_infinite() => {
+                Some("on-command allowed with an infinite value".to_string())
+            }
+            _ => None,
+        };
+        match problem {
+            Some(reason) => Err(self.failed(CallError::Malformed(reason))),
+            None => Ok(decision),
+        }
     }
 }
 
@@ -376,12 +461,15 @@ pub fn check_info(info: &PluginInfo) -> Result<(), String> {
     if info.version.trim().is_empty() {
         return Err("version is empty".into());
     }
-    if !info.planes.contains(Planes::TAG) && !info.planes.contains(Planes::SAMPLE) {
-        return Err("implements neither the tag nor the sample plane".into());
+    if !info
+        .planes
+        .intersects(Planes::TAG | Planes::SAMPLE | Planes::COMMAND)
+    {
+        return Err("implements none of the tag, sample and command planes".into());
     }
-    let writable = Columns::VALUES | Columns::QUALITY;
+    let writable = Columns::VALUES | Columns::QUALITY | Columns::EXTRAS;
     if !writable.contains(info.writes) {
-        return Err("writes columns other than values and quality".into());
+        return Err("writes columns other than values, quality and extras".into());
     }
     if info.planes.contains(Planes::SAMPLE) && !info.reads.contains(info.writes) {
         return Err("writes a column it does not read".into());
@@ -395,8 +483,9 @@ pub fn check_info(info: &PluginInfo) -> Result<(), String> {
 }
 
 /// The output invariants: written columns have one entry per sample and only declared
-/// columns are written; rejections name an existing sample once, with a declared reason;
-/// the whole result fits the size limit.
+/// columns are written; written extras name existing samples once each; a sample is
+/// rejected or dropped at most once (across both lists), always with a declared reason; the
+/// whole result fits the size limit.
 pub fn check_output(
     info: &PluginInfo,
     n: usize,
@@ -428,14 +517,46 @@ pub fn check_output(
         }
         bytes += q.len() * 4;
     }
+    if let Some(extras) = &out.extras {
+        if !info.writes.contains(Columns::EXTRAS) {
+            return Err("returned extras it did not declare in `writes`".into());
+        }
+        if extras.len() > n {
+            return Err(format!("{} extras for {n} samples", extras.len()));
+        }
+        let mut seen = vec![false; n];
+        for e in extras {
+            let i = e.index as usize;
+            if i >= n {
+                return Err(format!("extra names sample {i} of a {n}-sample batch"));
+            }
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(format!("sample {i} has two extras"));
+            }
+            bytes += 16
+                + match &e.value {
+                    super::ExtraValue::Text(t) => t.len(),
+                    _ => 8,
+                };
+        }
+    }
     if out.rejected.len() > n {
         return Err(format!("{} rejections for {n} samples", out.rejected.len()));
     }
-    let mut seen = if out.rejected.is_empty() {
+    let refused = out.rejected.len() + out.dropped.len();
+    if refused > n {
+        return Err(format!(
+            "{} rejections and {} drops for {n} samples",
+            out.rejected.len(),
+            out.dropped.len()
+        ));
+    }
+    let mut seen = if refused == 0 {
         Vec::new()
     } else {
         vec![false; n]
     };
+    let declared = |code: u16| info.reasons.iter().any(|x| x.code == code);
     for r in &out.rejected {
         let i = r.index as usize;
         if i >= n {
@@ -444,13 +565,28 @@ pub fn check_output(
         if std::mem::replace(&mut seen[i], true) {
             return Err(format!("sample {i} rejected twice"));
         }
-        if !info.reasons.iter().any(|x| x.code == r.reason) {
+        if !declared(r.reason) {
             return Err(format!(
                 "rejection uses undeclared reason code {}",
                 r.reason
             ));
         }
         bytes += 16 + r.detail.as_ref().map_or(0, |d| d.len());
+    }
+    for d in &out.dropped {
+        let i = d.index as usize;
+        if i >= n {
+            return Err(format!("drop names sample {i} of a {n}-sample batch"));
+        }
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(format!(
+                "sample {i} dropped twice, or both rejected and dropped"
+            ));
+        }
+        if !declared(d.reason) {
+            return Err(format!("drop uses undeclared reason code {}", d.reason));
+        }
+        bytes += 8;
     }
     if bytes as u64 > max_bytes {
         return Err(format!(

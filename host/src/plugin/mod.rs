@@ -14,12 +14,15 @@ pub mod meter;
 pub mod package;
 
 pub use bindings::{
-    BatchOutput, Columns, DataType, Extra, ExtraValue, Planes, PluginInfo, Rejection, TagAccept,
-    TagDecision, TagInfo, CONTRACT_VERSION,
+    BatchOutput, Columns, Command, CommandDecision, CommandRefusal, DataType, Extra, ExtraValue,
+    LatestSample, Planes, PluginInfo, Rejection, SampleDrop, TagAccept, TagDecision, TagInfo,
+    CONTRACT_VERSION, CONTRACT_VERSIONS,
 };
 pub use cache::{CacheOutcome, Digest};
-pub use engine::{CpuLimitMode, EngineConfig, LoadTimings, LoadedPlugin, PluginEngine};
-pub use host_api::{HostBackends, PluginLabel};
+pub use engine::{
+    spoken_versions, CpuLimitMode, EngineConfig, LoadTimings, LoadedPlugin, PluginEngine,
+};
+pub use host_api::{HostBackends, LatestValues, NoLatestValues, PluginLabel};
 pub use instance::{BatchColumns, PluginInstance};
 pub use limits::{Grant, PluginLimits};
 pub use meter::{CallMeter, HistogramSnapshot, MeterSnapshot};
@@ -46,8 +49,8 @@ pub enum LoadError {
     #[error("plugin {origin} does not export the Ferrule contract (ferrule:plugin/transform)")]
     NoContract { origin: String },
     #[error(
-        "plugin {origin} speaks contract {found}; this host speaks ferrule:plugin@{}",
-        CONTRACT_VERSION
+        "plugin {origin} speaks contract {found}; this host speaks {}",
+        engine::spoken_versions()
     )]
     ContractVersion { origin: String, found: String },
     #[error("plugin {origin} imports `{import}`, which this host does not provide")]
@@ -79,9 +82,8 @@ pub enum LoadError {
         reason: String,
     },
     #[error(
-        "package {package} declares contract {declared}; this host speaks {}@{}",
-        bindings::CONTRACT_PACKAGE,
-        CONTRACT_VERSION
+        "package {package} declares contract {declared}; this host speaks {}",
+        engine::spoken_versions()
     )]
     PackageContract { package: String, declared: String },
     #[error(

@@ -10,9 +10,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::bindings::{CONTRACT_PACKAGE, CONTRACT_VERSION};
+use super::bindings::CONTRACT_PACKAGE;
 use super::cache::Digest;
-use super::engine::{compatible, CpuLimitMode, LoadedPlugin, PluginEngine};
+use super::engine::{speaks, CpuLimitMode, LoadedPlugin, PluginEngine};
 use super::limits::{Grant, PluginLimits};
 use super::LoadError;
 
@@ -190,11 +190,11 @@ impl Package {
     /// The manifest's contract must be one this host speaks.
     pub fn check_host_contract(&self) -> Result<(), LoadError> {
         let declared = &self.manifest.contract;
-        let speaks = declared
+        let known = declared
             .strip_prefix(CONTRACT_PACKAGE)
             .and_then(|r| r.strip_prefix('@'))
-            .is_some_and(|v| compatible(v, CONTRACT_VERSION));
-        if speaks {
+            .is_some_and(speaks);
+        if known {
             Ok(())
         } else {
             Err(LoadError::PackageContract {
@@ -615,7 +615,7 @@ mod tests {
             ..package("")
         };
         assert!(p.check_host_contract().is_ok());
-        for declared in ["ferrule:plugin@0.2.0", "acme:plugin@0.1.0"] {
+        for declared in ["ferrule:plugin@0.3.0", "acme:plugin@0.1.0"] {
             let p = Package {
                 manifest: Manifest {
                     contract: declared.into(),
@@ -626,7 +626,7 @@ mod tests {
             let e = p.check_host_contract().unwrap_err();
             assert_eq!(
                 e.to_string(),
-                format!("package acme-filter 1.2.0 (/plugins/acme-filter) declares contract {declared}; this host speaks ferrule:plugin@0.1.0")
+                format!("package acme-filter 1.2.0 (/plugins/acme-filter) declares contract {declared}; this host speaks ferrule:plugin@0.2.0 and ferrule:plugin@0.1.0")
             );
         }
     }

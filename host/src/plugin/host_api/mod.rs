@@ -1,19 +1,23 @@
 //! Host capabilities a plugin may import, one module each, each with a backend trait so the
-//! host functions are tested without Wasm: structured logging, counters, reference data.
-//! `HostServices` is what one plugin instance's store holds; it implements the WIT `host`
-//! interface by forwarding to the backends.
+//! host functions are tested without Wasm: structured logging, counters, reference data, the
+//! latest sample per tag. `HostServices` is what one plugin instance's store holds; it
+//! implements the WIT `host` interface of every contract version by forwarding to the backends.
 
 pub mod counters;
+pub mod latest;
 pub mod logging;
 pub mod reference_data;
 
 use std::sync::Arc;
 
 pub use counters::{CounterSink, PluginCounters};
+pub use latest::{LatestValues, NoLatestValues};
 pub use logging::{LogSink, RateLimitedLog, TracingLogSink};
 pub use reference_data::{ReferenceData, ReferenceDataError, StaticReferenceData};
 
 use super::bindings::ferrule::plugin::host::{Host, Level};
+use super::bindings::v0_1::ferrule::plugin::host as host_v0_1;
+use super::bindings::LatestSample;
 
 /// Which plugin a host call comes from (for logs and counters).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -36,6 +40,9 @@ pub struct HostBackends {
     pub log: Arc<dyn LogSink>,
     pub counters: Arc<dyn CounterSink>,
     pub reference: Arc<dyn ReferenceData>,
+    /// The latest sample per tag (the `latest` import); `NoLatestValues` unless write-back
+    /// plugs in its store.
+    pub latest: Arc<dyn LatestValues>,
     /// Log lines a plugin instance may write per second before they are dropped (and counted).
     pub log_lines_per_second: u32,
 }
@@ -46,6 +53,7 @@ impl Default for HostBackends {
             log: Arc::new(TracingLogSink),
             counters: Arc::new(PluginCounters::default()),
             reference: Arc::new(StaticReferenceData::default()),
+            latest: Arc::new(NoLatestValues),
             log_lines_per_second: 100,
         }
     }
@@ -92,6 +100,31 @@ impl Host for HostServices {
     }
     fn lookup(&mut self, table: String, key: String) -> Option<Vec<(String, String)>> {
         self.backends.reference.lookup(&table, &key)
+    }
+    fn latest(&mut self, path: String) -> Option<LatestSample> {
+        self.backends.latest.latest(&path)
+    }
+}
+
+/// Contract 0.1.0: the same services, without `latest`.
+impl super::bindings::v0_1::ferrule::plugin::types::Host for HostServices {}
+
+impl host_v0_1::Host for HostServices {
+    fn log(&mut self, level: host_v0_1::Level, message: String, fields: Vec<(String, String)>) {
+        let level = match level {
+            host_v0_1::Level::Trace => Level::Trace,
+            host_v0_1::Level::Debug => Level::Debug,
+            host_v0_1::Level::Info => Level::Info,
+            host_v0_1::Level::Warn => Level::Warn,
+            host_v0_1::Level::Error => Level::Error,
+        };
+        Host::log(self, level, message, fields)
+    }
+    fn counter_add(&mut self, name: String, delta: u64) {
+        Host::counter_add(self, name, delta)
+    }
+    fn lookup(&mut self, table: String, key: String) -> Option<Vec<(String, String)>> {
+        Host::lookup(self, table, key)
     }
 }
 
@@ -142,6 +175,7 @@ mod tests {
             log,
             counters: counters.clone(),
             reference: Arc::new(reference),
+            latest: Arc::new(NoLatestValues),
             log_lines_per_second: per_second,
         };
         let label = PluginLabel {
