@@ -874,3 +874,168 @@ properties = {{ "auto.offset.reset" = "earliest" }}
     running.handle.stop();
     running.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_plane_converts_units_back_and_refuses_by_limit_and_interlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _device = pymodbus(
+        dir.path(),
+        port,
+        &json!({"holding": [
+            {"address": 0, "type": "f32", "value": 2.5},
+            {"address": 10, "type": "u16", "value": 0},
+        ]}),
+    );
+    let site = unique("wc");
+    let setpoint = format!("plant/{site}/a1/l1/press7/setpoint");
+    let mode = format!("plant/{site}/a1/l1/press7/mode");
+    let dist = repo_root().join("dist/plugins");
+    let body = format!(
+        r#"
+[sources.plc]
+type = "modbus"
+
+[[sources.plc.devices]]
+name = "press7"
+host = "127.0.0.1"
+port = {port}
+interval_ms = 100
+
+[[sources.plc.devices.registers]]
+tag = "{site}.A1.L1.Press7.Setpoint"
+address = 0
+type = "f32"
+unit = "bar"
+
+[[sources.plc.devices.registers]]
+tag = "{site}.A1.L1.Press7.Mode"
+address = 10
+
+[[stages]]
+name = "normalize"
+plugin = "{dist}/tag_normalizer.wasm"
+[[stages.config.rules]]
+pattern = '(?P<site>[^.]+)\.(?P<area>[^.]+)\.(?P<line>[^.]+)\.(?P<device>[^.]+)\.(?P<metric>[^.]+)'
+path = "plant/{{site}}/{{area}}/{{line}}/{{device}}/{{metric}}"
+
+[[stages]]
+name = "units"
+plugin = "{dist}/unit_converter.wasm"
+[stages.config.targets]
+pressure = "kPa"
+
+[[stages]]
+name = "validate"
+plugin = "{dist}/validator.wasm"
+[[stages.config.rules]]
+match = "plant/*/*/*/*/setpoint"
+low = 0.0
+high = 500.0
+[[stages.config.interlocks]]
+match = "plant/*/*/*/press7/setpoint"
+requires = "{mode}"
+equals = 1.0
+
+[writes]
+audit_path = "audit.jsonl"
+
+[writes.sources.plc]
+allow = ["plant/{site}/a1/l1/press7/*"]
+tag_rate = {{ per_second = 10.0, burst = 10 }}
+"#,
+        dist = dist.display()
+    );
+    let running = start(dir.path(), &site, &body).await;
+    wait_for_tags(&running, &[setpoint.clone(), mode.clone()]).await;
+    let writes = running.handle.writes().unwrap().clone();
+    // The pipeline reports the setpoint in kPa.
+    assert_eq!(writes.latest().latest(&setpoint).unwrap().value, 250.0);
+    let mut req = Requester::connect(&site).await;
+    let device = || modbus_read(port, &["holding", "0", "f32"]);
+
+    // Interlock: mode is 0.
+    let r = req
+        .send(
+            &format!("{setpoint}/set"),
+            json!({"id": "interlocked", "value": 300.0, "requester": "mes"}),
+        )
+        .await;
+    assert_eq!(
+        (outcome(&r), reason(&r)),
+        ("refused", "refused-by-stage"),
+        "{r:#}"
+    );
+    assert_eq!(r["reason"]["stage"], "validate");
+    assert!(
+        r["reason"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("interlock:"),
+        "{r:#}"
+    );
+    assert_eq!(
+        audited(dir.path(), "interlocked")["reason"]["stage"],
+        "validate"
+    );
+    assert_eq!(device(), json!(2.5));
+
+    // Mode to 1 (no unit, no limits: the command plane passes it as it is).
+    let m = req
+        .send(
+            &format!("{mode}/set"),
+            json!({"id": "mode", "value": 1, "requester": "operator"}),
+        )
+        .await;
+    assert_eq!(outcome(&m), "verified", "{m:#}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while writes.latest().latest(&mode).map(|l| l.value) != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "mode 1 never read back by the source"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Above the validator's high limit (in kPa, the unit the command speaks).
+    let r = req
+        .send(
+            &format!("{setpoint}/set"),
+            json!({"id": "too-high", "value": 800.0, "requester": "mes"}),
+        )
+        .await;
+    assert_eq!(reason(&r), "refused-by-stage", "{r:#}");
+    assert!(
+        r["reason"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("above-high-limit:"),
+        "{r:#}"
+    );
+    assert_eq!(device(), json!(2.5));
+
+    // 300 kPa is written as 3 bar; the compare-and-set value is converted the same way.
+    let r = req
+        .send(
+            &format!("{setpoint}/set"),
+            json!({"id": "ok", "value": 300.0, "expected_current": 250.0, "requester": "mes"}),
+        )
+        .await;
+    assert_eq!(outcome(&r), "verified", "{r:#}");
+    assert_eq!(r["device_value"], json!(3.0));
+    let checks: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let (v, u) = (
+        checks.iter().position(|c| *c == "on-command:validate"),
+        checks.iter().position(|c| *c == "on-command:units"),
+    );
+    assert!(v.is_some() && v < u, "last stage first: {checks:?}");
+    assert!(checks.contains(&"compare-and-set"), "{checks:?}");
+    assert_eq!(device(), json!(3.0));
+    running.handle.stop();
+    running.wait().await.unwrap();
+}

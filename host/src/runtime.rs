@@ -222,11 +222,17 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
         tracing::info!(table, rows, "reference data loaded");
     }
     let counters = Arc::new(PluginCounters::default());
-    let backends = HostBackends {
+    // Write-back: the latest value of every tag (fed below from one more output of the
+    // chain), also behind the plugins' `latest` import.
+    let latest = config.writes.as_ref().map(|_| LatestStore::new());
+    let mut backends = HostBackends {
         counters: counters.clone(),
         reference: Arc::new(reference),
         ..HostBackends::default()
     };
+    if let Some(l) = &latest {
+        backends.latest = l.clone();
+    }
     let stages = crate::pipeline::load_stages(&config.stages, &engine, &backends).await?;
 
     let queue = config.pipeline.queue_batches;
@@ -279,8 +285,6 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
         .sinks
         .insert(crate::sinks::DEAD_LETTER_SINK.into(), dead_letter_view);
 
-    // Write-back: the latest value of every tag, from one more output of the chain.
-    let latest = config.writes.as_ref().map(|_| LatestStore::new());
     if let Some(latest) = &latest {
         let (tx, rx) = mpsc::channel(queue);
         outputs.push(tx);
@@ -321,8 +325,13 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
     let mut commands = Vec::new();
     let writes = match (&config.writes, latest) {
         (Some(w), Some(latest)) => {
-            let service = WriteService::new(w.clone(), latest, write_ports, None)
-                .map_err(|e| start_err("writes.audit_path".into(), e.to_string()))?;
+            let service = WriteService::new(
+                w.clone(),
+                latest,
+                write_ports,
+                Some(Arc::new(crate::writes::ChainPlane(spawned.handle.clone()))),
+            )
+            .map_err(|e| start_err("writes.audit_path".into(), e.to_string()))?;
             let service = Arc::new(service);
             if let Some(m) = &w.mqtt {
                 commands.push(tokio::spawn(crate::writes::mqtt::run(

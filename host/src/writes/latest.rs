@@ -115,6 +115,18 @@ impl LatestStore {
     }
 }
 
+/// The `latest` host import of the command plane reads here.
+impl crate::plugin::LatestValues for LatestStore {
+    fn latest(&self, path: &str) -> Option<crate::plugin::LatestSample> {
+        LatestStore::latest(self, path).map(|l| crate::plugin::LatestSample {
+            value: l.value,
+            extra: l.extra,
+            quality: l.quality,
+            timestamp: l.timestamp_ns,
+        })
+    }
+}
+
 /// Keeps `store` up to date from one output of the chain; says done for each batch (the
 /// store holds nothing durable, so it never holds back the sources' acknowledgment).
 pub async fn feed(store: Arc<LatestStore>, mut rx: mpsc::Receiver<Arc<OutputBatch>>) {

@@ -65,6 +65,45 @@ pub trait CommandPlane: Send + Sync {
     async fn decide(&self, command: PlaneCommand) -> PlaneDecision;
 }
 
+/// The chain's command plane (`ChainHandle::on_command`).
+pub struct ChainPlane(pub crate::pipeline::ChainHandle);
+
+#[async_trait::async_trait]
+impl CommandPlane for ChainPlane {
+    async fn decide(&self, c: PlaneCommand) -> PlaneDecision {
+        let command = crate::plugin::Command {
+            id: c.id,
+            tag_id: c.tag_id,
+            path: c.path,
+            value: c.value,
+            extra: c.extra,
+            expected_current: c.expected_current,
+            requester: c.requester,
+            deadline: c.deadline_ns,
+            dry_run: c.dry_run,
+        };
+        match self.0.on_command(command).await {
+            Ok(crate::pipeline::CommandVerdict::Allow { value, stages }) => {
+                PlaneDecision::Allow { value, stages }
+            }
+            Ok(crate::pipeline::CommandVerdict::Refuse {
+                stage,
+                reason,
+                detail,
+            }) => PlaneDecision::Refuse {
+                stage,
+                reason,
+                detail,
+            },
+            Err(e) => PlaneDecision::Refuse {
+                stage: String::new(),
+                reason: "pipeline-stopped".into(),
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
 /// The write-back service: the checks, the write, the audit.
 pub struct WriteService {
     config: WritesConfig,
