@@ -242,15 +242,7 @@ pub fn encode_registers(
         }
         ValueType::F64 => raw.to_be_bytes().to_vec(),
         ValueType::Bool => {
-            let on = match raw {
-                r if r == 0.0 => false,
-                r if r == 1.0 => true,
-                _ => {
-                    return Err(EncodeError::Invalid(format!(
-                        "{value} is not a bit value (0 or 1 before scaling)"
-                    )))
-                }
-            };
+            let on = encode_bit(layout, value)?;
             let bit = layout.bit.unwrap_or(0) & 15;
             let word = (on as u16) << bit;
             // Byte-swapped devices keep the register's value with its bytes swapped.

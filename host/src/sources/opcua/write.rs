@@ -120,11 +120,8 @@ pub fn to_variant(
         Ok(v)
     };
     Ok(match t {
-        T::Boolean => match value {
-            v if v == 0.0 => Variant::Boolean(false),
-            v if v == 1.0 => Variant::Boolean(true),
-            _ => return Err(format!("{value} is not a boolean (0 or 1)")),
-        },
+        T::Boolean if value == 0.0 || value == 1.0 => Variant::Boolean(value == 1.0),
+        T::Boolean => return Err(format!("{value} is not a boolean (0 or 1)")),
         T::SByte => Variant::SByte(int(i8::MIN as i128, i8::MAX as i128)? as i8),
         T::Byte => Variant::Byte(int(0, u8::MAX as i128)? as u8),
         T::Int16 => Variant::Int16(int(i16::MIN as i128, i16::MAX as i128)? as i16),
