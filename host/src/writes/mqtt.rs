@@ -32,6 +32,11 @@ pub async fn run(
     let mut o = config.broker.options(&client_id);
     // Commands queued while Ferrule was away are not wanted: deadlines would refuse most.
     o.set_clean_start(true);
+    // A command and its reply are single small packets each way: without TCP_NODELAY, Nagle
+    // holds one back for the peer's delayed ACK (~40 ms per direction).
+    let mut net = o.network_options();
+    net.set_tcp_nodelay(true);
+    o.set_network_options(net);
     let (client, events) = AsyncClient::new(o, 256);
     let mut pump = crate::mqtt::EventPump::spawn(events, true);
     let mut down = false;
