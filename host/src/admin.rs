@@ -1,7 +1,7 @@
 //! The admin endpoint (HTTP on 127.0.0.1 by default) and its client, used by
 //! `ferrule plugin swap|rollback|release` and `ferrule status`.
 //! Read-only: `GET /` (the status page), `GET /status`, `GET /dead-letters` (the latest), `GET /metrics` (Prometheus),
-//! `GET /health` (live), `GET /ready` (503 with the reasons: a sink stalled, retrying or not
+//! `GET /writes` (the latest write-back commands and their outcomes), `GET /health` (live), `GET /ready` (503 with the reasons: a sink stalled, retrying or not
 //! connected, a buffer full or unable to write, a stage quarantined, the tag table full).
 //! `GET /stages` (stages with plugin version, digest, state, limits, candidate, shadow, call
 //! costs), `GET /stages/{stage}/shadow` (the shadow run's report).
@@ -182,6 +182,7 @@ pub fn router(handle: PipelineHandle, token: Option<String>) -> Router {
         .route("/stages", get(stages))
         .route("/stages/{stage}/shadow", get(shadow_report))
         .route("/dead-letters", get(dead_letters))
+        .route("/writes", get(writes))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -196,6 +197,22 @@ async fn dead_letters(State(h): State<PipelineHandle>) -> Json<Vec<crate::model:
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     Json(recent.iter().cloned().collect())
+}
+
+/// The latest write-back commands (oldest first), as their audit records; 404 without
+/// `[writes]`.
+async fn writes(
+    State(h): State<PipelineHandle>,
+) -> Result<Json<Vec<crate::writes::WriteRecord>>, ApiError> {
+    match h.writes() {
+        Some(w) => Ok(Json(w.recent())),
+        None => Err((
+            StatusCode::NOT_FOUND,
+            Json(ErrorBody {
+                error: "write-back is not configured (no [writes] section)".into(),
+            }),
+        )),
+    }
 }
 
 async fn metrics(State(h): State<PipelineHandle>) -> impl axum::response::IntoResponse {

@@ -1,6 +1,7 @@
 //! Ferrule: a host for the edge and bridge layer of industrial IoT. Sources read the plant,
 //! a chain of sandboxed WebAssembly plugins normalises, converts, validates and enriches,
-//! sinks deliver. Data flows one way: `sources` → `pipeline` (plugin chain) → `sinks`.
+//! sinks deliver. Data flows one way: `sources` → `pipeline` (plugin chain) → `sinks`; the
+//! way back, `writes`, takes commands to devices through the sources' write paths.
 
 pub mod ack;
 pub mod admin;
@@ -18,3 +19,4 @@ pub mod retry;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;
+pub mod writes;

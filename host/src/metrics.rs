@@ -3,7 +3,7 @@
 //! rejected per source, stage and sink, plugin call latency (histogram per plane; its sum is
 //! the time inside the plugin), fuel and memory, failures by kind (traps, limits),
 //! quarantines, swaps, recycles, shadow-run comparisons, sink links and the store-and-forward
-//! buffers (depth, age, drops).
+//! buffers (depth, age, drops), write-back commands by outcome.
 
 use std::sync::{Arc, Mutex};
 
@@ -335,6 +335,25 @@ pub fn render(status: &PipelineStatus) -> String {
                 .get_or_create(&l(&[("sink", name), ("reason", "expired")]))
                 .inc_by(b.dropped_expired);
         }
+    }
+    let writes = counter_family(
+        &mut r,
+        "write_commands",
+        "Write-back commands by outcome (verified, mismatch, unverified, failed, refused, dry-run) and reason",
+    );
+    for w in &status.writes {
+        let reason = w
+            .reason
+            .map(|r| {
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        writes
+            .get_or_create(&l(&[("outcome", w.outcome), ("reason", &reason)]))
+            .inc_by(w.count);
     }
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String cannot fail");

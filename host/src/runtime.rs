@@ -20,6 +20,8 @@ use crate::pipeline::{ChainHandle, PipelineError, StageStatus};
 use crate::plugin::host_api::{PluginCounters, StaticReferenceData};
 use crate::plugin::{HostBackends, PluginEngine};
 use crate::sinks::{SinkStatus, SinkView};
+use crate::sources::WritePorts;
+use crate::writes::{LatestStore, WriteService};
 
 /// How many dead-letters the admin endpoint can show.
 pub const RECENT_DEAD_LETTERS: usize = 200;
@@ -50,12 +52,24 @@ pub struct PipelineStatus {
     pub sinks: BTreeMap<String, SinkStatus>,
     pub stages: Vec<StageStatus>,
     pub plugin_counters: Vec<(String, String, u64)>,
+    /// Write-back commands by outcome and reason (empty without `[writes]`).
+    #[serde(default)]
+    pub writes: Vec<WriteCount>,
+}
+
+/// Write-back commands with one outcome and reason.
+#[derive(Clone, Debug, Serialize)]
+pub struct WriteCount {
+    pub outcome: &'static str,
+    pub reason: Option<crate::writes::ReasonCode>,
+    pub count: u64,
 }
 
 struct Inner {
     chain: ChainHandle,
     stats: PipelineStats,
     shutdown: watch::Sender<bool>,
+    writes: Option<Arc<WriteService>>,
 }
 
 /// Steers a running host; cheap to clone. Derefs to the chain's `ChainHandle` for the stage
@@ -81,6 +95,11 @@ impl PipelineHandle {
         &self.inner.stats
     }
 
+    /// The write-back service (with `[writes]`).
+    pub fn writes(&self) -> Option<&Arc<WriteService>> {
+        self.inner.writes.as_ref()
+    }
+
     pub fn status(&self) -> PipelineStatus {
         let load = |m: &BTreeMap<String, Arc<AtomicU64>>| {
             m.iter()
@@ -102,6 +121,21 @@ impl PipelineHandle {
                 .collect(),
             stages: self.inner.chain.stage_statuses(),
             plugin_counters: self.inner.chain.plugin_counters(),
+            writes: self
+                .inner
+                .writes
+                .as_ref()
+                .map(|w| {
+                    w.counts()
+                        .into_iter()
+                        .map(|(outcome, reason, count)| WriteCount {
+                            outcome: outcome.as_str(),
+                            reason,
+                            count,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -165,6 +199,8 @@ pub struct RunningPipeline {
     sources: Vec<tokio::task::JoinHandle<Result<(), crate::sources::SourceError>>>,
     sinks: Vec<tokio::task::JoinHandle<()>>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// The write-back command sources.
+    commands: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts the host described by `config` (already validated). Must run inside a
@@ -186,11 +222,17 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
         tracing::info!(table, rows, "reference data loaded");
     }
     let counters = Arc::new(PluginCounters::default());
-    let backends = HostBackends {
+    // Write-back: the latest value of every tag (fed below from one more output of the
+    // chain), also behind the plugins' `latest` import.
+    let latest = config.writes.as_ref().map(|_| LatestStore::new());
+    let mut backends = HostBackends {
         counters: counters.clone(),
         reference: Arc::new(reference),
         ..HostBackends::default()
     };
+    if let Some(l) = &latest {
+        backends.latest = l.clone();
+    }
     let stages = crate::pipeline::load_stages(&config.stages, &engine, &backends).await?;
 
     let queue = config.pipeline.queue_batches;
@@ -239,6 +281,16 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
         .sinks
         .insert(crate::sinks::DEAD_LETTER_SINK.into(), dead_letter_view);
 
+    if let Some(latest) = &latest {
+        let (tx, rx) = mpsc::channel(queue);
+        outputs.push(tx);
+        sink_tasks.push(tokio::spawn(crate::writes::latest::feed(
+            latest.clone(),
+            rx,
+        )));
+    }
+    let write_ports = WritePorts::default();
+
     let spawned = crate::pipeline::spawn(
         stages,
         registry.clone(),
@@ -259,17 +311,49 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
             shutdown: shutdown_rx.clone(),
             produced,
             dead_letters: dl_tx.clone(),
+            write_ports: write_ports.clone(),
         };
         sources.push(tokio::spawn(s.clone().run(ctx)));
     }
     drop(spawned.input);
     drop(dl_tx);
 
+    let mut commands = Vec::new();
+    let writes = match (&config.writes, latest) {
+        (Some(w), Some(latest)) => {
+            let service = WriteService::new(
+                w.clone(),
+                latest,
+                write_ports,
+                Some(Arc::new(crate::writes::ChainPlane(spawned.handle.clone()))),
+            )
+            .map_err(|e| start_err("writes.audit_path".into(), e.to_string()))?;
+            let service = Arc::new(service);
+            if let Some(m) = &w.mqtt {
+                commands.push(tokio::spawn(crate::writes::mqtt::run(
+                    m.clone(),
+                    service.clone(),
+                    shutdown_rx.clone(),
+                )));
+            }
+            if let Some(k) = &w.kafka {
+                commands.push(tokio::spawn(crate::writes::kafka::run(
+                    k.clone(),
+                    service.clone(),
+                    shutdown_rx.clone(),
+                )));
+            }
+            Some(service)
+        }
+        _ => None,
+    };
+
     let handle = PipelineHandle {
         inner: Arc::new(Inner {
             chain: spawned.handle,
             stats,
             shutdown: shutdown_tx,
+            writes,
         }),
     };
     let watched: Vec<bool> = config
@@ -290,6 +374,7 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
         sources,
         sinks: sink_tasks,
         watcher,
+        commands,
     })
 }
 
@@ -329,6 +414,9 @@ impl RunningPipeline {
         }
         if let Some(w) = self.watcher {
             w.abort();
+        }
+        for c in self.commands {
+            c.abort();
         }
         for s in self.sinks {
             let _ = s.await;

@@ -1,6 +1,6 @@
 """An independent OPC UA server for Ferrule's interop tests (Python asyncua).
 
-Usage: opcua_server.py PORT [--shift] [--pki DIR] [--many N]
+Usage: opcua_server.py PORT [--shift] [--pki DIR] [--many N] [--writable]
 
 Namespace `urn:ferrule:test` holds one variable per node id form and data type (see NODES);
 `Counter` counts up by one every 100 ms; `Sessions` is the number of sessions created since
@@ -11,6 +11,7 @@ same source timestamp per generation. `--shift` registers another namespace firs
 test namespace gets a different index (as after a server restart with a changed config).
 `--pki DIR` adds Basic256Sha256 (Sign, SignAndEncrypt) with a self-signed certificate for
 127.0.0.1 in DIR, and a user `operator` / `secret`.
+`--writable` lets clients write the values of the NODES variables.
 """
 
 import asyncio
@@ -116,7 +117,9 @@ async def main():
     idx = await server.register_namespace(URI)
     line = await server.nodes.objects.add_object(ua.NodeId("Line1", idx), "Line1")
     for ident, vtype, value in NODES:
-        await line.add_variable(ua.NodeId(ident, idx), str(ident), ua.Variant(value, vtype))
+        var = await line.add_variable(ua.NodeId(ident, idx), str(ident), ua.Variant(value, vtype))
+        if "--writable" in sys.argv:
+            await var.set_writable()
     counter = await line.add_variable(ua.NodeId("Counter", idx), "Counter",
                                       ua.Variant(0.0, ua.VariantType.Double))
     uncertain = await line.add_variable(ua.NodeId("Line1.Uncertain", idx), "Uncertain",

@@ -48,6 +48,9 @@ pub struct HostConfig {
     /// An in-process MQTT broker on loopback (the default run publishes to it).
     #[serde(default)]
     pub embedded_broker: Option<crate::mqtt::embedded::EmbeddedBrokerConfig>,
+    /// Write-back to devices (default deny: nothing is writable without it).
+    #[serde(default)]
+    pub writes: Option<crate::writes::WritesConfig>,
 }
 
 /// `[admin]`.
@@ -195,6 +198,9 @@ impl HostConfig {
         for t in self.reference_data.values_mut() {
             fix(&mut t.path);
         }
+        if let Some(w) = self.writes.as_mut() {
+            w.resolve_paths(base);
+        }
         for s in &mut self.stages {
             fix(&mut s.plugin);
         }
@@ -292,6 +298,18 @@ impl HostConfig {
         for (name, s) in &self.sources {
             if let Err((key, m)) = s.validate() {
                 p.push((format!("sources.{name}.{key}"), m));
+            }
+        }
+        if let Some(w) = &self.writes {
+            let writable = |name: &str| match self.sources.get(name) {
+                None => Err(format!("no source named `{name}`")),
+                Some(SourceConfig::Modbus(_) | SourceConfig::Opcua(_)) => Ok(()),
+                Some(_) => Err(format!(
+                    "source `{name}` cannot write to devices (only modbus and opcua sources can)"
+                )),
+            };
+            if let Err((key, m)) = w.validate(writable) {
+                p.push((format!("writes.{key}"), m));
             }
         }
         let mut seen = std::collections::HashSet::new();

@@ -21,7 +21,8 @@ use crate::model::{
 };
 use crate::model::{SampleBatch, TagRegistry};
 use crate::plugin::{
-    BatchColumns, CallError, LoadedPlugin, Planes, PluginInstance, TagDecision, TagInfo,
+    BatchColumns, CallError, Command, CommandDecision, LoadedPlugin, Planes, PluginInstance,
+    TagDecision, TagInfo,
 };
 
 /// What happened at an install.
@@ -65,8 +66,27 @@ pub enum Control {
         promote: bool,
         reply: oneshot::Sender<Result<Option<InstallReport>, String>>,
     },
+    /// Run a write request through the stages' command plane, last stage first.
+    Command {
+        command: Box<Command>,
+        reply: oneshot::Sender<CommandVerdict>,
+    },
     /// Stop: dead-letter anything held, drain the queue, flush.
     Shutdown,
+}
+
+/// What the command plane decided for a write request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommandVerdict {
+    /// On to the device with `value` (in the unit the first stage receives, the source's);
+    /// `stages` checked it, in the order they were asked.
+    Allow { value: f64, stages: Vec<String> },
+    /// `stage` refused: the reason's declared name and the detail.
+    Refuse {
+        stage: String,
+        reason: String,
+        detail: String,
+    },
 }
 
 struct StageRuntime {
@@ -365,7 +385,76 @@ impl Chain {
                 let _ = reply.send(result);
                 installed
             }
+            Control::Command { command, reply } => {
+                let _ = reply.send(self.command(*command));
+                false
+            }
             Control::Shutdown => false,
+        }
+    }
+
+    /// The command plane: each stage declaring it sees the command with the tag's path as
+    /// that stage produces it and the value in its output unit, last stage first; its
+    /// `allow` value goes on to the stage before. A quarantined stage, a stage that rejects
+    /// the tag, a trap or a malformed decision refuses the command.
+    fn command(&mut self, mut cmd: Command) -> CommandVerdict {
+        let id = cmd.tag_id as usize;
+        let refuse = |stage: &str, reason: &str, detail: String| CommandVerdict::Refuse {
+            stage: stage.to_string(),
+            reason: reason.to_string(),
+            detail,
+        };
+        let Some(d) = self.registry.get(cmd.tag_id) else {
+            return refuse("", "unknown-tag", format!("no tag {id}"));
+        };
+        let mut input = Some(TagInfo {
+            id: cmd.tag_id,
+            path: d.vendor_path.clone(),
+            vendor_path: d.vendor_path.clone(),
+            unit: d.unit.clone(),
+            data_type: d.data_type,
+            source: d.source.clone(),
+            metadata: d.metadata.clone(),
+        });
+        let mut produced = Vec::with_capacity(self.stages.len());
+        for st in &self.stages {
+            input = next_input(
+                input.as_ref(),
+                st.decisions.get(id).and_then(|d| d.as_ref()),
+            );
+            produced.push(input.as_ref().map(|t| t.path.clone()));
+        }
+        let mut asked = Vec::new();
+        for k in (0..self.stages.len()).rev() {
+            let st = &mut self.stages[k];
+            if !st.loaded.info().planes.contains(Planes::COMMAND) {
+                continue;
+            }
+            let name = st.handle.name.clone();
+            let Some(path) = &produced[k] else {
+                return refuse(&name, "tag-rejected", "the stage rejects this tag".into());
+            };
+            if let Some(q) = &st.quarantined {
+                return refuse(&name, "stage-quarantined", q.clone());
+            }
+            cmd.path = path.clone();
+            match st.instance.on_command(&cmd) {
+                Ok(CommandDecision::Allow(v)) => {
+                    if let Some(v) = v {
+                        cmd.value = v;
+                    }
+                    asked.push(name);
+                }
+                Ok(CommandDecision::Refuse(r)) => {
+                    let reason = reason_name(st.loaded.info(), r.reason).to_string();
+                    return refuse(&name, &reason, r.detail);
+                }
+                Err(e) => return refuse(&name, "plugin-failed", e.to_string()),
+            }
+        }
+        CommandVerdict::Allow {
+            value: cmd.value,
+            stages: asked,
         }
     }
 

@@ -10,7 +10,7 @@ mod shadow;
 mod stage;
 
 pub use chain::InitialStage;
-pub use chain::{next_input, InstallReport};
+pub use chain::{next_input, CommandVerdict, InstallReport};
 pub use config::{PipelineConfig, QuarantinePolicy, StageConfig};
 pub use shadow::{Outcome, SampleDiff, ShadowReport, ShadowState, TagDiff};
 pub use stage::{PrepareKind, StageHandle, StageState, StageStats};
@@ -364,6 +364,23 @@ impl ChainHandle {
         let (k, _) = self.stage(name)?;
         self.ask(name, |reply| Control::Release { stage: k, reply })
             .await
+    }
+
+    /// Runs a write request through the stages' command plane (`Control::Command`).
+    pub async fn on_command(
+        &self,
+        command: crate::plugin::Command,
+    ) -> Result<CommandVerdict, PipelineError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .control
+            .send(Control::Command {
+                command: Box::new(command),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| PipelineError::Stopped)?;
+        rx.await.map_err(|_| PipelineError::Stopped)
     }
 
     async fn install(&self, k: usize, prepared: stage::Prepared) -> Result<InstallReport, String> {

@@ -10,6 +10,9 @@ pub mod mqtt;
 pub mod opcua;
 pub mod s7;
 pub mod simulator;
+pub mod write_port;
+
+pub use write_port::{DeviceValue, PortError, WritePort, WritePorts};
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -51,6 +54,8 @@ pub struct SourceContext {
     pub produced: Arc<AtomicU64>,
     /// Where a source sends what it cannot turn into samples (malformed messages).
     pub dead_letters: mpsc::Sender<DeadLetterBatch>,
+    /// Where a source that can write to its devices registers its write path.
+    pub write_ports: WritePorts,
 }
 
 #[derive(Debug, thiserror::Error)]

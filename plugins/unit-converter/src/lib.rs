@@ -310,6 +310,7 @@ impl Plugin for UnitConverter {
                  flow, length, mass, energy); rejects tags with unknown units.",
             )
             .sample_plane(Columns::VALUES, Columns::VALUES)
+            .command_plane()
             .config_key(
                 "targets",
                 "Map quantity (pressure, temperature, flow, length, mass, energy) -> target unit.",
@@ -369,6 +370,17 @@ impl Plugin for UnitConverter {
         }
         Ok(())
     }
+
+    /// Command plane: a setpoint in the target unit goes back to the tag's own unit (the
+    /// inverse of the sample plane's conversion); text and unconverted tags pass unchanged.
+    fn on_command(&mut self, cmd: &Command) -> CommandDecision {
+        match self.conversion(cmd.tag_id) {
+            Some(c) if cmd.extra.is_none() => {
+                CommandDecision::allow_value((cmd.value - c.offset) / c.scale)
+            }
+            _ => CommandDecision::allow(),
+        }
+    }
 }
 
 export_plugin!(UnitConverter);
@@ -402,6 +414,36 @@ mod tests {
         let out = h.on_batch(Batch::from_rows(&rows)).unwrap();
         assert!(out.rejected.is_empty());
         out.values.expect("values written")
+    }
+
+    fn command(tag_id: u32, path: &str, value: f64) -> Command {
+        Command {
+            id: "c".into(),
+            tag_id,
+            path: path.into(),
+            value,
+            extra: None,
+            expected_current: None,
+            requester: "test".into(),
+            deadline_ns: 0,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn a_setpoint_goes_back_to_the_tags_own_unit_on_the_command_plane() {
+        let mut h = harness(json!({ "targets": { "pressure": "kPa", "temperature": "degC" } }));
+        h.on_tag(&TagInfo::new(0, "p").unit("bar"));
+        h.on_tag(&TagInfo::new(1, "t").unit("degF"));
+        h.on_tag(&TagInfo::new(2, "n").unit(""));
+        let back = |h: &mut Harness<UnitConverter>, id, v| match h.on_command(&command(id, "p", v))
+        {
+            Ok(CommandDecision::Allow(v)) => v,
+            other => panic!("{other:?}"),
+        };
+        assert!(close(back(&mut h, 0, 250.0).unwrap(), 2.5));
+        assert!(close(back(&mut h, 1, 100.0).unwrap(), 212.0));
+        assert_eq!(back(&mut h, 2, 7.0), None);
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub const NOT_A_NUMBER: u16 = 4;
 pub const BAD_QUALITY: u16 = 5;
 /// Reason code: the timestamp is not newer than the last accepted one of the tag.
 pub const OUT_OF_ORDER: u16 = 6;
+/// Reason code (command plane): an interlock's condition does not hold.
+pub const INTERLOCK: u16 = 7;
 
 /// What to do with a sample outside `low`..`high`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -107,6 +109,22 @@ pub struct ValidatorConfig {
     /// rate-of-change check is skipped across such a gap. Off by default.
     #[serde(default = "default_stale_after_ms")]
     pub stale_after_ms: Option<u64>,
+    /// Command plane: writes to tags matching `match` are refused (`7 interlock`) unless the
+    /// latest value of the tag at `requires` equals `equals` with good quality.
+    #[serde(default)]
+    pub interlocks: Vec<InterlockConfig>,
+}
+
+/// An interlock on the command plane.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InterlockConfig {
+    /// Glob on the normalised path of the tags written.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Normalised path of the tag whose latest value must be `equals`.
+    pub requires: String,
+    pub equals: f64,
 }
 
 /// Limits for the tags whose path matches `match`.
@@ -280,6 +298,7 @@ impl TagState {
 #[derive(Debug)]
 pub struct Validator {
     rules: Vec<Rule>,
+    interlocks: Vec<(Glob, InterlockConfig)>,
     out_of_range: OutOfRange,
     bad_quality: BadQuality,
     nan: NanPolicy,
@@ -320,8 +339,14 @@ impl Validator {
                 },
             });
         }
+        let mut interlocks = Vec::with_capacity(config.interlocks.len());
+        for (i, il) in config.interlocks.into_iter().enumerate() {
+            let glob = Glob::new(&il.pattern).map_err(|e| format!("interlocks[{i}]: {e}"))?;
+            interlocks.push((glob, il));
+        }
         Ok(Validator {
             rules,
+            interlocks,
             out_of_range: config.out_of_range,
             bad_quality: config.bad_quality,
             nan: config.nan,
@@ -391,6 +416,18 @@ impl Plugin for Validator {
                 "out-of-order",
                 "Source timestamp not newer than the last accepted sample of the tag.",
             )
+            .command_plane()
+            .config_key(
+                "interlocks",
+                "Command plane: list of {match, requires, equals}; a write to a tag matching \
+                 `match` is refused unless the latest value at path `requires` equals `equals`.",
+                false,
+            )
+            .reason(
+                INTERLOCK,
+                "interlock",
+                "A write was refused: an interlock's condition does not hold.",
+            )
     }
 
     fn init(config: Config) -> Result<Self, String> {
@@ -417,6 +454,42 @@ impl Plugin for Validator {
             Some(l) if l != Limits::default() => TagDecision::keep().with_limits(l),
             _ => TagDecision::keep(),
         }
+    }
+
+    /// Command plane: a write outside the tag's limits is refused (`below-low-limit`,
+    /// `above-high-limit`), and so is one an interlock forbids; the value passes unchanged.
+    fn on_command(&mut self, cmd: &Command) -> CommandDecision {
+        if let Some(t) = self.tags.get(cmd.tag_id as usize).filter(|t| !t.text) {
+            if cmd.value < t.low {
+                return CommandDecision::refuse(
+                    BELOW_LOW_LIMIT,
+                    format!("{} is below the low limit {}", cmd.value, t.low),
+                );
+            }
+            if cmd.value > t.high {
+                return CommandDecision::refuse(
+                    ABOVE_HIGH_LIMIT,
+                    format!("{} is above the high limit {}", cmd.value, t.high),
+                );
+            }
+        }
+        for (glob, il) in &self.interlocks {
+            if !glob.matches(&cmd.path) {
+                continue;
+            }
+            let holds = host::latest(&il.requires)
+                .is_some_and(|s| s.value == il.equals && !s.quality.is_bad());
+            if !holds {
+                return CommandDecision::refuse(
+                    INTERLOCK,
+                    format!(
+                        "writes to {} need {} = {}",
+                        cmd.path, il.requires, il.equals
+                    ),
+                );
+            }
+        }
+        CommandDecision::allow()
     }
 
     fn on_batch(&mut self, batch: &mut Batch) -> Result<(), String> {
@@ -547,6 +620,62 @@ mod tests {
         let mut h = harness(config);
         h.on_tag(&TagInfo::new(0, "x").path("plant/s/a/l/press1/pressure"));
         h
+    }
+
+    fn command(tag_id: u32, path: &str, value: f64) -> Command {
+        Command {
+            id: "c".into(),
+            tag_id,
+            path: path.into(),
+            value,
+            extra: None,
+            expected_current: None,
+            requester: "test".into(),
+            deadline_ns: 0,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn commands_outside_the_limits_or_against_an_interlock_are_refused() {
+        let path = "plant/s/a/l/press1/pressure";
+        let mut h = one_tag(json!({
+            "rules": [{ "match": "plant/**", "low": 0.0, "high": 10.0 }],
+            "interlocks": [{ "match": "plant/s/a/l/press1/*", "requires": "plant/s/a/l/press1/mode", "equals": 1.0 }],
+        }));
+        let refusal = |d: Result<CommandDecision, String>| match d.unwrap() {
+            CommandDecision::Refuse { reason, .. } => Some(reason),
+            CommandDecision::Allow(_) => None,
+        };
+        assert_eq!(
+            refusal(h.on_command(&command(0, path, 11.0))),
+            Some(ABOVE_HIGH_LIMIT)
+        );
+        assert_eq!(
+            refusal(h.on_command(&command(0, path, -1.0))),
+            Some(BELOW_LOW_LIMIT)
+        );
+        // No mode sample yet, then the wrong mode, then the right one.
+        assert_eq!(
+            refusal(h.on_command(&command(0, path, 5.0))),
+            Some(INTERLOCK)
+        );
+        let mode = |value| LatestSample {
+            value,
+            extra: None,
+            quality: Quality::GOOD,
+            timestamp_ns: 1,
+        };
+        h.set_latest("plant/s/a/l/press1/mode", mode(0.0));
+        assert_eq!(
+            refusal(h.on_command(&command(0, path, 5.0))),
+            Some(INTERLOCK)
+        );
+        h.set_latest("plant/s/a/l/press1/mode", mode(1.0));
+        assert_eq!(
+            h.on_command(&command(0, path, 5.0)).unwrap(),
+            CommandDecision::Allow(None)
+        );
     }
 
     fn good(tag: u32, value: f64, ts: u64) -> (u32, f64, Quality, u64) {
@@ -847,7 +976,8 @@ mod tests {
                 (3, "rate-of-change"),
                 (4, "not-a-number"),
                 (5, "bad-quality"),
-                (6, "out-of-order")
+                (6, "out-of-order"),
+                (7, "interlock"),
             ]
         );
     }

@@ -131,6 +131,142 @@ pub fn encode_bytes(bytes: &[u8], order: WordOrder) -> Vec<u16> {
     words
 }
 
+/// Why a value cannot be written to a tag.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{value} is outside what a {kind} register value holds ({low} to {high})")]
+    OutOfRange {
+        value: f64,
+        kind: &'static str,
+        low: f64,
+        high: f64,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Encodes `value` (in the tag's scaled unit; `text` for strings, `wide` for 64-bit integers
+/// a double cannot hold) into the registers the tag takes, as `order` stores them: the inverse
+/// of `decode_registers` (raw = (value − offset) ÷ scale, rounded for integers). For a bit of a
+/// register (`bool`) the result is the one register with only that bit set to the value; the
+/// writer applies it with a mask so the other bits stay. `span` is the tag's register count.
+pub fn encode_registers(
+    layout: &Layout,
+    span: u16,
+    value: f64,
+    extra: Option<&ExtraValue>,
+) -> Result<Vec<u16>, EncodeError> {
+    if let (Some(ExtraValue::Text(text)), ValueType::String) = (extra, layout.value_type) {
+        let bytes = text.as_bytes();
+        if bytes.len() > span as usize * 2 {
+            return Err(EncodeError::Invalid(format!(
+                "text of {} bytes does not fit {span} registers",
+                bytes.len()
+            )));
+        }
+        let mut padded = bytes.to_vec();
+        padded.resize(span as usize * 2, 0);
+        return Ok(encode_bytes(&padded, layout.order));
+    }
+    if layout.value_type == ValueType::String {
+        return Err(EncodeError::Invalid(
+            "a string tag takes a text value".into(),
+        ));
+    }
+    let wide = match extra {
+        Some(ExtraValue::Signed(v)) if layout.unscaled() => Some(*v as i128),
+        Some(ExtraValue::Unsigned(v)) if layout.unscaled() => Some(*v as i128),
+        Some(ExtraValue::Text(_)) => {
+            return Err(EncodeError::Invalid("text given for a numeric tag".into()))
+        }
+        _ => None,
+    };
+    if !value.is_finite() && wide.is_none() {
+        return Err(EncodeError::Invalid(format!(
+            "{value} is not a finite number"
+        )));
+    }
+    let raw = (value - layout.offset) / layout.scale;
+    let int = |kind: &'static str, low: f64, high: f64| -> Result<i128, EncodeError> {
+        if let Some(w) = wide {
+            if (w as f64) < low || (w as f64) > high {
+                return Err(EncodeError::OutOfRange {
+                    value: w as f64,
+                    kind,
+                    low,
+                    high,
+                });
+            }
+            return Ok(w);
+        }
+        let r = raw.round();
+        if r < low || r > high {
+            return Err(EncodeError::OutOfRange {
+                value,
+                kind,
+                low,
+                high,
+            });
+        }
+        Ok(r as i128)
+    };
+    let bytes: Vec<u8> = match layout.value_type {
+        ValueType::U16 => (int("u16", 0.0, u16::MAX as f64)? as u16)
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::I16 => (int("i16", i16::MIN as f64, i16::MAX as f64)? as i16)
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::U32 => (int("u32", 0.0, u32::MAX as f64)? as u32)
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::I32 => (int("i32", i32::MIN as f64, i32::MAX as f64)? as i32)
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::U64 => (int("u64", 0.0, u64::MAX as f64)? as u64)
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::I64 => (int("i64", i64::MIN as f64, i64::MAX as f64)? as i64)
+            .to_be_bytes()
+            .to_vec(),
+        ValueType::F32 => {
+            if raw.abs() > f32::MAX as f64 {
+                return Err(EncodeError::OutOfRange {
+                    value,
+                    kind: "f32",
+                    low: f32::MIN as f64,
+                    high: f32::MAX as f64,
+                });
+            }
+            (raw as f32).to_be_bytes().to_vec()
+        }
+        ValueType::F64 => raw.to_be_bytes().to_vec(),
+        ValueType::Bool => {
+            let on = encode_bit(layout, value)?;
+            let bit = layout.bit.unwrap_or(0) & 15;
+            let word = (on as u16) << bit;
+            // Byte-swapped devices keep the register's value with its bytes swapped.
+            return Ok(encode_bytes(&word.to_be_bytes(), layout.order));
+        }
+        ValueType::String => unreachable!("handled above"),
+    };
+    Ok(encode_bytes(&bytes, layout.order))
+}
+
+/// The bit value to write to a coil for `value` (in the tag's scaled unit).
+pub fn encode_bit(layout: &Layout, value: f64) -> Result<bool, EncodeError> {
+    let raw = (value - layout.offset) / layout.scale;
+    if raw == 0.0 {
+        Ok(false)
+    } else if raw == 1.0 {
+        Ok(true)
+    } else {
+        Err(EncodeError::Invalid(format!(
+            "{value} is not a bit value (0 or 1 before scaling)"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +377,54 @@ mod tests {
         let d = decode_registers(&l, &[(-100i16) as u16]);
         assert!((d.value - (-50.0)).abs() < 1e-9, "{}", d.value);
         assert_eq!(decode_bit(&l, true).value, 0.1 - 40.0);
+    }
+
+    #[test]
+    fn encoding_inverts_decoding_for_every_type_and_order() {
+        for o in ORDERS {
+            for (t, v, span) in [
+                (ValueType::U16, 65000.0, 1),
+                (ValueType::I16, -1234.0, 1),
+                (ValueType::U32, 4e9, 2),
+                (ValueType::I32, -2e9, 2),
+                (ValueType::F32, 12.5, 2),
+                (ValueType::F64, -0.1, 4),
+                (ValueType::U64, 2f64.powi(40), 4),
+                (ValueType::I64, -5.0, 4),
+            ] {
+                let l = layout(t, o);
+                let words = encode_registers(&l, span, v, None).unwrap();
+                assert_eq!(words.len(), span as usize, "{t:?} {o:?}");
+                assert_eq!(decode_registers(&l, &words).value, v, "{t:?} {o:?}");
+            }
+            let wide = ExtraValue::Unsigned(u64::MAX - 1);
+            let l = layout(ValueType::U64, o);
+            let words = encode_registers(&l, 4, f64::NAN, Some(&wide)).unwrap();
+            assert_eq!(decode_registers(&l, &words).extra, Some(wide));
+            let l = layout(ValueType::String, o);
+            let words = encode_registers(&l, 4, f64::NAN, Some(&ExtraValue::Text("PUMP-7".into())))
+                .unwrap();
+            assert_eq!(
+                decode_registers(&l, &words).extra,
+                Some(ExtraValue::Text("PUMP-7".into()))
+            );
+        }
+        // Scale and offset are undone; integers out of their range are refused.
+        let mut l = layout(ValueType::I16, WordOrder::ABCD);
+        l.scale = 0.1;
+        l.offset = -40.0;
+        let words = encode_registers(&l, 1, -50.0, None).unwrap();
+        assert_eq!(words, vec![(-100i16) as u16]);
+        assert!(matches!(
+            encode_registers(&l, 1, 1e6, None),
+            Err(EncodeError::OutOfRange { kind: "i16", .. })
+        ));
+        assert!(encode_registers(&layout(ValueType::U16, WordOrder::ABCD), 1, -1.0, None).is_err());
+        let mut b = layout(ValueType::Bool, WordOrder::ABCD);
+        b.bit = Some(9);
+        assert_eq!(encode_registers(&b, 1, 1.0, None).unwrap(), vec![1 << 9]);
+        assert!(encode_registers(&b, 1, 0.5, None).is_err());
+        assert_eq!(encode_bit(&b, 1.0), Ok(true));
+        assert!(encode_bit(&b, 2.0).is_err());
     }
 }

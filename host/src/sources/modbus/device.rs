@@ -46,6 +46,26 @@ pub struct Device {
     pub out: mpsc::Sender<SampleBatch>,
     pub shutdown: watch::Receiver<bool>,
     pub produced: Arc<AtomicU64>,
+    /// Requests of the write path (`super::write`), run between polls.
+    pub requests: Option<mpsc::Receiver<DeviceRequest>>,
+}
+
+/// One request of the write path, run on the device's connection between polls, so a write
+/// holds up the read path for at most one request.
+pub struct DeviceRequest {
+    pub request: Request<'static>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Response, Failure>>,
+}
+
+/// The next request of the write path; never ready without one.
+async fn next_request(requests: &mut Option<mpsc::Receiver<DeviceRequest>>) -> DeviceRequest {
+    match requests {
+        Some(r) => match r.recv().await {
+            Some(req) => req,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// Outcome of reading one block.
@@ -89,13 +109,25 @@ impl Device {
             block_state: HashMap::new(),
             connected_logged: None,
         };
+        let mut requests = self.requests.take();
         loop {
             let Some((g, &when)) = due.iter().enumerate().min_by_key(|(_, t)| **t) else {
                 return;
             };
             tokio::select! {
-                _ = tokio::time::sleep_until(when.into()) => {}
+                // A due poll goes before a waiting write request.
+                biased;
                 _ = self.shutdown.changed() => return,
+                _ = tokio::time::sleep_until(when.into()) => {}
+                req = next_request(&mut requests) => {
+                    if req.reply.is_closed() {
+                        // The write path gave up waiting: a late write is never sent.
+                        continue;
+                    }
+                    let result = self.serve_request(req.request, &mut conn, &label).await;
+                    let _ = req.reply.send(result);
+                    continue;
+                }
             }
             if *self.shutdown.borrow() {
                 return;
@@ -116,6 +148,42 @@ impl Device {
             }
         }
         // `conn` drops here, closing the connection.
+    }
+
+    /// Runs one request of the write path on the connection (connecting first when the
+    /// backoff allows); a transport failure drops the connection as a failed read does.
+    async fn serve_request(
+        &self,
+        request: Request<'static>,
+        conn: &mut Connection,
+        label: &str,
+    ) -> Result<Response, Failure> {
+        if conn.context.is_none() && Instant::now() >= conn.next_attempt {
+            match self.connect().await {
+                Ok(ctx) => {
+                    conn.context = Some(ctx);
+                    conn.backoff = Duration::from_millis(self.config.reconnect_min_ms);
+                }
+                Err(f) => self.schedule_reconnect(conn, f),
+            }
+        }
+        let Some(ctx) = conn.context.as_mut() else {
+            return Err(status::not_connected(&conn.last_failure));
+        };
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let failure = match tokio::time::timeout(timeout, ctx.call(request)).await {
+            Ok(Ok(Ok(response))) => return Ok(response),
+            Ok(Ok(Err(exception))) => return Err(status::exception(exception.into())),
+            Err(_) => status::timeout(self.config.timeout_ms),
+            Ok(Err(tokio_modbus::Error::Transport(e))) => status::connection(e),
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => status::malformed(e),
+        };
+        if conn.connected_logged != Some(false) {
+            tracing::warn!("{label}: {failure}; reconnecting with backoff");
+            conn.connected_logged = Some(false);
+        }
+        self.schedule_reconnect(conn, failure.clone());
+        Err(failure)
     }
 
     async fn connect(&self) -> Result<Context, Failure> {

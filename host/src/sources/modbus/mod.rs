@@ -9,14 +9,18 @@ mod device;
 mod plan;
 mod server;
 mod status;
+mod write;
 
-pub use codec::{decode_registers, encode_bytes, Decoded, Layout};
+pub use codec::{
+    decode_registers, encode_bit, encode_bytes, encode_registers, Decoded, EncodeError, Layout,
+};
 pub use config::{
     DeviceConfig, ModbusConfig, RegisterConfig, SimulatorServerConfig, Table, ValueType, WordOrder,
 };
 pub use plan::{plan, ReadBlock, Wanted};
 pub use server::serve_plant;
 pub use status::{codes, exception as exception_status, Failure};
+pub use write::ModbusWritePort;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -86,7 +90,12 @@ fn data_type(r: &RegisterConfig) -> DataType {
 }
 
 /// Registers the device's tags and plans its poll groups.
-fn build_device(source: &str, d: DeviceConfig, ctx: &SourceContext) -> Device {
+fn build_device(
+    source: &str,
+    d: DeviceConfig,
+    ctx: &SourceContext,
+    requests: tokio::sync::mpsc::Receiver<device::DeviceRequest>,
+) -> Device {
     let tags: Vec<DeviceTag> = d
         .registers
         .iter()
@@ -165,6 +174,7 @@ fn build_device(source: &str, d: DeviceConfig, ctx: &SourceContext) -> Device {
         out: ctx.out.clone(),
         shutdown: ctx.shutdown.clone(),
         produced: ctx.produced.clone(),
+        requests: Some(requests),
     }
 }
 
@@ -191,9 +201,12 @@ pub async fn run(c: ModbusConfig, ctx: SourceContext) -> Result<(), SourceError>
         }
         server = Some(task);
     }
+    // The write path: one request queue into each device task.
+    let (port, requests) = ModbusWritePort::new(&devices);
+    ctx.write_ports.register(&name, std::sync::Arc::new(port));
     let mut tasks = JoinSet::new();
-    for d in devices {
-        tasks.spawn(build_device(&name, d, &ctx).run());
+    for (d, requests) in devices.into_iter().zip(requests) {
+        tasks.spawn(build_device(&name, d, &ctx, requests).run());
     }
     while tasks.join_next().await.is_some() {}
     if let Some(task) = server {

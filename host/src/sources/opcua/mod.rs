@@ -11,6 +11,7 @@ mod discover;
 mod node_ref;
 mod server;
 mod values;
+mod write;
 
 pub use config::{
     NodeConfig, OpcUaConfig, OpcUaSimulatorConfig, SecurityMode, SecurityPolicy, TimestampChoice,
@@ -18,6 +19,7 @@ pub use config::{
 pub use discover::{discover, DiscoverOptions};
 pub use node_ref::NodeRef;
 pub use server::{serve_plant, PLANT_NAMESPACE};
+pub use write::{to_variant, OpcUaWritePort};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -67,6 +69,8 @@ struct Runner {
     gap: Option<watch::Sender<bool>>,
     /// The tags the gap filler makes bad (grows as `browse` finds variables).
     gap_ids: Arc<std::sync::RwLock<Vec<TagId>>>,
+    /// The live session, for the write path.
+    write_slot: write::SessionSlot,
 }
 
 /// The nodes generated for the in-process simulator: every served plant tag, by namespace URI.
@@ -154,6 +158,15 @@ async fn run_client(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceErro
         })
         .collect();
     let gap_ids = Arc::new(std::sync::RwLock::new(tags.iter().map(|t| t.id).collect()));
+    // The write path shares the read path's session.
+    let write_slot = write::SessionSlot::default();
+    let port = OpcUaWritePort::new(
+        &ctx.name,
+        c.nodes.iter().map(|n| (n.tag.clone(), n.node_id.clone())),
+        write_slot.clone(),
+        Duration::from_millis(c.keep_alive_ms),
+    );
+    ctx.write_ports.register(&ctx.name, Arc::new(port));
     let mut runner = Runner {
         config: c,
         tags,
@@ -162,6 +175,7 @@ async fn run_client(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceErro
         down: false,
         gap: None,
         gap_ids,
+        write_slot,
     };
     runner.run().await
 }
@@ -322,6 +336,7 @@ impl Runner {
             return Ended::Lost("session could not be activated".into());
         }
         let ended = self.subscribed(&session, &mut event_loop).await;
+        *self.write_slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if matches!(ended, Ended::Shutdown | Ended::PipelineClosed) {
             let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
         }
@@ -421,6 +436,8 @@ impl Runner {
         if let Err(e) = self.browse(session, &namespaces).await {
             return Ended::Lost(e);
         }
+        *self.write_slot.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((session.clone(), namespaces.clone()));
         // Node ids afresh: a restarted server may number namespaces differently.
         let mut resolved: Vec<Option<NodeId>> = Vec::with_capacity(self.tags.len());
         let mut bad = SampleBatch::default();
