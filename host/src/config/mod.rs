@@ -188,6 +188,7 @@ impl HostConfig {
         for s in self.sources.values_mut() {
             match s {
                 SourceConfig::Mqtt(m) => m.broker.resolve_paths(base),
+                #[cfg(feature = "opcua")]
                 SourceConfig::Opcua(o) => fix(&mut o.pki_dir),
                 _ => {}
             }
@@ -209,6 +210,7 @@ impl HostConfig {
                         .get_or_insert_with(|| PathBuf::from(format!("data/buffer/{name}.redb")));
                     fix(p)
                 }
+                #[cfg(feature = "parquet")]
                 SinkConfig::Parquet(p) => {
                     fix(&mut p.directory);
                     fix(p
@@ -216,6 +218,7 @@ impl HostConfig {
                         .path
                         .get_or_insert_with(|| PathBuf::from(format!("data/buffer/{name}.redb"))));
                 }
+                #[cfg(feature = "postgres")]
                 SinkConfig::Postgres(p) => {
                     if let Some(f) = p.ca_file.as_mut() {
                         fix(f)
@@ -226,7 +229,8 @@ impl HostConfig {
                         }));
                     }
                 }
-                SinkConfig::Kafka(_) => {}
+                #[allow(unreachable_patterns)]
+                _ => {}
             }
         }
         match self.dead_letter.as_mut() {

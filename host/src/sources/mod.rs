@@ -3,9 +3,12 @@
 //! Sources are registered by their config `type`; protocol sources (Modbus, OPC UA, MQTT)
 //! plug in beside the simulator.
 
+#[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "modbus")]
 pub mod modbus;
 pub mod mqtt;
+#[cfg(feature = "opcua")]
 pub mod opcua;
 pub mod simulator;
 
@@ -15,6 +18,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
+#[allow(unused_imports)]
+use crate::features::NotBuilt;
 use crate::model::DeadLetterBatch;
 use crate::model::{SampleBatch, TagRegistry};
 
@@ -27,11 +32,20 @@ pub enum SourceConfig {
     /// MQTT 5 subscription (the bridge input).
     Mqtt(mqtt::MqttSourceConfig),
     /// Modbus TCP devices (and optionally an in-process Modbus simulator server).
+    #[cfg(feature = "modbus")]
     Modbus(modbus::ModbusConfig),
+    #[cfg(not(feature = "modbus"))]
+    Modbus(NotBuilt),
     /// An OPC UA server (subscriptions, or polled reads per node).
+    #[cfg(feature = "opcua")]
     Opcua(opcua::OpcUaConfig),
+    #[cfg(not(feature = "opcua"))]
+    Opcua(NotBuilt),
     /// Kafka consumer-group member (scale-out past one machine).
+    #[cfg(feature = "kafka")]
     Kafka(Box<kafka::KafkaSourceConfig>),
+    #[cfg(not(feature = "kafka"))]
+    Kafka(NotBuilt),
 }
 
 /// What a running source gets from the pipeline.
@@ -59,9 +73,18 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulator(c) => c.validate(),
             SourceConfig::Mqtt(c) => c.validate(),
+            #[cfg(feature = "modbus")]
             SourceConfig::Modbus(c) => c.validate(),
+            #[cfg(not(feature = "modbus"))]
+            SourceConfig::Modbus(n) => n.refuse("modbus", "modbus"),
+            #[cfg(feature = "opcua")]
             SourceConfig::Opcua(c) => c.validate(),
+            #[cfg(not(feature = "opcua"))]
+            SourceConfig::Opcua(n) => n.refuse("opcua", "opcua"),
+            #[cfg(feature = "kafka")]
             SourceConfig::Kafka(c) => c.validate(),
+            #[cfg(not(feature = "kafka"))]
+            SourceConfig::Kafka(n) => n.refuse("kafka", "kafka"),
         }
     }
 
@@ -70,9 +93,17 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulator(c) => simulator::run(c, ctx).await,
             SourceConfig::Mqtt(c) => mqtt::run(c, ctx).await,
+            #[cfg(feature = "modbus")]
             SourceConfig::Modbus(c) => modbus::run(c, ctx).await,
+            #[cfg(feature = "opcua")]
             SourceConfig::Opcua(c) => opcua::run(c, ctx).await,
+            #[cfg(feature = "kafka")]
             SourceConfig::Kafka(c) => kafka::run(*c, ctx).await,
+            #[allow(unreachable_patterns)]
+            _ => Err(SourceError::Failed {
+                name: ctx.name,
+                message: "this source's component is not built into this binary".into(),
+            }),
         }
     }
 }
