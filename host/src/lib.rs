@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admin_page;
 pub mod buffer;
 pub mod config;
+pub mod features;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;

@@ -336,6 +336,7 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
                     shutdown_rx.clone(),
                 )));
             }
+            #[cfg(feature = "kafka")]
             if let Some(k) = &w.kafka {
                 commands.push(tokio::spawn(crate::writes::kafka::run(
                     k.clone(),

@@ -191,6 +191,7 @@ impl HostConfig {
         for s in self.sources.values_mut() {
             match s {
                 SourceConfig::Mqtt(m) => m.broker.resolve_paths(base),
+                #[cfg(feature = "opcua")]
                 SourceConfig::Opcua(o) => fix(&mut o.pki_dir),
                 _ => {}
             }
@@ -215,6 +216,7 @@ impl HostConfig {
                         .get_or_insert_with(|| PathBuf::from(format!("data/buffer/{name}.redb")));
                     fix(p)
                 }
+                #[cfg(feature = "parquet")]
                 SinkConfig::Parquet(p) => {
                     fix(&mut p.directory);
                     fix(p
@@ -222,6 +224,7 @@ impl HostConfig {
                         .path
                         .get_or_insert_with(|| PathBuf::from(format!("data/buffer/{name}.redb"))));
                 }
+                #[cfg(feature = "postgres")]
                 SinkConfig::Postgres(p) => {
                     if let Some(f) = p.ca_file.as_mut() {
                         fix(f)
@@ -232,7 +235,8 @@ impl HostConfig {
                         }));
                     }
                 }
-                SinkConfig::Kafka(_) => {}
+                #[allow(unreachable_patterns)]
+                _ => {}
             }
         }
         match self.dead_letter.as_mut() {

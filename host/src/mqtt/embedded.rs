@@ -3,6 +3,7 @@
 //! server. Point the MQTT sink at Mosquitto instead by leaving this section out and setting
 //! the sink's `host`/`port`.
 
+#[cfg(feature = "mqtt-broker")]
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -38,6 +39,12 @@ pub struct EmbeddedBrokerError {
 
 impl EmbeddedBrokerConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
+        if cfg!(not(feature = "mqtt-broker")) {
+            return Err((
+                "listen".into(),
+                crate::features::missing("the embedded MQTT broker", "mqtt-broker"),
+            ));
+        }
         if !self.listen.ip().is_loopback() {
             return Err((
                 "listen".into(),
@@ -50,6 +57,7 @@ impl EmbeddedBrokerConfig {
         Ok(())
     }
 
+    #[cfg(feature = "mqtt-broker")]
     fn server(&self, name: &str, listen: SocketAddr) -> rumqttd::ServerSettings {
         rumqttd::ServerSettings {
             name: name.into(),
@@ -67,8 +75,19 @@ impl EmbeddedBrokerConfig {
         }
     }
 
+    /// Without the `mqtt-broker` feature there is no broker to start (`validate` refuses the
+    /// config before).
+    #[cfg(not(feature = "mqtt-broker"))]
+    pub fn start(&self) -> Result<(), EmbeddedBrokerError> {
+        Err(EmbeddedBrokerError {
+            listen: self.listen,
+            message: crate::features::missing("the embedded MQTT broker", "mqtt-broker"),
+        })
+    }
+
     /// Starts the broker on its own threads; it runs until the process exits. Returns once
     /// the listener accepts connections.
+    #[cfg(feature = "mqtt-broker")]
     pub fn start(&self) -> Result<(), EmbeddedBrokerError> {
         let err = |message: String| EmbeddedBrokerError {
             listen: self.listen,

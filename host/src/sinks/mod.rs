@@ -6,9 +6,12 @@
 pub mod buffered;
 pub mod file;
 mod health;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod mqtt;
+#[cfg(feature = "parquet")]
 pub mod parquet;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 mod supervisor;
 
@@ -23,6 +26,8 @@ use tokio::sync::mpsc;
 pub use health::{SinkHealth, SinkHealthStatus, SinkState, SinkView};
 
 use crate::buffer::{BufferStatus, DurableBuffer};
+#[allow(unused_imports)]
+use crate::features::NotBuilt;
 use crate::model::{DeadLetter, DeadLetterBatch, OutputBatch};
 use crate::retry::Backoff;
 
@@ -35,11 +40,20 @@ pub enum SinkConfig {
     /// MQTT 5 broker, through a durable store-and-forward buffer.
     Mqtt(Box<mqtt::MqttSinkConfig>),
     /// Rows in a PostgreSQL / TimescaleDB table (binary COPY, idempotent).
+    #[cfg(feature = "postgres")]
     Postgres(postgres::PostgresSinkConfig),
+    #[cfg(not(feature = "postgres"))]
+    Postgres(NotBuilt),
     /// Rolling Parquet files partitioned by hour, in a directory or an object store.
+    #[cfg(feature = "parquet")]
     Parquet(parquet::ParquetSinkConfig),
+    #[cfg(not(feature = "parquet"))]
+    Parquet(NotBuilt),
     /// Kafka topics by routing rules, idempotent producer, acknowledged before release.
+    #[cfg(feature = "kafka")]
     Kafka(Box<kafka::KafkaSinkConfig>),
+    #[cfg(not(feature = "kafka"))]
+    Kafka(NotBuilt),
 }
 
 /// `[dead_letter]`, by `type`.
@@ -49,7 +63,10 @@ pub enum DeadLetterConfig {
     /// JSON lines in a local file (the default: `dead-letter.jsonl` beside the config).
     File(file::FileSinkConfig),
     /// JSON records on a Kafka topic.
+    #[cfg(feature = "kafka")]
     Kafka(Box<kafka::KafkaDeadLetterConfig>),
+    #[cfg(not(feature = "kafka"))]
+    Kafka(NotBuilt),
 }
 
 /// A sink's error, by what to do about it.
@@ -218,9 +235,18 @@ impl SinkConfig {
         match self {
             SinkConfig::File(c) => c.validate(),
             SinkConfig::Mqtt(c) => c.validate(),
+            #[cfg(feature = "postgres")]
             SinkConfig::Postgres(c) => c.validate(),
+            #[cfg(not(feature = "postgres"))]
+            SinkConfig::Postgres(n) => n.refuse("postgres", "postgres"),
+            #[cfg(feature = "parquet")]
             SinkConfig::Parquet(c) => c.validate(),
+            #[cfg(not(feature = "parquet"))]
+            SinkConfig::Parquet(n) => n.refuse("parquet", "parquet"),
+            #[cfg(feature = "kafka")]
             SinkConfig::Kafka(c) => c.validate(),
+            #[cfg(not(feature = "kafka"))]
+            SinkConfig::Kafka(n) => n.refuse("kafka", "kafka"),
         }
     }
 
@@ -229,12 +255,16 @@ impl SinkConfig {
     pub fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkError> {
         match self {
             SinkConfig::File(c) => Ok(Box::new(file::FileSink::open(name, c)?)),
+            #[cfg(feature = "postgres")]
             SinkConfig::Postgres(c) => Ok(Box::new(postgres::PostgresSink::open(name, c)?)),
+            #[cfg(feature = "parquet")]
             SinkConfig::Parquet(c) => Ok(Box::new(parquet::ParquetSink::open(name, c)?)),
             SinkConfig::Mqtt(_) | SinkConfig::Kafka(_) => Err(SinkError::Transient {
                 sink: name.into(),
                 message: "this sink needs the pipeline's context; start it with `start`".into(),
             }),
+            #[allow(unreachable_patterns)]
+            _ => Err(not_built(name)),
         }
     }
 
@@ -249,6 +279,7 @@ impl SinkConfig {
         let flush = ctx.flush;
         let spawn: supervisor::SpawnRunner<Arc<OutputBatch>>;
         let view = match self {
+            #[cfg(feature = "postgres")]
             SinkConfig::Postgres(c) if c.buffer.is_some() => {
                 let buffer = open_buffer(&name, c.buffer.as_ref().expect("checked"))?;
                 view.buffer = Some(buffer.clone());
@@ -269,6 +300,7 @@ impl SinkConfig {
                 });
                 view
             }
+            #[cfg(feature = "parquet")]
             SinkConfig::Parquet(c) => {
                 let buffer = open_buffer(&name, &c.buffer)?;
                 view.buffer = Some(buffer.clone());
@@ -329,6 +361,7 @@ impl SinkConfig {
                 });
                 view
             }
+            #[cfg(feature = "kafka")]
             SinkConfig::Kafka(c) => {
                 let link = Arc::new(LinkStats::default());
                 view.link = Some(link.clone());
@@ -354,6 +387,8 @@ impl SinkConfig {
                 });
                 view
             }
+            #[allow(unreachable_patterns)]
+            _ => return Err(not_built(&name)),
         };
         let task = supervisor::start(ctx.name, ctx.queue, view.health.clone(), spawn)?;
         Ok(RunningSink { task, view })
@@ -406,14 +441,29 @@ impl DeadLetterConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             DeadLetterConfig::File(c) => c.validate(),
+            #[cfg(feature = "kafka")]
             DeadLetterConfig::Kafka(c) => c.validate(),
+            #[cfg(not(feature = "kafka"))]
+            DeadLetterConfig::Kafka(n) => n.refuse("kafka", "kafka"),
         }
     }
     pub fn build(&self) -> Result<Box<dyn DeadLetterSink>, SinkError> {
         match self {
             DeadLetterConfig::File(c) => Ok(Box::new(file::FileSink::open("dead_letter", c)?)),
+            #[cfg(feature = "kafka")]
             DeadLetterConfig::Kafka(c) => Ok(Box::new(kafka::KafkaDeadLetterSink::open(c)?)),
+            #[cfg(not(feature = "kafka"))]
+            DeadLetterConfig::Kafka(_) => Err(not_built(DEAD_LETTER_SINK)),
         }
+    }
+}
+
+/// A sink whose component this binary was built without (refused by `validate` before).
+#[allow(dead_code)]
+fn not_built(name: &str) -> SinkError {
+    SinkError::Transient {
+        sink: name.into(),
+        message: "this sink's component is not built into this binary".into(),
     }
 }
 

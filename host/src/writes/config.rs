@@ -185,6 +185,13 @@ impl WritesConfig {
                 return Err(("mqtt.topics".into(), "list at least one filter".into()));
             }
         }
+        #[cfg(not(feature = "kafka"))]
+        if self.kafka.is_some() {
+            return Err((
+                "kafka".into(),
+                crate::features::missing("a Kafka command channel", "kafka"),
+            ));
+        }
         if let Some(k) = &self.kafka {
             for (key, v) in [
                 ("brokers", &k.brokers),

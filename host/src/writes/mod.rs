@@ -10,6 +10,7 @@ pub mod audit;
 pub mod command;
 pub mod config;
 pub mod glob;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod latest;
 pub mod mqtt;

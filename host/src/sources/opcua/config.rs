@@ -169,6 +169,13 @@ fn default_reconnect_max_ms() -> u64 {
 impl OpcUaConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: String, m: String| Err((k, m));
+        #[cfg(not(feature = "opcua-simulator"))]
+        if self.simulator.is_some() {
+            return err(
+                "simulator".into(),
+                crate::features::missing("the in-process OPC UA simulator", "opcua-simulator"),
+            );
+        }
         let simulated = self.simulator.is_some() && self.nodes.is_empty();
         if let Some(s) = &self.simulator {
             if !s.listen.ip().is_loopback() {

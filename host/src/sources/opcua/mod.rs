@@ -9,6 +9,7 @@ pub mod browse;
 mod config;
 mod discover;
 mod node_ref;
+#[cfg(feature = "opcua-simulator")]
 mod server;
 mod values;
 mod write;
@@ -18,6 +19,7 @@ pub use config::{
 };
 pub use discover::{discover, DiscoverOptions};
 pub use node_ref::NodeRef;
+#[cfg(feature = "opcua-simulator")]
 pub use server::{serve_plant, PLANT_NAMESPACE};
 pub use write::{to_variant, OpcUaWritePort};
 
@@ -74,6 +76,7 @@ struct Runner {
 }
 
 /// The nodes generated for the in-process simulator: every served plant tag, by namespace URI.
+#[cfg(feature = "opcua-simulator")]
 pub fn simulator_nodes(c: &OpcUaSimulatorConfig, source: &str) -> Vec<NodeConfig> {
     let plant = server::plant_of(c);
     (c.first_tag..c.first_tag + c.tags)
@@ -93,6 +96,13 @@ pub fn simulator_nodes(c: &OpcUaSimulatorConfig, source: &str) -> Vec<NodeConfig
         .collect()
 }
 
+#[cfg(not(feature = "opcua-simulator"))]
+pub async fn run(c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceError> {
+    // `simulator` is refused by `validate` in a binary without the OPC UA simulator.
+    run_client(c, ctx).await
+}
+
+#[cfg(feature = "opcua-simulator")]
 pub async fn run(mut c: OpcUaConfig, ctx: SourceContext) -> Result<(), SourceError> {
     let mut server = None;
     // The simulator stops after the client, so the client's session closes cleanly.
