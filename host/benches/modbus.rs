@@ -128,6 +128,7 @@ fn run(ports: &[u16], burst: bool, server_pid: u32) -> Figures {
             produced: Arc::new(AtomicU64::new(0)),
             // Protocol sources do not dead-letter; nothing is sent here.
             dead_letters: tokio::sync::mpsc::channel(1).0,
+            upstream: Default::default(),
         };
         let source = tokio::spawn(config.run(ctx));
         let started = Instant::now();

@@ -206,6 +206,7 @@ fn run(case: Case, pki: &std::path::Path) -> Figures {
                 produced: produced.clone(),
                 // Protocol sources do not dead-letter; nothing is sent here.
                 dead_letters: tokio::sync::mpsc::channel(1).0,
+                upstream: Default::default(),
             };
             sources.push(tokio::spawn(config.run(ctx)));
         }

@@ -33,6 +33,8 @@ pub struct PipelineStats {
     /// The latest dead-letters (at most `RECENT_DEAD_LETTERS`), for the admin endpoint.
     pub recent_dead_letters: Arc<Mutex<VecDeque<DeadLetter>>>,
     pub sinks: BTreeMap<String, Arc<SinkView>>,
+    /// Per source, what its upstream sequence check found.
+    pub upstream: BTreeMap<String, Arc<crate::sources::sequence::UpstreamAccounts>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -50,6 +52,9 @@ pub struct PipelineStatus {
     pub sinks: BTreeMap<String, SinkStatus>,
     pub stages: Vec<StageStatus>,
     pub plugin_counters: Vec<(String, String, u64)>,
+    /// Per source and publisher: the upstream sequence check (gaps, redeliveries, epochs).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream: BTreeMap<String, BTreeMap<String, crate::sources::sequence::PublisherStatus>>,
 }
 
 struct Inner {
@@ -102,6 +107,12 @@ impl PipelineHandle {
                 .collect(),
             stages: self.inner.chain.stage_statuses(),
             plugin_counters: self.inner.chain.plugin_counters(),
+            upstream: stats
+                .upstream
+                .iter()
+                .map(|(name, a)| (name.clone(), a.snapshot()))
+                .filter(|(_, p)| !p.is_empty())
+                .collect(),
         }
     }
 
@@ -122,7 +133,8 @@ fn flush_policy(p: &crate::pipeline::PipelineConfig) -> crate::sinks::FlushPolic
 }
 
 /// Why the host is not ready (empty: ready): a sink stalled, retrying or not connected, a
-/// buffer full or unable to write, a stage quarantined, the tag table at its bound.
+/// buffer full or unable to write, a stage quarantined, the tag table at its bound, an
+/// upstream gap (for `sequence.not_ready_s` after it).
 pub fn not_ready_reasons(status: &PipelineStatus) -> Vec<String> {
     let mut not_ready = Vec::new();
     for (name, s) in &status.sinks {
@@ -147,6 +159,16 @@ pub fn not_ready_reasons(status: &PipelineStatus) -> Vec<String> {
     for st in &status.stages {
         if let crate::pipeline::StageState::Quarantined { reason, .. } = &st.state {
             not_ready.push(format!("stage `{}` is quarantined: {reason}", st.name));
+        }
+    }
+    let now = crate::model::now_ns();
+    for (source, publishers) in &status.upstream {
+        for (publisher, p) in publishers {
+            if let Some(reason) =
+                crate::sources::sequence::not_ready_reason(source, publisher, p, now)
+            {
+                not_ready.push(reason);
+            }
         }
     }
     if status.tags_refused > 0 && status.tags >= status.max_tags {
@@ -256,6 +278,8 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
     for (name, s) in &config.sources {
         let produced = Arc::new(AtomicU64::new(0));
         stats.produced.insert(name.clone(), produced.clone());
+        let upstream = Arc::new(crate::sources::sequence::UpstreamAccounts::default());
+        stats.upstream.insert(name.clone(), upstream.clone());
         let ctx = crate::sources::SourceContext {
             name: name.clone(),
             registry: registry.clone(),
@@ -263,6 +287,7 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
             shutdown: shutdown_rx.clone(),
             produced,
             dead_letters: dl_tx.clone(),
+            upstream,
         };
         sources.push(tokio::spawn(s.clone().run(ctx)));
     }

@@ -226,7 +226,10 @@ impl HostConfig {
                         }));
                     }
                 }
-                SinkConfig::Kafka(_) => {}
+                SinkConfig::Kafka(k) => fix(k
+                    .dedup
+                    .path
+                    .get_or_insert_with(|| PathBuf::from(format!("data/dedup/{name}.redb")))),
             }
         }
         match self.dead_letter.as_mut() {

@@ -7,6 +7,7 @@ pub mod kafka;
 pub mod modbus;
 pub mod mqtt;
 pub mod opcua;
+pub mod sequence;
 pub mod simulator;
 
 use std::sync::atomic::AtomicU64;
@@ -45,6 +46,8 @@ pub struct SourceContext {
     pub produced: Arc<AtomicU64>,
     /// Where a source sends what it cannot turn into samples (malformed messages).
     pub dead_letters: mpsc::Sender<DeadLetterBatch>,
+    /// What the source's upstream sequence check found (MQTT, Kafka), for the status.
+    pub upstream: Arc<sequence::UpstreamAccounts>,
 }
 
 #[derive(Debug, thiserror::Error)]
