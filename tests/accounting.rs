@@ -715,7 +715,7 @@ client_id = "edge-out"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_records_are_numbered_per_partition_and_a_kafka_source_reports_a_missing_range() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = mosquitto(dir.path(), "");
+    let broker = mosquitto(dir.path(), "max_queued_messages 0\n");
     let k = kafka::tansu();
     kafka::create_topic(k.port, "plant.telemetry", 3);
     kafka::create_topic(k.port, "dead", 1);
@@ -797,6 +797,7 @@ brokers = "127.0.0.1:{kport}"
 group_id = "accounting-check"
 topics = ["plant.telemetry", "numbered"]
 [sources.k.properties]
+"session.timeout.ms" = "6000"
 "max.poll.interval.ms" = "10000"
 [sources.k.sequence]
 reorder_timeout_ms = 1000
@@ -823,7 +824,12 @@ path = "dead-letter.jsonl"
         if s.produced["k"] >= total && gap_declared {
             break;
         }
-        assert!(Instant::now() < deadline, "{:?}", s.upstream);
+        assert!(
+            Instant::now() < deadline,
+            "{:?} {:?}",
+            s.produced,
+            s.upstream
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let status = handle.status();

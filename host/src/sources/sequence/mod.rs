@@ -304,7 +304,7 @@ impl SequenceChecker {
                 from = g.from,
                 to = g.to,
                 missing = g.messages(),
-                "upstream gap: messages {}..={} of publisher `{}` never arrived (dropped between the publisher and this source, e.g. by the broker's queue limit)",
+                "upstream gap: messages {}..={} of publisher `{}` never arrived (lost between the publisher and this source: a broker's queue limit, Kafka retention)",
                 g.from, g.to, g.publisher
             );
         }
