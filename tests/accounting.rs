@@ -372,6 +372,31 @@ fn traffic(n: u64) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+fn tag_of(message: u64) -> String {
+    format!("plant/site1/area1/line1/dev{}/flow", message % 10)
+}
+
+/// `messages` batch-form messages of `per` samples of one tag each (tags in turn); sample
+/// `i` has ts `START_NS + i`.
+fn batched_traffic(messages: u64, per: u64) -> Vec<(String, Vec<u8>)> {
+    (0..messages)
+        .map(|m| {
+            let samples: Vec<String> = (0..per)
+                .map(|j| {
+                    let i = m * per + j;
+                    format!(
+                        "{{\"value\":{},\"quality\":\"good\",\"ts_ns\":{}}}",
+                        i as f64,
+                        START_NS + i
+                    )
+                })
+                .collect();
+            let body = format!("{{\"unit\":\"bar\",\"samples\":[{}]}}", samples.join(","));
+            (tag_of(m), body.into_bytes())
+        })
+        .collect()
+}
+
 /// Every expected (key, ts) exactly once, one partition per key, per-key order kept.
 fn assert_exactly_once_in_order(records: &[Record], expected: &HashSet<(String, u64)>) {
     let mut count: HashMap<(String, u64), usize> = HashMap::new();
@@ -387,7 +412,23 @@ fn assert_exactly_once_in_order(records: &[Record], expected: &HashSet<(String, 
             r.partition
         );
         if let Some(prev) = last.insert(&r.key, ts) {
-            assert!(prev < ts, "{}: {ts} after {prev}", r.key);
+            if prev >= ts {
+                let around: Vec<(i64, u64, String)> = records
+                    .iter()
+                    .filter(|x| {
+                        let t = x.value["ts_ns"].as_u64().unwrap();
+                        x.key == r.key && (t == ts || t == prev)
+                    })
+                    .map(|x| {
+                        (
+                            x.offset,
+                            x.value["ts_ns"].as_u64().unwrap() - START_NS,
+                            x.headers["ferrule-seq"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect();
+                panic!("{}: {ts} after {prev}; around it: {around:?}", r.key);
+            }
         }
     }
     let dupes: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
@@ -406,8 +447,9 @@ fn assert_exactly_once_in_order(records: &[Record], expected: &HashSet<(String, 
     assert_eq!(&keys, expected, "unexpected samples");
 }
 
-/// The MQTT → Kafka bridge SIGKILLed six times mid-stream with the broker's queue unbounded:
-/// every sample is in Kafka exactly once (the dedup window survives each kill), in order.
+/// The MQTT → Kafka bridge SIGKILLed six times while it works through a backlog, with the
+/// broker's queue unbounded: every sample is in Kafka exactly once (the dedup window survives
+/// each kill), in order, and the record numbers run 1..=n in every partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_killed_six_times_writes_every_sample_to_kafka_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -435,27 +477,29 @@ async fn the_bridge_killed_six_times_writes_every_sample_to_kafka_exactly_once()
     // The first start creates the persistent MQTT session.
     let mut child = start(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let n = 12_000u64;
+    // 6 000 messages of 20 samples of one tag, in bursts of 250 messages: the bridge works
+    // at full speed through each burst, with messages in Kafka but not yet acknowledged
+    // when it is killed.
+    let (messages, per) = (6_000u64, 20u64);
+    let n = messages * per;
     let port = broker.port;
     let publisher = tokio::spawn(async move {
-        let all = traffic(n);
-        for chunk in all.chunks(300) {
+        let all = batched_traffic(messages, per);
+        for chunk in all.chunks(250) {
             publish_all(port, "test-pub", chunk.to_vec()).await;
-            tokio::time::sleep(Duration::from_millis(40)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
-    for (i, run_ms) in [900, 1300, 700, 1500, 1000, 1200].into_iter().enumerate() {
+    // Each run lives long enough to restore its window (≥ 1 s) and write.
+    for (i, run_ms) in [1500, 2000, 1300, 2200, 1600, 1800].into_iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(run_ms)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         child = start(i + 1);
     }
     publisher.await.unwrap();
-    let expected: HashSet<(String, u64)> = traffic(n)
-        .into_iter()
-        .map(|(t, _)| t)
-        .zip(0..n)
-        .map(|(t, i)| (t, START_NS + i))
+    let expected: HashSet<(String, u64)> = (0..n)
+        .map(|i| (tag_of(i / per), START_NS + i))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     let records = loop {
@@ -471,6 +515,13 @@ async fn the_bridge_killed_six_times_writes_every_sample_to_kafka_exactly_once()
     };
     child.kill().unwrap();
     child.wait().unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.headers.get("correction").is_none()),
+        "a redelivery was taken for a correction"
+    );
+    assert_exactly_once_in_order(&records, &expected);
     // The restarts restored the window before writing (a run killed before its first
     // write has nothing to restore yet).
     let restored = (1..=6)
@@ -484,13 +535,6 @@ async fn the_bridge_killed_six_times_writes_every_sample_to_kafka_exactly_once()
         restored >= 3,
         "only {restored} of 6 restarts restored the dedup window"
     );
-    assert!(
-        records
-            .iter()
-            .all(|r| r.headers.get("correction").is_none()),
-        "a redelivery was taken for a correction"
-    );
-    assert_exactly_once_in_order(&records, &expected);
     // The record numbers continued across every kill: 1..=n per partition, no hole, no
     // number twice.
     let mut per_partition: HashMap<i64, Vec<u64>> = HashMap::new();
@@ -577,6 +621,15 @@ async fn a_corrected_value_with_an_equal_timestamp_reaches_kafka_marked_as_a_cor
     assert_eq!((s.deduplicated, s.corrections), (2, 1), "{s:?}");
     handle.stop();
     running.wait().await.unwrap();
+    // The durable window holds the four forwarded samples and where the sink got to.
+    let w = ferrule::sinks::kafka::window::DurableWindow::open(
+        &dir.path().join("data/dedup/kafka.redb"),
+    )
+    .unwrap();
+    let (entries, checkpoint, numbers) = w.load(0).unwrap();
+    assert_eq!(entries.len(), 4, "{entries:?}");
+    assert_eq!(checkpoint.values().sum::<i64>(), 4, "{checkpoint:?}");
+    assert_eq!(numbers.values().map(|n| n - 1).sum::<u64>(), 4, "{numbers:?}");
 }
 
 /// An edge (MQTT in → MQTT out through the buffer) SIGKILLed five times mid-stream: every

@@ -15,7 +15,7 @@
 //! its epoch (the file's identity); the tail read also finds the highest number the sink
 //! wrote after the checkpoint, so numbering continues exactly after a crash.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -223,7 +223,8 @@ pub struct TailRead {
     pub entries: Vec<Entry>,
     /// Records read (including ones that are not samples of this sink's form).
     pub records: u64,
-    /// The high watermark per partition: the window now covers everything below it.
+    /// Per partition, the offset after the last record read (or the start): the window now
+    /// covers everything below it.
     pub end: Offsets,
     /// Per partition, the number after the highest this sink (publisher and epoch) wrote.
     pub next_seq: Sequences,
@@ -247,10 +248,16 @@ fn header<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option
         .and_then(|h| std::str::from_utf8(h.value?).ok())
 }
 
+/// How long the log must stay quiet before the read-back counts as complete: the end is
+/// where no record came for this long. Not the high watermark: brokers differ in what they
+/// report there (Tansu 0.6 reports the base offset of the last batch + 1), and a producer
+/// killed a moment ago may still have requests in the broker's socket that land now.
+const QUIET: Duration = Duration::from_millis(1000);
+
 /// Reads the records of `topics` from `start` (per partition; partitions without a start
-/// from the first record newer than `since_ns`) up to the current end, as dedup entries, and
-/// the highest record number `stamp` (publisher, epoch) wrote per partition. Blocking;
-/// `client` holds the broker address and the connection settings.
+/// from the first record newer than `since_ns`) to their end, as dedup entries, and the
+/// highest record number `stamp` (publisher, epoch) wrote per partition. Blocking; `client`
+/// holds the broker address and the connection settings.
 pub fn read_tail(
     client: &ClientConfig,
     topics: &[String],
@@ -268,8 +275,7 @@ pub fn read_tail(
             .max(Duration::from_secs(1))
     };
     let mut read = TailRead::default();
-    // Where to start and where the end is, per partition.
-    let mut want: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
     for topic in topics {
         let md = consumer
             .fetch_metadata(Some(topic.as_str()), left())
@@ -279,22 +285,13 @@ pub fn read_tail(
         };
         let mut by_time = TopicPartitionList::new();
         for p in t.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p.id(), left())
-                .map_err(k)?;
-            read.end.insert((topic.clone(), p.id()), high);
-            if high <= low {
-                continue;
-            }
             match start.get(&(topic.clone(), p.id())) {
                 Some(&from) => {
-                    let from = from.clamp(low, high);
-                    if from < high {
-                        want.insert((topic.clone(), p.id()), (from, high));
-                    }
+                    read.end.insert((topic.clone(), p.id()), from);
+                    tpl.add_partition_offset(topic, p.id(), Offset::Offset(from))
+                        .map_err(k)?;
                 }
                 None => {
-                    want.insert((topic.clone(), p.id()), (low, high));
                     by_time
                         .add_partition_offset(
                             topic,
@@ -305,39 +302,34 @@ pub fn read_tail(
                 }
             }
         }
-        // Partitions without a checkpoint start at the window's oldest record, where the
-        // broker can tell (else at the first record, filtered by time below).
+        // Partitions without a checkpoint start at the window's oldest record where the
+        // broker can tell, else at the beginning (filtered by time below).
         if by_time.count() > 0 {
-            if let Ok(found) = consumer.offsets_for_times(by_time, left()) {
-                for e in found.elements() {
-                    if let (Offset::Offset(o), Some(w)) = (
-                        e.offset(),
-                        want.get_mut(&(e.topic().to_string(), e.partition())),
-                    ) {
-                        w.0 = o.clamp(w.0, w.1);
-                    }
-                }
+            let found = consumer.offsets_for_times(by_time.clone(), left()).ok();
+            for e in by_time.elements() {
+                let at = found
+                    .as_ref()
+                    .and_then(|f| f.find_partition(e.topic(), e.partition()))
+                    .map(|f| f.offset())
+                    .filter(|o| matches!(o, Offset::Offset(_)))
+                    .unwrap_or(Offset::Beginning);
+                tpl.add_partition_offset(e.topic(), e.partition(), at)
+                    .map_err(k)?;
             }
         }
     }
-    want.retain(|_, (from, high)| from < high);
-    if want.is_empty() {
+    if tpl.count() == 0 {
         return Ok(read);
     }
-    let mut tpl = TopicPartitionList::new();
-    for ((t, p), (from, _)) in &want {
-        tpl.add_partition_offset(t, *p, Offset::Offset(*from))
-            .map_err(k)?;
-    }
     consumer.assign(&tpl).map_err(k)?;
-    while !want.is_empty() {
+    let mut last = Instant::now();
+    while last.elapsed() < QUIET {
         if Instant::now() > deadline {
             return Err(WindowError::Kafka(format!(
-                "timed out after {timeout:?} with {} partitions not read to their end",
-                want.len()
+                "timed out after {timeout:?} reading the dedup window back"
             )));
         }
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
         let m = match m {
@@ -345,8 +337,11 @@ pub fn read_tail(
             Err(rdkafka::error::KafkaError::PartitionEOF(_)) => continue,
             Err(e) => return Err(k(e)),
         };
+        last = Instant::now();
         let tp = (m.topic().to_string(), m.partition());
         read.records += 1;
+        let next = read.end.entry(tp.clone()).or_insert(0);
+        *next = (*next).max(m.offset() + 1);
         if let Some((publisher, epoch)) = stamp {
             if header(&m, crate::payload::PUBLISHER_PROPERTY) == Some(publisher)
                 && header(&m, crate::payload::EPOCH_PROPERTY) == Some(epoch)
@@ -374,11 +369,6 @@ pub fn read_tail(
                         at_ns,
                     });
                 }
-            }
-        }
-        if let Some((_, high)) = want.get(&tp) {
-            if m.offset() + 1 >= *high {
-                want.remove(&tp);
             }
         }
     }
