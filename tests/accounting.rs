@@ -477,17 +477,16 @@ async fn the_bridge_killed_six_times_writes_every_sample_to_kafka_exactly_once()
     // The first start creates the persistent MQTT session.
     let mut child = start(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // 6 000 messages of 20 samples of one tag, in bursts of 250 messages: the bridge works
-    // at full speed through each burst, with messages in Kafka but not yet acknowledged
-    // when it is killed.
-    let (messages, per) = (6_000u64, 20u64);
+    // 12 000 messages of 20 samples of one tag, published faster than the bridge forwards
+    // them: it works through a backlog at full speed, with messages in Kafka but not yet
+    // acknowledged whenever it is killed.
+    let (messages, per) = (12_000u64, 20u64);
     let n = messages * per;
     let port = broker.port;
     let publisher = tokio::spawn(async move {
         let all = batched_traffic(messages, per);
-        for chunk in all.chunks(250) {
+        for chunk in all.chunks(1000) {
             publish_all(port, "test-pub", chunk.to_vec()).await;
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
     // Each run lives long enough to restore its window (≥ 1 s) and write.
