@@ -497,9 +497,8 @@ async fn the_bridge_killed_six_times_writes_every_sample_to_kafka_exactly_once()
         child = start(i + 1);
     }
     publisher.await.unwrap();
-    let expected: HashSet<(String, u64)> = (0..n)
-        .map(|i| (tag_of(i / per), START_NS + i))
-        .collect();
+    let expected: HashSet<(String, u64)> =
+        (0..n).map(|i| (tag_of(i / per), START_NS + i)).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     let records = loop {
         let records = kafka::read(k.port, &["plant.telemetry"], n as usize, 30);
@@ -628,7 +627,11 @@ async fn a_corrected_value_with_an_equal_timestamp_reaches_kafka_marked_as_a_cor
     let (entries, checkpoint, numbers) = w.load(0).unwrap();
     assert_eq!(entries.len(), 4, "{entries:?}");
     assert_eq!(checkpoint.values().sum::<i64>(), 4, "{checkpoint:?}");
-    assert_eq!(numbers.values().map(|n| n - 1).sum::<u64>(), 4, "{numbers:?}");
+    assert_eq!(
+        numbers.values().map(|n| n - 1).sum::<u64>(),
+        4,
+        "{numbers:?}"
+    );
 }
 
 /// An edge (MQTT in → MQTT out through the buffer) SIGKILLed five times mid-stream: every

@@ -6,7 +6,27 @@
 //! are wall-clock ns, so a window restored after a restart (`window.rs`) ages correctly.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+/// Keys are SipHash outputs already: a map over them needs no second hash.
+#[derive(Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<PassThrough>>;
 
 /// What a sample is, against the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,9 +51,9 @@ pub struct Dedup {
     window_ns: u64,
     max_keys: usize,
     /// The first content hash per key …
-    seen: HashMap<u64, u64>,
+    seen: KeyMap<u64>,
     /// … and, for the few keys with corrections, the others.
-    more: HashMap<u64, Vec<u64>>,
+    more: KeyMap<Vec<u64>>,
     order: VecDeque<Entry>,
 }
 
@@ -76,8 +96,8 @@ impl Dedup {
         Dedup {
             window_ns,
             max_keys,
-            seen: HashMap::new(),
-            more: HashMap::new(),
+            seen: KeyMap::default(),
+            more: KeyMap::default(),
             order: VecDeque::new(),
         }
     }
@@ -142,6 +162,13 @@ impl Dedup {
             self.forget_oldest();
         }
         verdict
+    }
+
+    /// Makes room for `n` more entries (before a restore).
+    pub fn reserve(&mut self, n: usize) {
+        let n = n.min(self.max_keys);
+        self.seen.reserve(n);
+        self.order.reserve(n);
     }
 
     /// Remembers an entry restored from the durable window or read back from Kafka.

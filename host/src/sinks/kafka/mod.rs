@@ -288,6 +288,7 @@ impl KafkaSink {
         }
         let d = self.dedup.as_mut().expect("checked above");
         let (n_stored, n_tail) = (stored.len(), tail.entries.len());
+        d.reserve(n_stored + n_tail);
         for e in stored.into_iter().chain(tail.entries) {
             d.restore(e);
         }
