@@ -220,7 +220,7 @@ mod tests {
             status: 0,
             ts_ns: 1234,
         };
-        let body = crate::payload::render(fields, &[w.clone()]);
+        let body = crate::payload::render(fields, std::slice::from_ref(&w));
         let (f, ts) = sample_fields(&body).unwrap();
         assert_eq!(ts, 1234);
         assert_eq!(
