@@ -373,6 +373,7 @@ async fn restore_from_topics(seconds: u64) {
             &Offsets::new(),
             since,
             None,
+            window::QUIET,
             Duration::from_secs(3600),
         )
     })

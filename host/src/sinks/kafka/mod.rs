@@ -268,7 +268,14 @@ impl KafkaSink {
                 None => Default::default(),
             };
             let stamp = stamp.as_ref().map(|(p, e)| (p.as_str(), e.as_str()));
-            let tail = window::read_tail(&client, &topics, &checkpoint, oldest, stamp, timeout)?;
+            // A durable window that never recorded a write has no producer of ours to wait for.
+            let quiet = if store.is_some() && checkpoint.is_empty() && stored.is_empty() {
+                window::QUIET_FIRST_START
+            } else {
+                window::QUIET
+            };
+            let tail =
+                window::read_tail(&client, &topics, &checkpoint, oldest, stamp, quiet, timeout)?;
             for (tp, n) in &tail.next_seq {
                 let e = next.entry(tp.clone()).or_insert(*n);
                 *e = (*e).max(*n);

@@ -252,7 +252,9 @@ fn header<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, key: &str) -> Option
 /// where no record came for this long. Not the high watermark: brokers differ in what they
 /// report there (Tansu 0.6 reports the base offset of the last batch + 1), and a producer
 /// killed a moment ago may still have requests in the broker's socket that land now.
-const QUIET: Duration = Duration::from_millis(1000);
+pub const QUIET: Duration = Duration::from_millis(1000);
+/// The same for a window that never wrote anything (no earlier producer of ours to wait for).
+pub const QUIET_FIRST_START: Duration = Duration::from_millis(100);
 
 /// Reads the records of `topics` from `start` (per partition; partitions without a start
 /// from the first record newer than `since_ns`) to their end, as dedup entries, and the
@@ -264,6 +266,7 @@ pub fn read_tail(
     start: &Offsets,
     since_ns: u64,
     stamp: Option<(&str, &str)>,
+    quiet: Duration,
     timeout: Duration,
 ) -> Result<TailRead, WindowError> {
     let k = |e: rdkafka::error::KafkaError| WindowError::Kafka(e.to_string());
@@ -323,7 +326,7 @@ pub fn read_tail(
     }
     consumer.assign(&tpl).map_err(k)?;
     let mut last = Instant::now();
-    while last.elapsed() < QUIET {
+    while last.elapsed() < quiet {
         if Instant::now() > deadline {
             return Err(WindowError::Kafka(format!(
                 "timed out after {timeout:?} reading the dedup window back"
