@@ -129,6 +129,7 @@ fn run(ports: &[u16], burst: bool, server_pid: u32) -> Figures {
             // Protocol sources do not dead-letter; nothing is sent here.
             dead_letters: tokio::sync::mpsc::channel(1).0,
             write_ports: Default::default(),
+            upstream: Default::default(),
         };
         let source = tokio::spawn(config.run(ctx));
         let started = Instant::now();

@@ -208,6 +208,7 @@ fn run(case: Case, pki: &std::path::Path) -> Figures {
                 // Protocol sources do not dead-letter; nothing is sent here.
                 dead_letters: tokio::sync::mpsc::channel(1).0,
                 write_ports: Default::default(),
+                upstream: Default::default(),
             };
             sources.push(tokio::spawn(config.run(ctx)));
         }

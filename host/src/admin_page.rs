@@ -1,6 +1,7 @@
 //! The status page (`GET /` on the admin endpoint): one self-contained HTML page rendered on
 //! the server from the pipeline's status — sources; stages with plugin versions, digests,
-//! call latency and any shadow run; sinks with their link and buffer — refreshed by the
+//! call latency and any shadow run; sinks with their link and buffer; upstream publishers
+//! with their sequence accounting (gaps, redeliveries, epochs) — refreshed by the
 //! browser every 5 s. No script, no external assets, so it works on an air-gapped plant
 //! network.
 
@@ -115,6 +116,43 @@ pub fn render(status: &PipelineStatus) -> String {
             s.health.refused_samples
         );
     }
-    h.push_str("</table><p><a href=\"/status\">status JSON</a> · <a href=\"/metrics\">metrics</a> · <a href=\"/dead-letters\">recent dead-letters</a></p></body></html>");
+    h.push_str("</table>");
+    if !status.upstream.is_empty() {
+        h.push_str("<h2>Upstream publishers</h2><table id=\"upstream\"><tr><th>source</th><th>publisher</th><th>epoch</th><th>highest seq</th><th>messages</th><th>redelivered</th><th>lost (gaps)</th><th>last gap</th><th>new epochs</th></tr>");
+        for (source, publishers) in &status.upstream {
+            for (publisher, p) in publishers {
+                let last = match &p.last_gap {
+                    Some(g) => format!(
+                        "<span class=\"bad\">{}..={} ({})</span>",
+                        g.from,
+                        g.to,
+                        g.messages()
+                    ),
+                    None => "–".into(),
+                };
+                let lost = if p.missing_messages > 0 {
+                    format!(
+                        "<span class=\"bad\">{} ({})</span>",
+                        p.missing_messages, p.gaps
+                    )
+                } else {
+                    "<span class=\"ok\">0</span>".into()
+                };
+                let _ = write!(
+                    h,
+                    "<tr class=\"publisher\"><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{lost}</td><td>{last}</td><td>{}</td></tr>",
+                    esc(source),
+                    esc(publisher),
+                    esc(&p.epoch),
+                    p.highest_seq,
+                    p.messages,
+                    p.redelivered,
+                    p.new_epochs
+                );
+            }
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<p><a href=\"/status\">status JSON</a> · <a href=\"/metrics\">metrics</a> · <a href=\"/dead-letters\">recent dead-letters</a></p></body></html>");
     h
 }

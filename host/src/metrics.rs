@@ -3,7 +3,8 @@
 //! rejected per source, stage and sink, plugin call latency (histogram per plane; its sum is
 //! the time inside the plugin), fuel and memory, failures by kind (traps, limits),
 //! quarantines, swaps, recycles, shadow-run comparisons, sink links and the store-and-forward
-//! buffers (depth, age, drops), write-back commands by outcome.
+//! buffers (depth, age, drops), write-back commands by outcome, and the upstream accounting
+//! per source and publisher (gaps, redeliveries, epochs).
 
 use std::sync::{Arc, Mutex};
 
@@ -354,6 +355,55 @@ pub fn render(status: &PipelineStatus) -> String {
         writes
             .get_or_create(&l(&[("outcome", w.outcome), ("reason", &reason)]))
             .inc_by(w.count);
+    }
+    let u_gap_msgs = counter_family(
+        &mut r,
+        "upstream_gap_messages",
+        "Messages missing from a publisher's sequence (declared lost: an upstream gap)",
+    );
+    let u_gaps = counter_family(
+        &mut r,
+        "upstream_gaps",
+        "Gaps (missing ranges) declared in a publisher's sequence",
+    );
+    let u_msgs = counter_family(
+        &mut r,
+        "upstream_messages",
+        "Sequenced messages taken from a publisher for the first time",
+    );
+    let u_redelivered = counter_family(
+        &mut r,
+        "upstream_redelivered_messages",
+        "Sequenced messages received again (a number seen before)",
+    );
+    let u_epochs = counter_family(
+        &mut r,
+        "upstream_new_epochs",
+        "Times a publisher started a new epoch (it lost its durable state)",
+    );
+    let u_pending = gauge_family(
+        &mut r,
+        "upstream_pending_missing_messages",
+        "Messages missing now within the reorder window (not yet declared lost)",
+    );
+    let u_highest = gauge_family(
+        &mut r,
+        "upstream_highest_seq",
+        "Highest sequence number seen from a publisher in its current epoch",
+    );
+    for (source, publishers) in &status.upstream {
+        for (publisher, p) in publishers {
+            let labels = l(&[("source", source), ("publisher", publisher)]);
+            u_gap_msgs.get_or_create(&labels).inc_by(p.missing_messages);
+            u_gaps.get_or_create(&labels).inc_by(p.gaps);
+            u_msgs.get_or_create(&labels).inc_by(p.messages);
+            u_redelivered.get_or_create(&labels).inc_by(p.redelivered);
+            u_epochs.get_or_create(&labels).inc_by(p.new_epochs);
+            u_pending
+                .get_or_create(&labels)
+                .set(p.pending_missing as f64);
+            u_highest.get_or_create(&labels).set(p.highest_seq as f64);
+        }
     }
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String cannot fail");

@@ -23,6 +23,14 @@ use crate::model::{ExtraValue, Quality};
 /// Contract name, sent as the MQTT 5 user property `contract`.
 pub const CONTRACT: &str = "ferrule.sample.v1";
 
+/// The publisher sequence beside the payload (MQTT 5 user properties, Kafka headers): the
+/// sinks stamp it, the sources check it. The publisher id, its epoch (changes only when the
+/// publisher's durable state is lost) and the number (1, 2, 3, … per publisher and epoch;
+/// in Kafka per topic-partition).
+pub const PUBLISHER_PROPERTY: &str = "ferrule-pub";
+pub const EPOCH_PROPERTY: &str = "ferrule-epoch";
+pub const SEQ_PROPERTY: &str = "ferrule-seq";
+
 /// One sample as rendered or parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WireSample {

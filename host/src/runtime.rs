@@ -35,6 +35,8 @@ pub struct PipelineStats {
     /// The latest dead-letters (at most `RECENT_DEAD_LETTERS`), for the admin endpoint.
     pub recent_dead_letters: Arc<Mutex<VecDeque<DeadLetter>>>,
     pub sinks: BTreeMap<String, Arc<SinkView>>,
+    /// Per source, what its upstream sequence check found.
+    pub upstream: BTreeMap<String, Arc<crate::sources::sequence::UpstreamAccounts>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,6 +54,9 @@ pub struct PipelineStatus {
     pub sinks: BTreeMap<String, SinkStatus>,
     pub stages: Vec<StageStatus>,
     pub plugin_counters: Vec<(String, String, u64)>,
+    /// Per source and publisher: the upstream sequence check (gaps, redeliveries, epochs).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream: BTreeMap<String, BTreeMap<String, crate::sources::sequence::PublisherStatus>>,
     /// Write-back commands by outcome and reason (empty without `[writes]`).
     #[serde(default)]
     pub writes: Vec<WriteCount>,
@@ -136,6 +141,12 @@ impl PipelineHandle {
                         .collect()
                 })
                 .unwrap_or_default(),
+            upstream: stats
+                .upstream
+                .iter()
+                .map(|(name, a)| (name.clone(), a.snapshot()))
+                .filter(|(_, p)| !p.is_empty())
+                .collect(),
         }
     }
 
@@ -156,7 +167,8 @@ fn flush_policy(p: &crate::pipeline::PipelineConfig) -> crate::sinks::FlushPolic
 }
 
 /// Why the host is not ready (empty: ready): a sink stalled, retrying or not connected, a
-/// buffer full or unable to write, a stage quarantined, the tag table at its bound.
+/// buffer full or unable to write, a stage quarantined, the tag table at its bound, an
+/// upstream gap (for `sequence.not_ready_s` after it).
 pub fn not_ready_reasons(status: &PipelineStatus) -> Vec<String> {
     let mut not_ready = Vec::new();
     for (name, s) in &status.sinks {
@@ -181,6 +193,16 @@ pub fn not_ready_reasons(status: &PipelineStatus) -> Vec<String> {
     for st in &status.stages {
         if let crate::pipeline::StageState::Quarantined { reason, .. } = &st.state {
             not_ready.push(format!("stage `{}` is quarantined: {reason}", st.name));
+        }
+    }
+    let now = crate::model::now_ns();
+    for (source, publishers) in &status.upstream {
+        for (publisher, p) in publishers {
+            if let Some(reason) =
+                crate::sources::sequence::not_ready_reason(source, publisher, p, now)
+            {
+                not_ready.push(reason);
+            }
         }
     }
     if status.tags_refused > 0 && status.tags >= status.max_tags {
@@ -304,6 +326,8 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
     for (name, s) in &config.sources {
         let produced = Arc::new(AtomicU64::new(0));
         stats.produced.insert(name.clone(), produced.clone());
+        let upstream = Arc::new(crate::sources::sequence::UpstreamAccounts::default());
+        stats.upstream.insert(name.clone(), upstream.clone());
         let ctx = crate::sources::SourceContext {
             name: name.clone(),
             registry: registry.clone(),
@@ -312,6 +336,7 @@ pub async fn start(config: &HostConfig) -> Result<RunningPipeline, PipelineError
             produced,
             dead_letters: dl_tx.clone(),
             write_ports: write_ports.clone(),
+            upstream,
         };
         sources.push(tokio::spawn(s.clone().run(ctx)));
     }

@@ -28,7 +28,9 @@ use crate::model::{OutputBatch, TagTable};
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const TAGS: TableDefinition<u32, &[u8]> = TableDefinition::new("tags");
 /// `identity` (random, made with the buffer) and `next_seq` (kept with every append, so
-/// sequence numbers never restart, even after the buffer ran empty).
+/// sequence numbers never restart, even after the buffer ran empty); `cursor_record` and
+/// `cursor_message`: the sink's message numbering at the oldest record not yet removed (kept
+/// with every removal, so a replay after a restart numbers the same messages the same way).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,14 @@ pub struct StoredRecord {
     pub batch: OutputBatch,
 }
 
+/// A sink's message numbering at a record: the first message of record `record` (or of the
+/// first record after it still buffered) is number `message`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageCursor {
+    pub record: u64,
+    pub message: u64,
+}
+
 /// What `append` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Appended {
@@ -146,6 +156,8 @@ pub struct DurableBuffer {
     /// The database; None after an I/O error until it is reopened.
     db: std::sync::RwLock<Option<Arc<redb::Database>>>,
     identity: u64,
+    /// The message numbering kept with the last removal.
+    cursor: Mutex<Option<MessageCursor>>,
     state: Mutex<State>,
     stats: Arc<BufferStats>,
     /// The error that stops writes now, if any.
@@ -167,6 +179,7 @@ impl DurableBuffer {
         }
         let db = redb::Database::create(path).map_err(|e| open_err(e.to_string()))?;
         let tx = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        let cursor;
         tx.open_table(RECORDS)
             .map_err(|e| open_err(e.to_string()))?;
         tx.open_table(TAGS).map_err(|e| open_err(e.to_string()))?;
@@ -189,6 +202,18 @@ impl DurableBuffer {
                 .get("next_seq")
                 .map_err(|e| open_err(e.to_string()))?
                 .map_or(1, |v| v.value());
+            let get = |k: &str| {
+                meta.get(k)
+                    .map_err(|e| open_err(e.to_string()))
+                    .map(|v| v.map(|v| v.value()))
+            };
+            cursor = match (get("cursor_record")?, get("cursor_message")?) {
+                (Some(r), Some(m)) => Some(MessageCursor {
+                    record: r,
+                    message: m,
+                }),
+                _ => None,
+            };
             (identity, next)
         };
         tx.commit().map_err(|e| open_err(e.to_string()))?;
@@ -243,6 +268,7 @@ impl DurableBuffer {
             file: path.to_path_buf(),
             db: std::sync::RwLock::new(Some(Arc::new(db))),
             identity,
+            cursor: Mutex::new(cursor),
             write_error: Mutex::new(None),
             state: Mutex::new(State {
                 next_seq,
@@ -585,6 +611,16 @@ impl DurableBuffer {
     /// which), durably: the forwarder calls it at most every 100 ms, so the fsync is cheap, and
     /// after a crash only what was confirmed since the last removal is sent again. Blocking.
     pub fn remove_through(&self, through: u64) -> Result<(), BufferError> {
+        self.remove_through_at(through, None)
+    }
+
+    /// `remove_through`, keeping `cursor` (the sink's message numbering at the next record) in
+    /// the same commit.
+    pub fn remove_through_at(
+        &self,
+        through: u64,
+        cursor: Option<MessageCursor>,
+    ) -> Result<(), BufferError> {
         let mut st = self.lock();
         let n = st.index.iter().take_while(|m| m.seq <= through).count();
         if n == 0 {
@@ -598,10 +634,20 @@ impl DurableBuffer {
                 records
                     .retain_in(..=through, |_, _| false)
                     .map_err(|e| self.storage_err(e))?;
+                if let Some(c) = cursor {
+                    let mut meta = tx.open_table(META).map_err(|e| self.storage_err(e))?;
+                    meta.insert("cursor_record", c.record)
+                        .map_err(|e| self.storage_err(e))?;
+                    meta.insert("cursor_message", c.message)
+                        .map_err(|e| self.storage_err(e))?;
+                }
             }
             tx.commit().map_err(|e| self.storage_err(e))
         })();
         self.note(removed)?;
+        if cursor.is_some() {
+            *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = cursor;
+        }
         let (bytes, samples) = drained(&mut st.index, n);
         st.bytes -= bytes;
         st.samples -= samples;
@@ -615,6 +661,11 @@ impl DurableBuffer {
             self.stats.depth_records.load(Ordering::Relaxed),
             self.stats.depth_samples.load(Ordering::Relaxed),
         )
+    }
+
+    /// The message numbering kept with the last removal (None: never kept).
+    pub fn message_cursor(&self) -> Option<MessageCursor> {
+        *self.cursor.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The lowest buffered seq, if any.

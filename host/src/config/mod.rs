@@ -235,6 +235,11 @@ impl HostConfig {
                         }));
                     }
                 }
+                #[cfg(feature = "kafka")]
+                SinkConfig::Kafka(k) => fix(k
+                    .dedup
+                    .path
+                    .get_or_insert_with(|| PathBuf::from(format!("data/dedup/{name}.redb")))),
                 #[allow(unreachable_patterns)]
                 _ => {}
             }

@@ -224,6 +224,7 @@ impl SinkView {
             published_messages: get(|l| &l.published),
             refused_by_broker: get(|l| &l.refused),
             deduplicated: get(|l| &l.deduplicated),
+            corrections: get(|l| &l.corrections),
             buffer,
         }
     }

@@ -172,6 +172,8 @@ pub struct LinkStats {
     pub refused: AtomicU64,
     /// Samples dropped as repeats of one already forwarded (dedup).
     pub deduplicated: AtomicU64,
+    /// Samples forwarded as corrections (same tag and time as one forwarded, another value).
+    pub corrections: AtomicU64,
 }
 
 /// What the host status shows of a sink.
@@ -188,6 +190,8 @@ pub struct SinkStatus {
     pub refused_by_broker: u64,
     #[serde(default)]
     pub deduplicated: u64,
+    #[serde(default)]
+    pub corrections: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buffer: Option<BufferStatus>,
 }

@@ -14,6 +14,7 @@ pub mod mqtt;
 pub mod opcua;
 #[cfg(feature = "s7")]
 pub mod s7;
+pub mod sequence;
 pub mod simulator;
 pub mod write_port;
 
@@ -78,6 +79,8 @@ pub struct SourceContext {
     pub dead_letters: mpsc::Sender<DeadLetterBatch>,
     /// Where a source that can write to its devices registers its write path.
     pub write_ports: WritePorts,
+    /// What the source's upstream sequence check found (MQTT, Kafka), for the status.
+    pub upstream: Arc<sequence::UpstreamAccounts>,
 }
 
 #[derive(Debug, thiserror::Error)]

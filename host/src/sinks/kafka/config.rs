@@ -2,6 +2,7 @@
 //! type = "kafka"`).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -43,6 +44,15 @@ pub struct KafkaSinkConfig {
     /// `[sinks.<name>.dedup]`: drop samples already forwarded (QoS 1 redeliveries).
     #[serde(default)]
     pub dedup: DedupConfig,
+    /// Number the records per topic-partition (headers `ferrule-pub`, `ferrule-epoch`,
+    /// `ferrule-seq`), so a Ferrule reading the topic can detect missing records. The sink
+    /// then picks the partition itself: CRC32 of the key modulo the partition count, as
+    /// librdkafka's default partitioner (a `partitioner` property is not used).
+    #[serde(default = "default_true")]
+    pub sequence: bool,
+    /// The publisher id in `ferrule-pub`. Default: the client id.
+    #[serde(default)]
+    pub publisher_id: Option<String>,
     /// Further librdkafka producer properties (e.g. `"batch.size" = "1000000"`); they
     /// cannot turn off idempotence or `acks=all`.
     #[serde(default)]
@@ -81,17 +91,44 @@ impl Compression {
     }
 }
 
-/// Deduplication of (tag path, source timestamp) within a time window, in memory.
+/// Deduplication within a time window: a sample whose (tag path, source timestamp, value,
+/// quality) the sink already forwarded is dropped (counted in `deduplicated`); one with the
+/// same tag and time but another value or quality is a correction: forwarded with the header
+/// `correction: true` and counted (`corrections`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DedupConfig {
-    /// How long a forwarded (tag, source timestamp) is remembered, s; 0 turns dedup off.
+    /// How long a forwarded sample is remembered, s; 0 turns dedup off.
     #[serde(default = "default_dedup_window_s")]
     pub window_s: u64,
-    /// Most keys remembered (the oldest are forgotten first): bounds the memory (about
-    /// 40 bytes a key).
+    /// Most samples remembered (the oldest are forgotten first): bounds the memory (about
+    /// 50 bytes a sample).
     #[serde(default = "default_dedup_max_keys")]
     pub max_keys: usize,
+    /// How the window survives a restart (`kill -9` included): `durable` (default: kept in a
+    /// local database at each flush; at start only what was written after the last flush is
+    /// read back from Kafka), `topics` (read the whole window back from the tail of the
+    /// topics the sink writes), or `none` (start empty: redeliveries after a restart reach
+    /// Kafka again).
+    #[serde(default)]
+    pub restore: DedupRestore,
+    /// The durable window's file (a redb database), relative to the config file. Default:
+    /// `data/dedup/<sink>.redb` beside the config file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Longest the start-up read from Kafka may take, s (Kafka unreachable: retried).
+    #[serde(default = "default_restore_timeout_s")]
+    pub restore_timeout_s: u64,
+}
+
+/// `dedup.restore`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupRestore {
+    #[default]
+    Durable,
+    Topics,
+    None,
 }
 
 impl Default for DedupConfig {
@@ -99,8 +136,15 @@ impl Default for DedupConfig {
         DedupConfig {
             window_s: default_dedup_window_s(),
             max_keys: default_dedup_max_keys(),
+            restore: DedupRestore::default(),
+            path: None,
+            restore_timeout_s: default_restore_timeout_s(),
         }
     }
+}
+
+fn default_restore_timeout_s() -> u64 {
+    300
 }
 
 /// `[dead_letter] type = "kafka"`: each dead-letter as one JSON record (the dead-letter's

@@ -7,8 +7,11 @@
 //!   refused, for the sink to dead-letter, and not sent again;
 //! - fatal for the client (the idempotent producer's fatal error, after which it refuses
 //!   everything): the producer is rebuilt, counted, and the record sent again on the new one.
+//!
+//! It also keeps, per topic-partition, the offset after the last record Kafka acknowledged
+//! (the dedup window's checkpoint).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +70,11 @@ pub struct Producer {
     name: String,
     config: ClientConfig,
     inner: FutureProducer,
-    pending: VecDeque<DeliveryFuture>,
+    /// Delivery futures with the index of their topic in `topics`.
+    pending: VecDeque<(usize, DeliveryFuture)>,
+    topics: Vec<String>,
+    /// Next offset after the last acknowledged record, per (topic index, partition).
+    delivered: HashMap<(usize, i32), i64>,
     max_inflight: usize,
     link: Arc<LinkStats>,
     health: Option<Arc<SinkHealth>>,
@@ -105,11 +112,31 @@ impl Producer {
             config: c,
             inner,
             pending: VecDeque::new(),
+            topics: Vec::new(),
+            delivered: HashMap::new(),
             max_inflight: s.max_inflight,
             link,
             health,
             refused: Vec::new(),
         })
+    }
+
+    /// Per (topic, partition), the offset after the last record Kafka acknowledged.
+    pub fn delivered(&self) -> HashMap<(String, i32), i64> {
+        self.delivered
+            .iter()
+            .map(|(&(t, p), &o)| ((self.topics[t].clone(), p), o))
+            .collect()
+    }
+
+    fn topic_index(&mut self, topic: &str) -> usize {
+        match self.topics.iter().position(|t| t == topic) {
+            Some(i) => i,
+            None => {
+                self.topics.push(topic.to_string());
+                self.topics.len() - 1
+            }
+        }
     }
 
     /// Records Kafka refused for good since the last call.
@@ -133,11 +160,18 @@ impl Producer {
         }
     }
 
-    /// Hands a record to the producer, first waiting for room in the window. An error is a
-    /// refusal of this record for good (e.g. larger than the broker takes).
+    /// The client, for metadata calls (blocking; run them off the async threads).
+    pub fn handle(&self) -> FutureProducer {
+        self.inner.clone()
+    }
+
+    /// Hands a record to the producer (to `partition`, or where the partitioner puts it),
+    /// first waiting for room in the window. An error is a refusal of this record for good
+    /// (e.g. larger than the broker takes).
     pub async fn send(
         &mut self,
         topic: &str,
+        partition: Option<i32>,
         key: &[u8],
         payload: &[u8],
         headers: OwnedHeaders,
@@ -149,10 +183,14 @@ impl Producer {
             .key(key)
             .payload(payload)
             .headers(headers);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        let t = self.topic_index(topic);
         loop {
             match self.inner.send_result(record) {
                 Ok(f) => {
-                    self.pending.push_back(f);
+                    self.pending.push_back((t, f));
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -176,11 +214,14 @@ impl Producer {
     }
 
     async fn settle_one(&mut self) {
-        let Some(f) = self.pending.pop_front() else {
+        let Some((t, f)) = self.pending.pop_front() else {
             return;
         };
         match f.await {
-            Ok(Ok(_)) => {
+            Ok(Ok(d)) => {
+                let next = d.offset + 1;
+                let o = self.delivered.entry((t, d.partition)).or_insert(next);
+                *o = (*o).max(next);
                 self.link.published.fetch_add(1, Ordering::Relaxed);
                 self.link.connected.store(true, Ordering::Relaxed);
             }
@@ -218,6 +259,7 @@ impl Producer {
     /// Sends a failed record again (at the back of the window).
     async fn resend(&mut self, msg: OwnedMessage) {
         let mut backoff = crate::retry::Backoff::default();
+        let t = self.topic_index(msg.topic());
         loop {
             let mut record =
                 FutureRecord::to(msg.topic()).payload(msg.payload().unwrap_or_default());
@@ -227,9 +269,12 @@ impl Producer {
             if let Some(h) = msg.headers() {
                 record = record.headers(h.clone());
             }
+            if msg.partition() >= 0 {
+                record = record.partition(msg.partition());
+            }
             match self.inner.send_result(record) {
                 Ok(f) => {
-                    self.pending.push_back(f);
+                    self.pending.push_back((t, f));
                     return;
                 }
                 Err((e, _)) => {

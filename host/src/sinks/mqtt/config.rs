@@ -52,6 +52,14 @@ pub struct MqttSinkConfig {
     /// disk for the next start, ms.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Stamp every telemetry message with the MQTT 5 user properties `ferrule-pub`,
+    /// `ferrule-epoch` and `ferrule-seq` (a sequence number per publisher, kept durable with
+    /// the buffer), so a receiving Ferrule can detect messages lost on the way.
+    #[serde(default = "default_true")]
+    pub sequence: bool,
+    /// The publisher id in `ferrule-pub`. Default: the client id. Unique per publisher.
+    #[serde(default)]
+    pub publisher_id: Option<String>,
     /// `[sinks.<name>.buffer]`: the durable buffer (path, max_bytes, overflow, max_age_s).
     #[serde(default)]
     pub buffer: BufferConfig,

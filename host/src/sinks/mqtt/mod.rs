@@ -11,6 +11,14 @@
 //!   unacknowledged record (at-least-once: a consumer may see a message twice, never miss
 //!   one). Records from the pipeline are handed over in memory while the forwarder keeps up
 //!   and read back from disk when it does not.
+//!
+//! Accounting: every telemetry message carries the MQTT 5 user properties `ferrule-pub` (the
+//! publisher id), `ferrule-epoch` (the buffer's identity: it changes only when the buffer's
+//! database is lost) and `ferrule-seq` (1, 2, 3, … per publisher and epoch). A record's
+//! messages are numbered when it is loaded, consecutively from where the previous record
+//! ended; the numbering at the oldest unremoved record is committed with each removal, so a
+//! replay after a crash or a reconnect sends the same message under the same number (a
+//! redelivery for the receiver, not a new message and not a gap).
 
 mod config;
 
@@ -31,11 +39,12 @@ use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
 
 use super::{LinkStats, PerTag, SinkError, SinkView};
-use crate::buffer::DurableBuffer;
+use crate::buffer::{DurableBuffer, MessageCursor};
 use crate::model::now_ns;
 use crate::model::{DeadLetter, DeadLetterBatch, OutputBatch};
 use crate::mqtt::topic;
 use crate::payload::{self, WireSample};
+use crate::payload::{EPOCH_PROPERTY, PUBLISHER_PROPERTY, SEQ_PROPERTY};
 use crate::retry::Backoff;
 
 /// Most samples in one batch-form message.
@@ -190,11 +199,17 @@ struct Message {
     topic: String,
     payload: Bytes,
     samples: u64,
+    /// Its number in the publisher's sequence.
+    seq: u64,
 }
 
 /// A record being sent: messages not yet handed to the client, and messages not yet acked.
 struct InFlight {
     seq: u64,
+    /// Number of the record's first message, and how many messages the record numbers
+    /// (including any the broker refused and that are not sent again).
+    first_message: u64,
+    messages: u64,
     batch: Arc<OutputBatch>,
     unsent: VecDeque<Message>,
     unacked: usize,
@@ -214,6 +229,12 @@ struct Forwarder {
     dead_letters: mpsc::Sender<DeadLetterBatch>,
     /// Next record to load.
     next_seq: u64,
+    /// Number of the first message of the next record loaded.
+    next_message: u64,
+    /// `ferrule-pub` and `ferrule-epoch` (None: sequence numbers are off).
+    stamp: Option<(String, String)>,
+    /// The message numbering after the last retired record (kept with the next removal).
+    acked_cursor: Option<MessageCursor>,
     ready: VecDeque<(u64, u64, Arc<OutputBatch>)>,
     inflight: VecDeque<InFlight>,
     /// Per record not yet settled, the topics the broker refused for good (kept across
@@ -246,6 +267,18 @@ impl Forwarder {
             .clone()
             .unwrap_or_else(|| format!("ferrule/{client_id}/status"));
         let next_seq = buffer.first_seq().unwrap_or(1);
+        // Continue the numbering kept with the last removal: the first buffered record is
+        // the one after it (removals and the cursor are committed together).
+        let next_message = buffer.message_cursor().map_or(1, |c| c.message);
+        let stamp = config.sequence.then(|| {
+            (
+                config
+                    .publisher_id
+                    .clone()
+                    .unwrap_or_else(|| client_id.clone()),
+                format!("{:016x}", buffer.identity()),
+            )
+        });
         Forwarder {
             name,
             config,
@@ -256,6 +289,9 @@ impl Forwarder {
             link,
             dead_letters,
             next_seq,
+            next_message,
+            stamp,
+            acked_cursor: None,
             ready: VecDeque::new(),
             inflight: VecDeque::new(),
             refused_topics: HashMap::new(),
@@ -303,6 +339,10 @@ impl Forwarder {
             .map(|r| r.seq)
             .or_else(|| self.ready.front().map(|r| r.0))
             .unwrap_or(self.next_seq);
+        if let Some(r) = self.inflight.front() {
+            // Resent under the same numbers.
+            self.next_message = r.first_message;
+        }
         self.inflight.clear();
         self.ready.clear();
         self.sent_order.clear();
@@ -525,11 +565,17 @@ impl Forwarder {
             let Some(m) = rec.unsent.front() else {
                 continue;
             };
+            let mut user_properties = vec![("contract".into(), payload::CONTRACT.into())];
+            if let Some((publisher, epoch)) = &self.stamp {
+                user_properties.push((PUBLISHER_PROPERTY.into(), publisher.clone()));
+                user_properties.push((EPOCH_PROPERTY.into(), epoch.clone()));
+                user_properties.push((SEQ_PROPERTY.into(), m.seq.to_string()));
+            }
             let mut props = PublishProperties {
                 message_expiry_interval: self.config.message_expiry_s,
                 content_type: Some("application/json".into()),
                 payload_format_indicator: Some(1),
-                user_properties: vec![("contract".into(), payload::CONTRACT.into())],
+                user_properties,
                 ..Default::default()
             };
             let mut topic = m.topic.clone();
@@ -616,19 +662,23 @@ impl Forwarder {
                 .config()
                 .max_age_s
                 .is_some_and(|age| now_ns().saturating_sub(appended_ns) > age * 1_000_000_000);
-            let unsent = if expired {
+            let first_message = self.next_message;
+            let (unsent, messages) = if expired {
                 self.buffer
                     .stats()
                     .dropped_expired
                     .fetch_add(samples, Ordering::Relaxed);
                 tracing::warn!(sink = %self.name, samples, max_age_s = self.buffer.config().max_age_s, "dropping expired buffered samples");
-                VecDeque::new()
+                (VecDeque::new(), 0)
             } else {
-                self.messages(seq, &batch)
+                self.messages(seq, &batch, first_message)
             };
+            self.next_message += messages;
             let refused = self.refused_samples(seq, &batch);
             self.inflight.push_back(InFlight {
                 seq,
+                first_message,
+                messages,
                 batch,
                 unsent,
                 unacked: 0,
@@ -645,8 +695,10 @@ impl Forwarder {
     }
 
     /// The messages of a record: per tag in order of first appearance; several samples of a
-    /// tag become one batch-form message when `batch_form` is on.
-    fn messages(&self, seq: u64, b: &OutputBatch) -> VecDeque<Message> {
+    /// tag become one batch-form message when `batch_form` is on. Numbered from `first`, also
+    /// the messages of topics the broker refused (not sent again); returns how many numbers
+    /// the record takes.
+    fn messages(&self, seq: u64, b: &OutputBatch, first: u64) -> (VecDeque<Message>, u64) {
         let refused = self.refused_topics.get(&seq);
         let s = &b.samples;
         let mut order: Vec<u32> = Vec::new();
@@ -667,31 +719,35 @@ impl Forwarder {
             ts_ns: s.timestamps[i],
         };
         let mut out = VecDeque::with_capacity(order.len());
+        let mut numbered = 0;
+        let chunk = if self.config.batch_form {
+            MAX_SAMPLES_PER_MESSAGE
+        } else {
+            1
+        };
         for t in order {
             let Some(Some(tag)) = b.tags.get(t as usize) else {
                 continue;
             };
+            let idx = &by_tag[&t];
             if refused.is_some_and(|r| r.contains(&tag.path)) {
-                // Dead-lettered already, on an earlier connection.
+                // Dead-lettered already, on an earlier connection (its numbers stay taken).
+                numbered += idx.len().div_ceil(chunk) as u64;
                 continue;
             }
             let fields = payload::tag_fields(tag, self.config.include_metadata);
-            let idx = &by_tag[&t];
-            let chunk = if self.config.batch_form {
-                MAX_SAMPLES_PER_MESSAGE
-            } else {
-                1
-            };
             for part in idx.chunks(chunk) {
                 let samples: Vec<WireSample> = part.iter().map(|&i| wire(i)).collect();
                 out.push_back(Message {
                     topic: tag.path.clone(),
                     payload: Bytes::from(payload::render(&fields, &samples)),
                     samples: part.len() as u64,
+                    seq: first + numbered,
                 });
+                numbered += 1;
             }
         }
-        out
+        (out, numbered)
     }
 
     fn message_acked(&mut self, seq: u64) {
@@ -714,6 +770,10 @@ impl Forwarder {
         {
             let r = self.inflight.pop_front().expect("front exists");
             self.acked_through = Some(r.seq);
+            self.acked_cursor = Some(MessageCursor {
+                record: r.seq + 1,
+                message: r.first_message + r.messages,
+            });
             self.refused_topics.remove(&r.seq);
             self.view
                 .written
@@ -793,7 +853,8 @@ impl Forwarder {
             return;
         }
         let buffer = self.buffer.clone();
-        match tokio::task::spawn_blocking(move || buffer.remove_through(through)).await {
+        let cursor = self.acked_cursor;
+        match tokio::task::spawn_blocking(move || buffer.remove_through_at(through, cursor)).await {
             Ok(Ok(_)) => self.removed_through = Some(through),
             Ok(Err(e)) => {
                 tracing::error!(sink = %self.name, "cannot remove delivered records (they will be sent again): {e}")

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::sources::sequence::SequenceConfig;
+
 /// Consumes `ferrule.sample.v1` records (what the Kafka sink produces; the key, or else the
 /// payload's `path`, names the tag) as a member of a consumer group: several instances with
 /// the same `group_id` split the partitions. Offsets are committed only after every sink took
@@ -39,6 +41,11 @@ pub struct KafkaSourceConfig {
     /// Further librdkafka consumer properties (not `enable.auto.commit`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// `[sources.<name>.sequence]`: the check of the record numbers a Ferrule Kafka sink
+    /// writes (per publisher and topic-partition, so it works within a consumer group;
+    /// `auto` is on).
+    #[serde(default)]
+    pub sequence: SequenceConfig,
 }
 
 fn default_offset_reset() -> String {
@@ -85,6 +92,6 @@ impl KafkaSourceConfig {
                 ));
             }
         }
-        Ok(())
+        self.sequence.validate()
     }
 }

@@ -9,6 +9,12 @@
 //! there (synchronously, before they go), and nothing is committed for them afterwards: a
 //! late acknowledgment of a revoked partition's batch is dropped, since its new owner reads
 //! from the last commit.
+//!
+//! Records numbered by a Ferrule Kafka sink (headers `ferrule-pub`, `ferrule-epoch`,
+//! `ferrule-seq`, per topic-partition) go through the sequence check (`sources::sequence`),
+//! one sequence per publisher and partition (`<publisher>@<topic>:<partition>`): records
+//! missing from a partition (deleted by retention before they were read, or never written)
+//! are reported as a gap.
 
 mod config;
 
@@ -26,6 +32,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::ClientContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::sequence::SequenceChecker;
 use super::{SourceContext, SourceError};
 use crate::ack::{Ack, Settled};
 use crate::model::{DeadLetter, DeadLetterBatch};
@@ -139,6 +146,23 @@ struct Reader {
     /// Lowest and highest offset per partition in `batch`.
     offsets: HashMap<Partition, (i64, i64)>,
     next_id: u64,
+    checker: Option<SequenceChecker>,
+}
+
+/// The record number stamped by a Ferrule Kafka sink (publisher, epoch, number), if complete.
+fn stamp<'a>(m: &'a BorrowedMessage<'_>) -> Option<(&'a str, &'a str, u64)> {
+    use rdkafka::message::Headers;
+    let h = m.headers()?;
+    let get = |k: &str| {
+        h.iter()
+            .find(|x| x.key == k)
+            .and_then(|x| std::str::from_utf8(x.value?).ok())
+    };
+    Some((
+        get(payload::PUBLISHER_PROPERTY)?,
+        get(payload::EPOCH_PROPERTY)?,
+        get(payload::SEQ_PROPERTY)?.parse().ok()?,
+    ))
 }
 
 fn failed(name: &str, message: String) -> SourceError {
@@ -238,7 +262,10 @@ pub async fn run(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), So
         .map_err(|e| failed(&ctx.name, format!("cannot subscribe: {e}")))?;
     let linger = Duration::from_millis(config.linger_ms);
     let mut commit_tick = tokio::time::interval(Duration::from_millis(config.commit_interval_ms));
+    let checker = (config.sequence.check != super::sequence::SequenceCheck::Off)
+        .then(|| SequenceChecker::new(&ctx.name, config.sequence.clone(), ctx.upstream.clone()));
     let mut r = Reader {
+        checker,
         batch: SampleBatch::with_capacity(config.batch_size),
         config,
         ctx,
@@ -273,6 +300,10 @@ pub async fn run(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), So
             _ = commit_tick.tick() => {
                 r.rewind(&consumer, &mut first_pending_at);
                 r.commit(&consumer);
+                if let Some(c) = r.checker.as_mut() {
+                    let gaps = c.tick(std::time::Instant::now());
+                    r.report_gaps(gaps).await;
+                }
             }
             _ = r.ctx.shutdown.changed() => {
                 if *r.ctx.shutdown.borrow() {
@@ -296,6 +327,13 @@ pub async fn run(config: KafkaSourceConfig, ctx: SourceContext) -> Result<(), So
 impl Reader {
     /// Adds a record's samples to the batch, or dead-letters it.
     async fn take(&mut self, m: &BorrowedMessage<'_>) -> Result<(), SourceError> {
+        if let Some(c) = self.checker.as_mut() {
+            if let Some((publisher, epoch, seq)) = stamp(m) {
+                let stream = format!("{publisher}@{}:{}", m.topic(), m.partition());
+                let (_, gaps) = c.observe(&stream, epoch, seq, std::time::Instant::now());
+                self.report_gaps(gaps).await;
+            }
+        }
         let p = (m.topic().to_string(), m.partition());
         let bytes = m.payload().unwrap_or_default();
         let parsed = payload::parse(bytes, self.config.max_payload_bytes);
@@ -330,6 +368,26 @@ impl Reader {
         o.0 = o.0.min(m.offset());
         o.1 = o.1.max(m.offset());
         Ok(())
+    }
+
+    /// Dead-letters the gaps the sequence check declared (events: nothing to acknowledge).
+    async fn report_gaps(&self, gaps: Vec<super::sequence::Gap>) {
+        let Some(c) = self.checker.as_ref() else {
+            return;
+        };
+        if gaps.is_empty() {
+            return;
+        }
+        let letters = gaps.iter().map(|g| c.dead_letter(g)).collect();
+        if self
+            .ctx
+            .dead_letters
+            .send(DeadLetterBatch::new(letters, None))
+            .await
+            .is_err()
+        {
+            tracing::error!(source = %self.ctx.name, "the dead-letter sink stopped; upstream gaps are only logged and counted");
+        }
     }
 
     /// Sends the batch on with an acknowledgment that releases its offsets.

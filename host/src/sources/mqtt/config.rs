@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use crate::mqtt::{BrokerConfig, QosLevel};
+use crate::sources::sequence::SequenceConfig;
 
 /// Subscribes to topic filters and turns each message (the `ferrule.sample.v1` payload, one
 /// sample or the batch form) into samples; the topic is the tag's vendor path. A message is
@@ -40,6 +41,9 @@ pub struct MqttSourceConfig {
     /// `plant/<site>/<area>/<line>/<device>/<metric>` (`topic-spec`).
     #[serde(default = "default_true")]
     pub require_topic_spec: bool,
+    /// `[sources.<name>.sequence]`: the check of publishers' sequence numbers (gaps).
+    #[serde(default)]
+    pub sequence: SequenceConfig,
 }
 
 fn default_receive_maximum() -> u16 {
@@ -80,7 +84,7 @@ impl MqttSourceConfig {
         if self.batch_size == 0 {
             return Err(("batch_size".into(), "must be at least 1".into()));
         }
-        Ok(())
+        self.sequence.validate()
     }
 }
 

@@ -7,6 +7,11 @@
 //! and only on the connection they arrived on. A batch that fails (a holder let go without
 //! saying done) is never acknowledged: the source stops acknowledging on that connection and
 //! reconnects, so the broker redelivers it and what came after it.
+//!
+//! Messages a sending Ferrule stamped with its publisher sequence (`ferrule-pub`,
+//! `ferrule-epoch`, `ferrule-seq` user properties) go through the sequence check
+//! (`sources::sequence`) before they are parsed: a gap is counted, logged and dead-lettered
+//! (`upstream-gap`). Messages without them are taken as they are.
 
 mod config;
 
@@ -21,6 +26,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event};
 
+use super::sequence::{Gap, SequenceChecker};
 use super::{SourceContext, SourceError};
 use crate::ack::{Ack, Settled};
 use crate::model::{DeadLetter, DeadLetterBatch};
@@ -156,6 +162,15 @@ pub async fn run(config: MqttSourceConfig, mut ctx: SourceContext) -> Result<(),
     let linger = Duration::from_millis(config.linger_ms);
     let mut first_pending_at: Option<tokio::time::Instant> = None;
     let mut down_since: Option<std::time::Instant> = None;
+    let mut checker = config
+        .sequence
+        .enabled(&config.topics)
+        .then(|| SequenceChecker::new(&ctx.name, config.sequence.clone(), ctx.upstream.clone()));
+    if checker.is_none() {
+        tracing::info!(source = %ctx.name, "upstream sequence check off (sequence.check, or a shared subscription: each instance sees part of every publisher's sequence)");
+    }
+    let mut gap_tick = tokio::time::interval(Duration::from_millis(500));
+    gap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let linger_wait = first_pending_at
             .map(|t| t + linger)
@@ -181,6 +196,12 @@ pub async fn run(config: MqttSourceConfig, mut ctx: SourceContext) -> Result<(),
                     tracing::debug!(source = %ctx.name, codes = ?s.return_codes, "subscribed");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(c) = checker.as_mut() {
+                        if let Some((publisher, epoch, seq)) = stamp(&p) {
+                            let (_, gaps) = c.observe(publisher, epoch, seq, std::time::Instant::now());
+                            report_gaps(&ctx, c, gaps).await;
+                        }
+                    }
                     if let Some(refusal) = take_message(&config, &ctx, &mut tags, &mut pending, &p, &order) {
                         refuse(&ctx, &order, p, refusal).await;
                     }
@@ -200,6 +221,12 @@ pub async fn run(config: MqttSourceConfig, mut ctx: SourceContext) -> Result<(),
                     }
                 }
             },
+            _ = gap_tick.tick(), if checker.is_some() => {
+                if let Some(c) = checker.as_mut() {
+                    let gaps = c.tick(std::time::Instant::now());
+                    report_gaps(&ctx, c, gaps).await;
+                }
+            }
             _ = tokio::time::sleep_until(linger_wait), if first_pending_at.is_some() => {
                 flush(&ctx, &order, &mut pending).await?;
                 first_pending_at = None;
@@ -228,6 +255,35 @@ pub async fn run(config: MqttSourceConfig, mut ctx: SourceContext) -> Result<(),
                 }
             }
         }
+    }
+}
+
+/// The publisher sequence stamp of a message (`ferrule-pub`, `ferrule-epoch`, `ferrule-seq`),
+/// if it has a complete one.
+fn stamp(p: &Publish) -> Option<(&str, &str, u64)> {
+    use crate::payload::{EPOCH_PROPERTY, PUBLISHER_PROPERTY, SEQ_PROPERTY};
+    let props = &p.properties.as_ref()?.user_properties;
+    let get = |k: &str| props.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    Some((
+        get(PUBLISHER_PROPERTY)?,
+        get(EPOCH_PROPERTY)?,
+        get(SEQ_PROPERTY)?.parse().ok()?,
+    ))
+}
+
+/// Dead-letters the gaps the sequence check declared (an event: nothing to acknowledge).
+async fn report_gaps(ctx: &SourceContext, checker: &SequenceChecker, gaps: Vec<Gap>) {
+    if gaps.is_empty() {
+        return;
+    }
+    let letters = gaps.iter().map(|g| checker.dead_letter(g)).collect();
+    if ctx
+        .dead_letters
+        .send(DeadLetterBatch::new(letters, None))
+        .await
+        .is_err()
+    {
+        tracing::error!(source = %ctx.name, "the dead-letter sink stopped; upstream gaps are only logged and counted");
     }
 }
 
