@@ -5,6 +5,7 @@
 
 mod dead_letter;
 mod output;
+pub mod status;
 
 pub use dead_letter::{DeadLetter, DeadLetterBatch, Refusal, TagNames, SOURCE_PAYLOAD_BYTES};
 pub use output::{OutputBatch, ResolvedTag, TagTable};

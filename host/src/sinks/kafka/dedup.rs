@@ -164,6 +164,31 @@ impl Dedup {
         verdict
     }
 
+    /// Takes back the latest `check` of (`key`, `content`): the sample was not sent after all,
+    /// so when its batch is written again it must not count as a duplicate.
+    pub fn forget_last(&mut self, key: u64, content: u64) {
+        if !self
+            .order
+            .back()
+            .is_some_and(|e| e.key == key && e.content == content)
+        {
+            return;
+        }
+        self.order.pop_back();
+        if let Some(v) = self.more.get_mut(&key) {
+            if let Some(i) = v.iter().position(|c| *c == content) {
+                v.swap_remove(i);
+                if v.is_empty() {
+                    self.more.remove(&key);
+                }
+                return;
+            }
+        }
+        if self.seen.get(&key) == Some(&content) {
+            self.seen.remove(&key);
+        }
+    }
+
     /// Makes room for `n` more entries (before a restore).
     pub fn reserve(&mut self, n: usize) {
         let n = n.min(self.max_keys);
@@ -190,6 +215,23 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_sample_taken_back_is_new_again_when_its_batch_is_retried() {
+        let mut d = Dedup::new(10 * S, 100);
+        let t0 = 100 * S;
+        assert_eq!(d.check(key("a", 1), 7, t0), Verdict::New);
+        d.forget_last(key("a", 1), 7);
+        assert_eq!(d.check(key("a", 1), 7, t0), Verdict::New);
+        assert_eq!(d.check(key("a", 1), 8, t0), Verdict::Correction);
+        d.forget_last(key("a", 1), 8);
+        assert_eq!(d.check(key("a", 1), 8, t0), Verdict::Correction);
+        assert_eq!(d.check(key("a", 1), 7, t0), Verdict::Duplicate);
+        assert_eq!(d.len(), 2);
+        // Only the latest check is taken back.
+        d.forget_last(key("a", 1), 7);
+        assert_eq!(d.check(key("a", 1), 7, t0), Verdict::Duplicate);
+    }
 
     #[test]
     fn drops_repeats_passes_corrections_and_stays_bounded() {

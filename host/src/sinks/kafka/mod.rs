@@ -86,6 +86,23 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
+    /// Takes back the dedup window entry of a sample that was not sent.
+    fn take_back(&mut self, checked: Option<(u64, u64)>) {
+        let Some((key, content)) = checked else {
+            return;
+        };
+        if let Some(d) = self.dedup.as_mut() {
+            d.forget_last(key, content);
+        }
+        if self
+            .unflushed
+            .last()
+            .is_some_and(|e| e.key == key && e.content == content)
+        {
+            self.unflushed.pop();
+        }
+    }
+
     pub fn open(
         name: &str,
         config: &KafkaSinkConfig,
@@ -409,6 +426,8 @@ impl Sink for KafkaSink {
                 }],
             );
             let mut correction = false;
+            // The window entry made for this sample, taken back if it is not sent.
+            let mut checked = None;
             if let Some(d) = self.dedup.as_mut() {
                 let fields = dedup::sample_fields(&body).map_or(&body[..], |f| f.0);
                 let entry = dedup::Entry {
@@ -427,6 +446,7 @@ impl Sink for KafkaSink {
                     }
                     dedup::Verdict::New => {}
                 }
+                checked = Some((entry.key, entry.content));
                 if self.window.is_some() {
                     self.unflushed.push(entry);
                 }
@@ -457,6 +477,9 @@ impl Sink for KafkaSink {
                     .send(topic, partition, plan.key.as_bytes(), &body, h)
                     .await
                 {
+                    // Not sent: when the batch is written again this sample is not a
+                    // duplicate (remembering it here would lose it).
+                    self.take_back(checked);
                     if producer::fatal(&e) {
                         // Rebuilt by the runner; the batch is written again (the dedup
                         // window drops what was sent already).
