@@ -132,6 +132,7 @@ fn run(interval_ms: u64) -> Figures {
             produced: Arc::new(AtomicU64::new(0)),
             dead_letters: mpsc::channel(1).0,
             write_ports: Default::default(),
+            upstream: Default::default(),
         };
         let source = tokio::spawn(SourceConfig::Enip(Box::new(config)).run(ctx));
         let mut f = Figures {

@@ -165,6 +165,7 @@ fn run(scattered: bool, interval_ms: u64) -> Figures {
             produced: Arc::new(AtomicU64::new(0)),
             dead_letters: mpsc::channel(1).0,
             write_ports: Default::default(),
+            upstream: Default::default(),
         };
         let source = tokio::spawn(SourceConfig::S7(Box::new(config)).run(ctx));
         let mut f = Figures {
