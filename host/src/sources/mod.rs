@@ -12,6 +12,8 @@ pub mod modbus;
 pub mod mqtt;
 #[cfg(feature = "opcua")]
 pub mod opcua;
+#[cfg(any(feature = "s7", feature = "enip"))]
+mod poll;
 #[cfg(feature = "s7")]
 pub mod s7;
 pub mod sequence;

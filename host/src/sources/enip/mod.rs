@@ -13,7 +13,6 @@ pub use config::{EnipConfig, TagConfig};
 pub use status::codes;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{SourceContext, SourceError};
@@ -187,41 +186,25 @@ pub async fn run(c: EnipConfig, ctx: SourceContext) -> Result<(), SourceError> {
         connected_logged: None,
         tag_state: HashMap::new(),
     };
-    p.run(ctx).await;
+    super::poll::run(&mut p, ctx).await;
     Ok(())
 }
 
-impl Poller {
-    async fn run(&mut self, mut ctx: SourceContext) {
-        let start = Instant::now();
-        let mut due: Vec<Instant> = self.groups.iter().map(|_| start).collect();
-        loop {
-            let Some((g, &when)) = due.iter().enumerate().min_by_key(|(_, t)| **t) else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::time::sleep_until(when.into()) => {}
-                _ = ctx.shutdown.changed() => return,
-            }
-            if *ctx.shutdown.borrow() {
-                return;
-            }
-            let batch = self.poll(g).await;
-            let n = batch.len() as u64;
-            tokio::select! {
-                sent = ctx.out.send(batch) => if sent.is_err() { return },
-                _ = ctx.shutdown.changed() => return,
-            }
-            ctx.produced.fetch_add(n, Ordering::Relaxed);
-            let interval = self.groups[g].interval;
-            let now = Instant::now();
-            due[g] += interval;
-            if due[g] < now {
-                due[g] = now + interval;
-            }
-        }
+impl super::poll::PollGroups for Poller {
+    fn group_count(&self) -> usize {
+        self.groups.len()
     }
 
+    fn interval(&self, g: usize) -> Duration {
+        self.groups[g].interval
+    }
+
+    async fn poll(&mut self, g: usize) -> SampleBatch {
+        Poller::poll(self, g).await
+    }
+}
+
+impl Poller {
     fn drop_session(&mut self, f: Failure) {
         if self.connected_logged != Some(false) {
             tracing::warn!("{}: {f}; reconnecting with backoff", self.label);
